@@ -1,0 +1,11 @@
+"""ssl_cluster_bench: benchmark image backbones by clustering their frozen features.
+
+Pipeline (one module per stage): data -> backbones -> extract (feature cache) -> reduce -> cluster / heads
+-> metrics -> leaderboard. ``ssl_cluster_bench.api`` ties them together the way the ``sscb`` CLI does.
+"""
+__version__ = "0.1.0"
+
+from .api import cluster_entry, cluster_features, extract, import_features, run  # noqa: E402
+from .metrics import cluster_accuracy, evaluate  # noqa: E402
+
+__all__ = ["cluster_accuracy", "cluster_entry", "cluster_features", "evaluate", "extract", "import_features", "run"]

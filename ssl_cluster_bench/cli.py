@@ -1,0 +1,201 @@
+"""``sscb``: command-line interface, a thin layer over :mod:`ssl_cluster_bench.api`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _pca_dim(text: str):
+    if text.lower() in ("none", "0", "off"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pca-dim takes an integer or 'none', got {text!r}") from None
+
+
+def _add_data(p, dataset_default="digits", required=False):
+    p.add_argument("--dataset", default=None if required else dataset_default, required=required,
+                   help="dataset name (see `sscb datasets`)" + ("" if required else f"; default {dataset_default}"))
+    p.add_argument("--data-root", default=None, help="local dataset folder (not needed for digits)")
+    p.add_argument("--split", default=None, help="dataset split (default: the dataset's usual one)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $SSCB_CACHE_DIR or ~/.cache/ssl_cluster_bench/features)")
+
+
+def _add_extract(p):
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: by dataset size)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def _add_protocol(p):
+    p.add_argument("--overcluster", type=_floats, default=[1.0, 1.5],
+                   help="k = round(factor × #classes), comma-separated (default 1,1.5)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per configuration (default 5)")
+    p.add_argument("--pca-dim", type=_pca_dim, default=256, help="PCA output dim, or 'none' (default 256)")
+    p.add_argument("--whiten", action="store_true", help="whiten the PCA output")
+    p.add_argument("--l2-normalize", action="store_true", help="L2-normalise the reduced features")
+    p.add_argument("--backend", choices=["faiss", "sklearn"], default="faiss",
+                   help="k-means backend (sklearn = the reference MiniBatchKMeans protocol)")
+    p.add_argument("--results", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sscb", description="Benchmark image backbones by clustering their frozen features.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="extract what is missing, cluster, append to the leaderboard "
+                                   "(no arguments: the embedded digits benchmark)")
+    p.add_argument("--backbones", type=_names, default=None,
+                   help="comma-separated model-card ids (default: pixels,random-resnet18)")
+    p.add_argument("--checkpoint", default=None, help="benchmark a local/URL SSL checkpoint (with --arch)")
+    p.add_argument("--arch", default=None, help="timm/torchvision architecture of --checkpoint")
+    p.add_argument("--methods", type=_names, default=["kmeans"], help="kmeans,scan,scan+selflabel")
+    _add_data(p)
+    _add_extract(p)
+    _add_protocol(p)
+
+    p = sub.add_parser("extract", help="extract frozen features into the cache (resumable)")
+    p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--arch", default=None)
+    p.add_argument("--views", type=int, default=0, help="also store N seeded augmented views per image")
+    p.add_argument("--chunk-size", type=int, default=8192, help="images per resumable chunk")
+    _add_data(p, required=True)
+    _add_extract(p)
+
+    p = sub.add_parser("import-features", help="store precomputed features (.npy) in the cache")
+    p.add_argument("--features", required=True, help=".npy file, shape (n, dim)")
+    p.add_argument("--labels", required=True, help=".npy file, shape (n,), int (-1 = unlabelled)")
+    p.add_argument("--backbone", required=True, help="name to file the features under")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="all")
+    p.add_argument("--cache-dir", default=None)
+
+    p = sub.add_parser("leaderboard", help="print the aggregated leaderboard (mean ± std over seeds)")
+    p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
+    p.add_argument("--dataset", default=None, help="only this dataset")
+
+    sub.add_parser("models", help="list the model cards")
+    sub.add_parser("datasets", help="list the datasets")
+    p = sub.add_parser("cache", help="list the feature-cache entries")
+    p.add_argument("--cache-dir", default=None)
+    return parser
+
+
+def _cmd_run(args):
+    from . import api
+
+    df = api.run(args.backbones, args.dataset, args.data_root, args.split, results=args.results,
+                 cache=args.cache_dir, checkpoint=args.checkpoint, arch=args.arch, methods=args.methods,
+                 overcluster=args.overcluster, seeds=args.seeds, pca_dim=args.pca_dim, whiten=args.whiten,
+                 l2_normalize=args.l2_normalize, backend=args.backend, batch_size=args.batch_size,
+                 num_workers=args.workers, device=args.device, progress=not args.quiet)
+    from .leaderboard import aggregate, default_results_path, to_markdown
+
+    print(to_markdown(aggregate(df)))
+    results = Path(args.results) if args.results else default_results_path()
+    print(f"\n{len(df)} rows appended to {results}; table: {results.with_suffix('.md')}")
+
+
+def _cmd_extract(args):
+    from . import api
+
+    if args.backbone is None and not args.checkpoint:
+        raise ValueError("pass --backbone CARD_ID, or --checkpoint PATH with --arch ARCH")
+    entry = api.extract(args.backbone, args.dataset, args.data_root, args.split, args.cache_dir,
+                        checkpoint=args.checkpoint, arch=args.arch, views=args.views, batch_size=args.batch_size,
+                        num_workers=args.workers, chunk_size=args.chunk_size, device=args.device,
+                        progress=not args.quiet)
+    m = entry.manifest
+    print(f"{entry.path}\n  shape {tuple(m['shape'])} float16, skipped {m['skipped']['count']} unreadable file(s)")
+
+
+def _cmd_import(args):
+    from . import api
+
+    entry = api.import_features(args.features, args.labels, args.backbone, args.dataset, args.split, args.cache_dir)
+    print(f"{entry.path}\n  {entry.count} × {entry.feature_dim}")
+
+
+def _cmd_leaderboard(args):
+    from .leaderboard import aggregate, default_results_path, read_leaderboard, to_markdown
+
+    df = read_leaderboard(args.csv or default_results_path())
+    if args.dataset:
+        df = df[df["dataset"] == args.dataset]
+        if df.empty:
+            raise ValueError(f"no rows for dataset {args.dataset!r}")
+    print(to_markdown(aggregate(df)))
+
+
+def _cmd_models(args):
+    from .backbones import list_cards
+
+    for card in list_cards():
+        print(f"{card.id:32s} {card.architecture:28s} {card.pretraining_method:14s} dim={card.feature_dim}")
+
+
+def _cmd_datasets(args):
+    from .data import list_datasets
+
+    print("\n".join(list_datasets()))
+
+
+def _cmd_cache(args):
+    from .cache import FeatureCache
+
+    cache = FeatureCache(args.cache_dir)
+    entries = cache.entries()
+    if not entries:
+        print(f"no entries under {cache.root}")
+    for e in entries:
+        print(f"{e.path.name}  {tuple(e.manifest['shape'])}  skipped={e.manifest['skipped']['count']}")
+
+
+COMMANDS = {"run": _cmd_run, "extract": _cmd_extract, "import-features": _cmd_import,
+            "leaderboard": _cmd_leaderboard, "models": _cmd_models, "datasets": _cmd_datasets, "cache": _cmd_cache}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: finished cache chunks and appended rows are kept; re-run to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        if args.verbose:
+            raise
+        print(f"sscb {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Datasets: a name -> builder registry; every dataset yields ``(image, label, index)``.
+
+Entry point:
+    get_dataset(name, root=None, split=None, transform=None) -> torch Dataset
+
+Every dataset has ``name``, ``split``, ``classes``, ``targets`` (int64 labels, known without opening
+images), ``transform`` and ``sample_id(i)``; ``__getitem__`` returns ``image=None`` for an unreadable file so
+extraction can skip and count it instead of crashing.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+from .digits import DigitsDataset
+
+# name -> (builder(root, split, transform, **options), needs_root, default split).
+# Folder-based datasets (ImageFolder, ImageNet, CIFAR, STL-10, ObjectNet) register themselves at the bottom
+# of images.py by calling register_dataset(name, builder, needs_root=True, default_split=...).
+_REGISTRY: dict[str, tuple[Callable, bool, str]] = {
+    "digits": (DigitsDataset, False, "all"),
+}
+
+
+def register_dataset(name: str, builder: Callable, needs_root: bool = True, default_split: str = "train"):
+    """Make ``builder(root, split, transform, **options)`` available as dataset ``name``."""
+    _REGISTRY[name] = (builder, needs_root, default_split)
+
+
+def list_datasets() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def default_split(name: str) -> str:
+    return _lookup(name)[2]
+
+
+def _lookup(name: str):
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(list_datasets())}"
+        ) from None
+
+
+def get_dataset(name: str, root=None, split: str | None = None, transform=None, **options):
+    """Build dataset ``name`` from the local folder ``root`` (no download is ever attempted)."""
+    builder, needs_root, split_default = _lookup(name)
+    if needs_root and root is None:
+        raise ValueError(f"dataset {name!r} is read from a local folder: pass --data-root / root=PATH")
+    return builder(root, split or split_default, transform, **options)
+
+
+from . import images as _images  # noqa: E402,F401  (registers the folder-based datasets)

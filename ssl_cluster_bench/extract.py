@@ -1,0 +1,257 @@
+"""Extract: run a frozen backbone once over a dataset and store float16 features in the feature cache.
+
+Entry point:
+    extract_features(backbone, dataset, cache=None, batch_size=128, ...) -> CacheEntry
+
+The dataset is processed in chunks of ``chunk_size`` positions; each finished chunk is written atomically,
+so a killed run resumes with the unfinished chunks only, and memory stays flat whatever the dataset size.
+Under ``torchrun`` every rank extracts the chunks ``i`` with ``i % world_size == rank`` (no padded
+duplicates) and rank 0 assembles the entry. Unreadable images are skipped, counted and listed in the
+manifest. Optionally, ``views=V`` stores V seeded strongly-augmented views per image in a separate entry
+(for self-labeling heads).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .cache import CacheEntry, CacheKey, FeatureCache
+
+__all__ = ["augmentation_transform", "cache_key_for", "dataset_fingerprint", "extract_features"]
+
+log = logging.getLogger(__name__)
+
+
+def dataset_fingerprint(dataset) -> str:
+    """Hash of what identifies a dataset's content without reading images: size, classes, labels and a
+    spread of sample ids (relative paths), so two folders that share a name never share cache entries."""
+    n = len(dataset)
+    probe = np.unique(np.linspace(0, n - 1, num=min(n, 512)).astype(np.int64)) if n else []
+    h = hashlib.sha256()
+    h.update(json.dumps([n, list(map(str, dataset.classes)), [dataset.sample_id(int(i)) for i in probe]]).encode())
+    h.update(np.ascontiguousarray(np.asarray(dataset.targets, dtype=np.int64)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key_for(backbone, dataset, variant: str = "") -> CacheKey:
+    """The cache key of ``backbone`` features on ``dataset`` (same key <=> same weights, data, preprocessing)."""
+    return CacheKey(backbone=backbone.card.id, dataset=dataset.name, split=dataset.split,
+                    weights=backbone.weights_id, transform=backbone.transform_id, variant=variant,
+                    data=dataset_fingerprint(dataset))
+
+
+def _collate(batch):
+    kept = [b for b in batch if b[0] is not None]
+    skipped = [int(b[2]) for b in batch if b[0] is None]
+    if kept:
+        images = torch.stack([b[0] for b in kept])
+        labels = torch.tensor([int(b[1]) for b in kept], dtype=torch.int64)
+        index = torch.tensor([int(b[2]) for b in kept], dtype=torch.int64)
+    else:
+        images, labels, index = None, torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+    return images, labels, index, skipped
+
+
+class _SeededView(torch.utils.data.Dataset):
+    """Applies a random transform with a seed fixed by (seed, view, index): same views on every re-run."""
+
+    def __init__(self, dataset, transform, seed: int, view: int):
+        self.dataset = copy.copy(dataset)
+        self.dataset.transform = None
+        self.transform, self.seed, self.view = transform, seed, view
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, label, index = self.dataset[i]
+        if image is None:
+            return None, label, index
+        digest = hashlib.blake2b(f"{self.seed}:{self.view}:{i}".encode(), digest_size=8).digest()
+        state = torch.random.get_rng_state()
+        torch.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+        try:
+            return self.transform(image), label, index
+        finally:
+            torch.random.set_rng_state(state)
+
+
+def augmentation_transform(backbone, sample_image, num_ops: int = 2, magnitude: int = 10):
+    """Strong augmentation matching the backbone's eval transform: random resized crop + flip + RandAugment
+    on the PIL image, then the eval transform's own tensor conversion and normalisation.
+
+    Derived from the eval pipeline (probed on ``sample_image``) so the output size and normalisation always
+    match what the weights expect.
+    """
+    from torchvision import transforms as T
+
+    steps = list(getattr(backbone.transform, "transforms", []))
+    tensor_at = next((i for i, t in enumerate(steps) if isinstance(t, (T.ToTensor, T.PILToTensor))), None)
+    if tensor_at is None:
+        raise ValueError(f"cannot derive an augmentation from the transform of {backbone.card.id}: "
+                         "it is not a torchvision Compose with a ToTensor step")
+    height, width = T.Compose(steps[:tensor_at])(sample_image).size[::-1]
+    pil_only = [t for t in steps[:tensor_at] if not isinstance(t, (T.Resize, T.CenterCrop))]
+    return T.Compose([T.RandomResizedCrop((height, width), scale=(0.2, 1.0), antialias=True),
+                      T.RandomHorizontalFlip(), T.RandAugment(num_ops=num_ops, magnitude=magnitude),
+                      *pil_only, *steps[tensor_at:]])
+
+
+class _Sources(torch.utils.data.Dataset):
+    """Position ``v * n + i`` is sample ``i`` of source ``v`` (plain pass, or augmented view ``v``)."""
+
+    def __init__(self, sources):
+        self.sources, self.n = sources, len(sources[0])
+
+    def __len__(self):
+        return self.n * len(self.sources)
+
+    def __getitem__(self, j):
+        v, i = divmod(j, self.n)
+        return self.sources[v][i]
+
+
+def _distributed():
+    """(rank, world_size, local_rank); initialises torch.distributed under torchrun, never otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _resolve_device(device: str, local_rank: int) -> torch.device:
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def extract_features(backbone, dataset, cache: FeatureCache | None = None, *, batch_size: int = 128,
+                     num_workers: int | None = None, chunk_size: int = 8192, device: str = "auto",
+                     amp: str | bool = "auto", channels_last: str | bool = "auto", views: int = 0,
+                     augment_seed: int = 0, progress: bool = True) -> CacheEntry:
+    """Features of ``backbone`` (a :class:`~ssl_cluster_bench.backbones.Backbone`) on ``dataset``.
+
+    Returns the cache entry, computing only what the cache lacks. ``views > 0`` returns instead the entry
+    of ``views`` augmented views per image (features shape (views, n, dim)).
+    ``amp``: autocast on CUDA ("auto": bf16 where supported, else fp16); never on CPU.
+    """
+    cache = cache or FeatureCache()
+    if batch_size <= 0 or chunk_size <= 0:
+        raise ValueError("batch_size and chunk_size must be positive")
+    if views < 0:
+        raise ValueError(f"views must be >= 0, got {views}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError(f"dataset {dataset.name}/{dataset.split} is empty")
+    variant = f"aug:randaugment-n2-m10:views={views}:seed={augment_seed}" if views else ""
+    key = cache_key_for(backbone, dataset, variant)
+    entry = cache.get(key)
+    if entry is not None:
+        return entry
+
+    rank, world, local_rank = _distributed()
+    dev = _resolve_device(device, local_rank)
+    model = backbone.model.to(dev).eval()
+    use_cl = (dev.type == "cuda") if channels_last == "auto" else bool(channels_last)
+    if use_cl:
+        model = model.to(memory_format=torch.channels_last)
+    if amp == "auto":
+        amp = dev.type == "cuda"
+    amp_dtype = torch.bfloat16 if (dev.type == "cuda" and torch.cuda.is_bf16_supported()) else torch.float16
+    autocast = (lambda: torch.autocast(device_type=dev.type, dtype=amp_dtype)) if amp and dev.type == "cuda" \
+        else contextlib.nullcontext
+
+    writer = cache.writer(key, n, chunk_size)
+    done = writer.done_chunks()
+    todo = [i for i in range(writer.n_chunks) if i % world == rank and i not in done]
+    if num_workers is None:
+        num_workers = 0 if n < 5000 else min(8, max(1, (os.cpu_count() or 2) - 1))
+
+    if todo:
+        if views:
+            sample = next(img for img, _, _ in (_SeededView(dataset, lambda x: x, 0, 0)[i] for i in range(n))
+                          if img is not None)
+            augment = augmentation_transform(backbone, sample)
+            sources = [_SeededView(dataset, augment, augment_seed, v) for v in range(views)]
+        else:
+            sources = [dataset]
+        # Batches never straddle a chunk or a view, so each chunk is complete after its last view's batch.
+        plan, batches = [], []
+        for i in todo:
+            r = writer.chunk_range(i)
+            for v in range(len(sources)):
+                for s in range(0, len(r), batch_size):
+                    plan.append((i, v, s + batch_size >= len(r) and v == len(sources) - 1))
+                    batches.append([v * n + j for j in r[s:s + batch_size]])
+        loader = torch.utils.data.DataLoader(_Sources(sources), batch_sampler=batches, num_workers=num_workers,
+                                             collate_fn=_collate, pin_memory=dev.type == "cuda")
+        bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not progress or rank != 0, smoothing=0.1,
+                   desc=f"extract {backbone.card.id} on {dataset.name}/{dataset.split}"
+                        + (f" ({views} views)" if views else ""))
+        start = time.perf_counter()
+        parts = [[] for _ in sources]
+        for (chunk, v, last), (images, labels, index, skipped) in zip(plan, loader):
+            feats = None
+            if images is not None:
+                images = images.to(dev, non_blocking=True)
+                if use_cl and images.ndim == 4:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), autocast():
+                    feats = model(images).float().cpu().numpy()
+            parts[v].append((feats, labels.numpy(), index.numpy(), skipped))
+            bar.update(len(index) + len(skipped))
+            if last:
+                _write_chunk(writer, chunk, parts, dataset)
+                parts = [[] for _ in sources]
+        bar.close()
+        elapsed = time.perf_counter() - start
+        log.info("extracted %d images in %.1fs (%.1f img/s)", bar.n, elapsed, bar.n / max(elapsed, 1e-9))
+
+    _barrier(world)
+    if rank == 0:
+        entry = writer.finalize({"n_views": views, "card": backbone.card.id})
+    _barrier(world)
+    if rank != 0:
+        entry = cache.get(key)
+    return entry
+
+
+def _write_chunk(writer, chunk: int, per_source: list, dataset) -> None:
+    """Concatenate the batches of one chunk (all views) and write it."""
+    feats_per_view = []
+    base = per_source[0]
+    labels = np.concatenate([p[1] for p in base])
+    indices = np.concatenate([p[2] for p in base])
+    skipped = [i for p in base for i in p[3]]
+    dim = next((p[0].shape[1] for parts in per_source for p in parts if p[0] is not None), 0)
+    for parts in per_source:
+        blocks = [p[0] for p in parts if p[0] is not None]
+        idx = np.concatenate([p[2] for p in parts])
+        if not np.array_equal(idx, indices):
+            raise RuntimeError(f"chunk {chunk}: augmented views skipped different files than the plain pass")
+        feats_per_view.append(np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32))
+    features = feats_per_view[0] if len(per_source) == 1 else np.stack(feats_per_view)
+    if skipped:
+        log.warning("chunk %d: skipped %d unreadable file(s), e.g. %s", chunk, len(skipped),
+                    dataset.sample_id(skipped[0]))
+    writer.write_chunk(chunk, features, labels, indices, [dataset.sample_id(i) for i in skipped])
