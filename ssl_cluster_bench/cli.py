@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
     p.add_argument("--dataset", default=None, help="only this dataset")
 
+    p = sub.add_parser("objectnet", help="ObjectNet: direct clustering and ImageNet -> ObjectNet transfer")
+    p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--arch", default=None)
+    p.add_argument("--imagenet-root", required=True, help="ImageNet folder with train/ (and val/) wnid folders")
+    p.add_argument("--objectnet-root", required=True, help="ObjectNet folder (objectnet-1.0/ or images/ + mappings/)")
+    p.add_argument("--imagenet-split", default="train", choices=["train", "val"],
+                   help="ImageNet split the transfer clusters are trained on (default train)")
+    p.add_argument("--cache-dir", default=None)
+    _add_extract(p)
+    _add_protocol(p)
+    p.set_defaults(overcluster=[1.0])
+
     sub.add_parser("models", help="list the model cards")
     sub.add_parser("datasets", help="list the datasets")
     p = sub.add_parser("cache", help="list the feature-cache entries")
@@ -148,6 +161,22 @@ def _cmd_leaderboard(args):
     print(to_markdown(aggregate(df)))
 
 
+def _cmd_objectnet(args):
+    from .objectnet import run_objectnet, summary_table
+
+    if args.backbone is None and not args.checkpoint:
+        raise ValueError("pass --backbone CARD_ID, or --checkpoint PATH with --arch ARCH")
+    if args.whiten or args.l2_normalize:
+        raise ValueError("--whiten / --l2-normalize are not supported by the ObjectNet protocols")
+    rows = run_objectnet(args.backbone, args.imagenet_root, args.objectnet_root,
+                         imagenet_split=args.imagenet_split, results=args.results, cache=args.cache_dir,
+                         overcluster=args.overcluster, seeds=args.seeds, pca_dim=args.pca_dim,
+                         backend=args.backend, checkpoint=args.checkpoint, arch=args.arch,
+                         batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                         progress=not args.quiet)
+    print(summary_table(rows))
+
+
 def _cmd_models(args):
     from .backbones import list_cards
 
@@ -173,7 +202,7 @@ def _cmd_cache(args):
 
 
 COMMANDS = {"run": _cmd_run, "extract": _cmd_extract, "import-features": _cmd_import,
-            "leaderboard": _cmd_leaderboard, "models": _cmd_models, "datasets": _cmd_datasets, "cache": _cmd_cache}
+            "leaderboard": _cmd_leaderboard, "objectnet": _cmd_objectnet, "models": _cmd_models, "datasets": _cmd_datasets, "cache": _cmd_cache}
 
 
 def main(argv=None) -> int:

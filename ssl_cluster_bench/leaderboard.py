@@ -23,7 +23,7 @@ CONFIG_COLUMNS = [
     "backbone", "weights", "dataset", "split", "protocol", "method", "n_classes", "n_clusters",
     "overcluster", "pca_dim", "whiten", "l2_normalize", "backend",
 ]
-METRICS = ["acc", "nmi", "ami", "ari", "top5"]
+METRICS = ["acc", "nmi", "ami", "ari", "top5", "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"]
 COLUMNS = CONFIG_COLUMNS + ["seed", "n_samples"] + METRICS + [
     "flag", "seconds", "cache_key", "versions", "timestamp",
 ]
