@@ -55,21 +55,31 @@ def _resolve_cache(cache) -> FeatureCache:
     return cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
 
 
+def _dataset(name: str, root, split, transform=None, subset=None):
+    from .data import get_dataset
+
+    if subset is None:
+        return get_dataset(name, root, split, transform=transform)
+    if name != "imagenet":
+        raise ValueError(f"a class subset (--subset) is only supported for imagenet, not {name!r}")
+    return get_dataset(name, root, split, transform=transform, subset=subset)
+
+
 def extract(backbone, dataset: str, data_root=None, split: str | None = None, cache=None, *,
-            checkpoint=None, arch=None, views: int = 0, batch_size: int = 128, num_workers=None,
+            checkpoint=None, arch=None, subset=None, views: int = 0, batch_size: int = 128, num_workers=None,
             chunk_size: int = 8192, device: str = "auto", progress: bool = True) -> CacheEntry:
     """Extract (or find in the cache) the features of ``backbone`` on ``dataset``; returns the cache entry.
 
     ``backbone`` is a model-card id, a card YAML path, or None with ``arch`` + ``checkpoint`` (a new SSL
     checkpoint). ``data_root`` is the local dataset folder (not needed for the embedded digits).
+    ``subset`` (ImageNet only): a class-list file (one wnid per line), e.g. SCAN's 50/100/200-class lists.
     """
     from .backbones import create_backbone
-    from .data import get_dataset
     from .extract import extract_features
 
-    ds_probe = get_dataset(dataset, data_root, split)  # fail on a bad dataset before loading weights
+    ds_probe = _dataset(dataset, data_root, split, subset=subset)  # fail on bad data before loading weights
     bb = create_backbone(backbone, checkpoint=checkpoint, arch=arch, device="cpu")
-    ds = get_dataset(dataset, data_root, split or ds_probe.split, transform=bb.transform)
+    ds = _dataset(dataset, data_root, split or ds_probe.split, bb.transform, subset)
     return extract_features(bb, ds, _resolve_cache(cache), batch_size=batch_size, num_workers=num_workers,
                             chunk_size=chunk_size, device=device, views=views, progress=progress)
 
@@ -128,8 +138,9 @@ def cluster_features(features, labels, *, n_classes: int | None = None, overclus
             raise ValueError(f"k={k} (overcluster {f} × {n_classes} classes) exceeds the {features.shape[0]} samples")
         if f <= 0:
             raise ValueError(f"overcluster factors must be positive, got {f}")
-    dim = features.shape[1]
-    eff_dim = None if pca_dim is None or pca_dim >= dim else int(pca_dim)
+    n, dim = features.shape
+    # PCA cannot give more components than samples or dims; at the input dim it is only a rotation
+    eff_dim = None if pca_dim is None or pca_dim >= dim else int(min(pca_dim, n))
     t0 = time.perf_counter()
     reduced = PCA(eff_dim, whiten=whiten, l2_normalize=l2_normalize, progress=progress).fit_transform(features)
     pca_seconds = time.perf_counter() - t0
@@ -226,7 +237,7 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
 
 
 def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_root=None,
-        split: str | None = None, *, results=None, cache=None, checkpoint=None, arch=None,
+        split: str | None = None, *, results=None, cache=None, checkpoint=None, arch=None, subset=None,
         methods: Sequence[str] = ("kmeans",), overcluster: Sequence[float] = (1.0, 1.5), seeds: int = 5,
         pca_dim: int | None = 256, whiten: bool = False, l2_normalize: bool = False, backend: str = "faiss",
         batch_size: int = 128, num_workers=None, device: str = "auto", progress: bool = True,
@@ -244,7 +255,7 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     if checkpoint:
         backbones = [None]
     backbones = list(backbones or DEFAULT_BACKBONES)
-    extract_options = {"checkpoint": checkpoint, "arch": arch, "batch_size": batch_size,
+    extract_options = {"checkpoint": checkpoint, "arch": arch, "subset": subset, "batch_size": batch_size,
                        "num_workers": num_workers, "device": device, "progress": progress}
     frames = []
     for backbone in backbones:

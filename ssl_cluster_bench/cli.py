@@ -34,6 +34,7 @@ def _add_data(p, dataset_default="digits", required=False):
                    help="dataset name (see `sscb datasets`)" + ("" if required else f"; default {dataset_default}"))
     p.add_argument("--data-root", default=None, help="local dataset folder (not needed for digits)")
     p.add_argument("--split", default=None, help="dataset split (default: the dataset's usual one)")
+    p.add_argument("--subset", default=None, help="imagenet only: class-list file (one wnid per line)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $SSCB_CACHE_DIR or ~/.cache/ssl_cluster_bench/features)")
 
 
@@ -119,7 +120,8 @@ def _cmd_run(args):
     from . import api
 
     df = api.run(args.backbones, args.dataset, args.data_root, args.split, results=args.results,
-                 cache=args.cache_dir, checkpoint=args.checkpoint, arch=args.arch, methods=args.methods,
+                 cache=args.cache_dir, checkpoint=args.checkpoint, arch=args.arch, subset=args.subset,
+                 methods=args.methods,
                  overcluster=args.overcluster, seeds=args.seeds, pca_dim=args.pca_dim, whiten=args.whiten,
                  l2_normalize=args.l2_normalize, backend=args.backend, batch_size=args.batch_size,
                  num_workers=args.workers, device=args.device, progress=not args.quiet)
@@ -136,7 +138,8 @@ def _cmd_extract(args):
     if args.backbone is None and not args.checkpoint:
         raise ValueError("pass --backbone CARD_ID, or --checkpoint PATH with --arch ARCH")
     entry = api.extract(args.backbone, args.dataset, args.data_root, args.split, args.cache_dir,
-                        checkpoint=args.checkpoint, arch=args.arch, views=args.views, batch_size=args.batch_size,
+                        checkpoint=args.checkpoint, arch=args.arch, subset=args.subset, views=args.views,
+                        batch_size=args.batch_size,
                         num_workers=args.workers, chunk_size=args.chunk_size, device=args.device,
                         progress=not args.quiet)
     m = entry.manifest

@@ -1,0 +1,94 @@
+"""The CLI end to end on real extraction paths: a new SSL checkpoint, an ImageNet class subset, the default."""
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from ssl_cluster_bench.cache import FeatureCache
+from ssl_cluster_bench.cli import main
+from ssl_cluster_bench.leaderboard import read_leaderboard
+
+
+def _tree(root, wnids, per_class=6, size=12):
+    rng = np.random.default_rng(0)
+    for c, wnid in enumerate(wnids):
+        d = root / wnid
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            # class-dependent brightness so the classes are separable
+            arr = np.clip(rng.normal(40 + 60 * c, 10, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"{wnid}_{i}.JPEG")
+
+
+def test_run_new_ssl_checkpoint_moco_layout(tmp_path, capsys):
+    torch.manual_seed(1)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    state = {f"module.encoder_q.{k}": v for k, v in model.state_dict().items()}
+    state["module.encoder_q.fc.0.weight"] = torch.zeros(4, 512)  # projection head: dropped
+    ckpt = tmp_path / "moco_r18.pth.tar"
+    torch.save({"state_dict": state, "epoch": 200}, ckpt)
+    _tree(tmp_path / "data", ["a", "b", "c"])
+    results = tmp_path / "lb.csv"
+    rc = main(["-q", "run", "--checkpoint", str(ckpt), "--arch", "resnet18", "--dataset", "imagefolder",
+               "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"), "--seeds", "2",
+               "--overcluster", "1", "--results", str(results), "--batch-size", "8"])
+    assert rc == 0, capsys.readouterr().err
+    lb = read_leaderboard(results)
+    assert len(lb) == 2 and (lb.n_clusters == 3).all() and (lb.n_samples == 18).all()
+    assert lb.weights.iloc[0].startswith("file:")
+    entry = FeatureCache(tmp_path / "cache").entries()[0]
+    # the cached features are the checkpoint's network, not a random init
+    from ssl_cluster_bench.backbones import create_backbone
+
+    bb = create_backbone(None, arch="resnet18", checkpoint=ckpt)
+    img = Image.open(sorted((tmp_path / "data" / "a").iterdir())[0]).convert("RGB")
+    with torch.inference_mode():
+        ref = model.eval()(bb.transform(img)[None]).numpy()[0]
+    np.testing.assert_allclose(entry.features[0], ref.astype(np.float16), rtol=2e-3, atol=2e-3)
+
+
+def test_extract_imagenet_subset_and_cache_hit(tmp_path, capsys):
+    _tree(tmp_path / "imagenet" / "train", ["n01440764", "n01443537", "n01484850"], per_class=3)
+    subset = tmp_path / "subset.txt"
+    subset.write_text("# two classes\nn01484850 great white shark\nn01440764 tench\n")
+    args = ["-q", "extract", "--backbone", "pixels", "--dataset", "imagenet", "--data-root",
+            str(tmp_path / "imagenet"), "--split", "train", "--subset", str(subset),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    entries = FeatureCache(tmp_path / "cache").entries()
+    assert len(entries) == 1 and entries[0].count == 6
+    assert sorted(np.unique(entries[0].labels)) == [0, 1]
+    assert main(args) == 0  # second run: cache hit, still one entry
+    assert len(FeatureCache(tmp_path / "cache").entries()) == 1
+    assert main(args[:-2] + ["--dataset", "cifar10", "--cache-dir", str(tmp_path / "cache")]) == 1
+    err = capsys.readouterr().err
+    assert "error" in err
+
+
+def test_unknown_backbone_and_missing_root_are_clear_errors(tmp_path, capsys):
+    assert main(["-q", "run", "--backbones", "dino-vitz16", "--results", str(tmp_path / "lb.csv"),
+                 "--cache-dir", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "dino-vitz16" in err and "dino-vits16" in err  # names the problem and the close match
+    assert main(["-q", "extract", "--backbone", "pixels", "--dataset", "cifar10", "--data-root",
+                 str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path / "c")]) == 1
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "lb.csv").exists()
+
+
+def test_default_run_on_digits(tmp_path, monkeypatch, capsys):
+    """`sscb run` with no arguments: pixels and random-resnet18 on digits, k = 10 and 15, 5 seeds."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSCB_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["-q", "run"]) == 0
+    lb = read_leaderboard(tmp_path / "results" / "leaderboard.csv")
+    assert len(lb) == 2 * 2 * 5
+    assert set(lb.backbone) == {"pixels", "random-resnet18"} and set(lb.n_clusters) == {10, 15}
+    pixels_k10 = lb[(lb.backbone == "pixels") & (lb.n_clusters == 10)].acc
+    assert 0.7 <= pixels_k10.mean() <= 0.85
+    random_k10 = lb[(lb.backbone == "random-resnet18") & (lb.n_clusters == 10)].acc
+    assert random_k10.mean() > 0.4  # random conv features still cluster digits far above chance (0.1)
+    assert (tmp_path / "results" / "leaderboard.md").read_text().count("±") >= 16
