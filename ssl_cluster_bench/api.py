@@ -67,18 +67,22 @@ def _dataset(name: str, root, split, transform=None, subset=None):
 
 def extract(backbone, dataset: str, data_root=None, split: str | None = None, cache=None, *,
             checkpoint=None, arch=None, subset=None, views: int = 0, batch_size: int = 128, num_workers=None,
-            chunk_size: int = 8192, device: str = "auto", progress: bool = True) -> CacheEntry:
+            chunk_size: int = 8192, device: str = "auto", progress: bool = True, weights_only: bool = True,
+            momentum_encoder: bool | None = None, checkpoint_key: str | None = None) -> CacheEntry:
     """Extract (or find in the cache) the features of ``backbone`` on ``dataset``; returns the cache entry.
 
     ``backbone`` is a model-card id, a card YAML path, or None with ``arch`` + ``checkpoint`` (a new SSL
     checkpoint). ``data_root`` is the local dataset folder (not needed for the embedded digits).
     ``subset`` (ImageNet only): a class-list file (one wnid per line), e.g. SCAN's 50/100/200-class lists.
+    ``weights_only=False`` unpickles a trusted legacy checkpoint; ``momentum_encoder`` / ``checkpoint_key``
+    choose which weights inside a checkpoint to load (see :func:`ssl_cluster_bench.backbones.create_backbone`).
     """
     from .backbones import create_backbone
     from .extract import extract_features
 
     ds_probe = _dataset(dataset, data_root, split, subset=subset)  # fail on bad data before loading weights
-    bb = create_backbone(backbone, checkpoint=checkpoint, arch=arch, device="cpu")
+    bb = create_backbone(backbone, checkpoint=checkpoint, arch=arch, device="cpu", weights_only=weights_only,
+                         momentum_encoder=momentum_encoder, checkpoint_key=checkpoint_key)
     ds = _dataset(dataset, data_root, split or ds_probe.split, bb.transform, subset)
     return extract_features(bb, ds, _resolve_cache(cache), batch_size=batch_size, num_workers=num_workers,
                             chunk_size=chunk_size, device=device, views=views, progress=progress)
@@ -238,6 +242,7 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
 
 def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_root=None,
         split: str | None = None, *, results=None, cache=None, checkpoint=None, arch=None, subset=None,
+        weights_only: bool = True, momentum_encoder: bool | None = None, checkpoint_key: str | None = None,
         methods: Sequence[str] = ("kmeans",), overcluster: Sequence[float] = (1.0, 1.5), seeds: int = 5,
         pca_dim: int | None = 256, whiten: bool = False, l2_normalize: bool = False, backend: str = "faiss",
         batch_size: int = 128, num_workers=None, device: str = "auto", progress: bool = True,
@@ -255,7 +260,8 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     if checkpoint:
         backbones = [None]
     backbones = list(backbones or DEFAULT_BACKBONES)
-    extract_options = {"checkpoint": checkpoint, "arch": arch, "subset": subset, "batch_size": batch_size,
+    extract_options = {"checkpoint": checkpoint, "arch": arch, "subset": subset, "weights_only": weights_only,
+                       "momentum_encoder": momentum_encoder, "checkpoint_key": checkpoint_key, "batch_size": batch_size,
                        "num_workers": num_workers, "device": device, "progress": progress}
     frames = []
     for backbone in backbones:

@@ -38,6 +38,21 @@ def _add_data(p, dataset_default="digits", required=False):
     p.add_argument("--cache-dir", default=None, help="feature cache (default $SSCB_CACHE_DIR or ~/.cache/ssl_cluster_bench/features)")
 
 
+def _add_checkpoint(p):
+    p.add_argument("--checkpoint", default=None, help="local path or URL of SSL weights to benchmark (with --arch)")
+    p.add_argument("--arch", default=None, help="timm/torchvision architecture of --checkpoint, e.g. resnet50")
+    p.add_argument("--checkpoint-key", default=None, help="where the state dict sits in the checkpoint (default: searched)")
+    p.add_argument("--momentum-encoder", action="store_true", default=None,
+                   help="load the MoCo-style momentum (key) encoder instead of the query encoder")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling (torch.load weights_only=False): only for files you trust")
+
+
+def _checkpoint_options(args) -> dict:
+    return {"checkpoint": args.checkpoint, "arch": args.arch, "checkpoint_key": args.checkpoint_key,
+            "momentum_encoder": args.momentum_encoder, "weights_only": not args.trust_checkpoint}
+
+
 def _add_extract(p):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: by dataset size)")
@@ -68,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(no arguments: the embedded digits benchmark)")
     p.add_argument("--backbones", type=_names, default=None,
                    help="comma-separated model-card ids (default: pixels,random-resnet18)")
-    p.add_argument("--checkpoint", default=None, help="benchmark a local/URL SSL checkpoint (with --arch)")
-    p.add_argument("--arch", default=None, help="timm/torchvision architecture of --checkpoint")
+    _add_checkpoint(p)
     p.add_argument("--methods", type=_names, default=["kmeans"], help="kmeans,scan,scan+selflabel")
     _add_data(p)
     _add_extract(p)
@@ -77,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="extract frozen features into the cache (resumable)")
     p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--arch", default=None)
+    _add_checkpoint(p)
     p.add_argument("--views", type=int, default=0, help="also store N seeded augmented views per image")
     p.add_argument("--chunk-size", type=int, default=8192, help="images per resumable chunk")
     _add_data(p, required=True)
@@ -120,11 +133,11 @@ def _cmd_run(args):
     from . import api
 
     df = api.run(args.backbones, args.dataset, args.data_root, args.split, results=args.results,
-                 cache=args.cache_dir, checkpoint=args.checkpoint, arch=args.arch, subset=args.subset,
-                 methods=args.methods,
+                 cache=args.cache_dir, subset=args.subset, methods=args.methods,
                  overcluster=args.overcluster, seeds=args.seeds, pca_dim=args.pca_dim, whiten=args.whiten,
                  l2_normalize=args.l2_normalize, backend=args.backend, batch_size=args.batch_size,
-                 num_workers=args.workers, device=args.device, progress=not args.quiet)
+                 num_workers=args.workers, device=args.device, progress=not args.quiet,
+                 **_checkpoint_options(args))
     from .leaderboard import aggregate, default_results_path, to_markdown
 
     print(to_markdown(aggregate(df)))
@@ -138,10 +151,9 @@ def _cmd_extract(args):
     if args.backbone is None and not args.checkpoint:
         raise ValueError("pass --backbone CARD_ID, or --checkpoint PATH with --arch ARCH")
     entry = api.extract(args.backbone, args.dataset, args.data_root, args.split, args.cache_dir,
-                        checkpoint=args.checkpoint, arch=args.arch, subset=args.subset, views=args.views,
-                        batch_size=args.batch_size,
+                        subset=args.subset, views=args.views, batch_size=args.batch_size,
                         num_workers=args.workers, chunk_size=args.chunk_size, device=args.device,
-                        progress=not args.quiet)
+                        progress=not args.quiet, **_checkpoint_options(args))
     m = entry.manifest
     print(f"{entry.path}\n  shape {tuple(m['shape'])} float16, skipped {m['skipped']['count']} unreadable file(s)")
 

@@ -1,0 +1,519 @@
+"""Model cards: one YAML file per backbone saying where its weights come from and how to feed it images.
+
+Cards are data, like timm's pretrained configs: :func:`~ssl_cluster_bench.backbones.create_backbone` turns
+a card into (model, transform, feature dim). Entry points:
+
+    list_cards(cards_dir=None) -> list[ModelCard]      every card on the search path, sorted by id
+    load_card(name_or_path, cards_dir=None) -> ModelCard
+
+Search path: the ``cards_dir`` argument (a folder or a list of folders), then the folders in the environment
+variable ``SSCB_MODEL_CARDS`` (``os.pathsep``-separated), then the repository's ``model_cards/`` (and a
+``model_cards/`` inside the installed package, if any). When two folders hold the same id, the earlier one
+wins, so a user folder can override a shipped card.
+
+Card schema (YAML mapping; ``*`` = required)::
+
+    id*            unique short name, lowercase [a-z0-9._-] (CLI name and feature-cache key)
+    name*          human-readable name
+    architecture*  human-readable architecture, e.g. "ResNet-50", "ViT-S/16"
+    source*        where the weights come from, one of timm | torchvision | hub | url | builtin:
+      timm         model*  timm model name with its pretrained tag, e.g. "vit_small_patch16_224.dino"
+      torchvision  model*  builder name, e.g. "resnet50"; weights* enum, e.g. "ResNet50_Weights.IMAGENET1K_V2"
+      hub          repo* "owner/name:ref"; entrypoint*; arch (timm/torchvision architecture with the same
+                   state-dict keys, used for --checkpoint files and offline loading); weights_url (the file
+                   the entrypoint downloads, so the cache can be checked without running hub code)
+      url          url*; arch*; checkpoint_key (key of the state dict inside the file); prefix (key prefix to
+                   strip); momentum_encoder (bool, load a MoCo-style momentum encoder instead of the query one)
+      builtin      model*  "pixels" (flattened raw pixels, no weights)
+    arch           "timm:<name>" or "torchvision:<name>" (a bare name is looked up in timm, then torchvision)
+    model_kwargs   extra keyword arguments for the architecture builder, e.g. {img_size: 224}
+    pretrained     true (default); false = random init seeded with ``seed`` (default 0)
+    pretraining*   {method*: str, data*: str, supervised*: bool, epochs: int}
+    feature*       {description*: which layer / pooling, dim*: int (null only when it depends on the input)}
+    preprocessing  deterministic eval transform; when absent (not allowed for builtin cards) it comes from
+                   the architecture's pretrained config (timm's pretrained cfg, or the torchvision weights'
+                   transforms):
+                   input_size  network input side (int or [h, w]) after the crop; null = image size
+                   resize      shorter side (int), exact [h, w], or null (no resize)
+                   crop        "center" (center crop to input_size) or null
+                   interpolation  nearest | bilinear | bicubic | box | hamming | lanczos
+                   mean*, std* per channel (1 value when grayscale is 1, else 3)
+                   grayscale   null (RGB), 1 or 3 output channels
+                   scale_to_unit  true (default): pixels / 255; false: raw 0..255 values as float
+    reported       published numbers only, each with its source (paper + table, or README), else null:
+                   {linear_probe_top1, linear_probe_source, knn_top1, knn_source, top1, top1_source,
+                    clustering: [{dataset, method, metric, value, source}]}   (ImageNet-1k top-1 in %)
+    notes          free text
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+__all__ = ["ModelCard", "Preprocessing", "CardError", "card_dirs", "list_cards", "load_card", "SOURCES"]
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("timm", "torchvision", "hub", "url", "builtin")
+BUILTIN_MODELS = ("pixels",)
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+ENV_CARDS = "SSCB_MODEL_CARDS"
+
+# the C loader (same safe subset of YAML) is ~10x faster; the card folder is re-read on every lookup
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_TOP_KEYS = {
+    "id", "name", "architecture", "source", "model", "weights", "repo", "entrypoint", "url", "arch",
+    "weights_url", "checkpoint_key", "prefix", "momentum_encoder", "model_kwargs", "pretrained", "seed",
+    "pretraining", "feature", "preprocessing", "reported", "notes",
+}
+_REQUIRED_BY_SOURCE = {
+    "timm": ("model",),
+    "torchvision": ("model", "weights"),
+    "hub": ("repo", "entrypoint"),
+    "url": ("url", "arch"),
+    "builtin": ("model",),
+}
+_PP_KEYS = {"input_size", "resize", "crop", "interpolation", "mean", "std", "grayscale", "scale_to_unit"}
+_REPORTED_KEYS = {"linear_probe_top1", "linear_probe_source", "knn_top1", "knn_source", "top1", "top1_source",
+                  "clustering"}
+_CLUSTERING_KEYS = {"dataset", "method", "metric", "value", "source"}
+
+
+class CardError(ValueError):
+    """A model card that does not follow the schema (the message names the file and the field)."""
+
+
+def _fail(where: str, field_name: str, problem: str) -> CardError:
+    return CardError(f"model card {where}: field {field_name!r}: {problem}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preprocessing
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The deterministic eval transform of a backbone: grayscale -> resize -> center crop -> tensor -> normalize."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int | tuple[int, int] | None = None
+    resize: int | tuple[int, int] | None = None
+    crop: bool = False
+    interpolation: str = "bilinear"
+    grayscale: int | None = None
+    scale_to_unit: bool = True
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale == 1 else 3
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "<dict>") -> "Preprocessing":
+        """Validate a card's ``preprocessing`` mapping (errors name ``where`` and the field)."""
+        if not isinstance(raw, Mapping):
+            raise _fail(where, "preprocessing", f"must be a mapping, got {type(raw).__name__}")
+        unknown = set(raw) - _PP_KEYS
+        if unknown:
+            raise _fail(where, "preprocessing", f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_PP_KEYS)}")
+        grayscale = raw.get("grayscale")
+        if grayscale in (False, None):
+            grayscale = None
+        elif grayscale is True or grayscale not in (1, 3):
+            raise _fail(where, "preprocessing.grayscale", f"must be null, 1 or 3 (output channels), got {grayscale!r}")
+        channels = 1 if grayscale == 1 else 3
+        mean = _float_tuple(raw.get("mean"), channels, where, "preprocessing.mean")
+        std = _float_tuple(raw.get("std"), channels, where, "preprocessing.std")
+        if any(s <= 0 for s in std):
+            raise _fail(where, "preprocessing.std", f"must be positive, got {list(std)}")
+        input_size = _size(raw.get("input_size"), where, "preprocessing.input_size")
+        resize = _size(raw.get("resize"), where, "preprocessing.resize")
+        crop = raw.get("crop")
+        if crop not in (None, False, "center"):
+            raise _fail(where, "preprocessing.crop", f"must be 'center' or null, got {crop!r}")
+        crop = crop == "center"
+        if crop and input_size is None:
+            raise _fail(where, "preprocessing.input_size", "is required when crop is 'center'")
+        interpolation = str(raw.get("interpolation", "bilinear")).lower()
+        if interpolation not in INTERPOLATIONS:
+            raise _fail(where, "preprocessing.interpolation",
+                        f"must be one of {', '.join(INTERPOLATIONS)}, got {raw.get('interpolation')!r}")
+        scale_to_unit = raw.get("scale_to_unit", True)
+        if not isinstance(scale_to_unit, bool):
+            raise _fail(where, "preprocessing.scale_to_unit", f"must be true or false, got {scale_to_unit!r}")
+        return cls(mean=mean, std=std, input_size=input_size, resize=resize, crop=crop,
+                   interpolation=interpolation, grayscale=grayscale, scale_to_unit=scale_to_unit)
+
+    @classmethod
+    def from_timm_config(cls, cfg: Mapping) -> "Preprocessing":
+        """Preprocessing equal to timm's eval transform for a pretrained config (input_size, crop_pct, ...)."""
+        _, height, width = cfg["input_size"]
+        size = height if height == width else (height, width)
+        crop_pct = float(cfg.get("crop_pct") or 1.0)
+        crop_mode = cfg.get("crop_mode") or "center"
+        # timm's eval transform: scale_size = floor(img_size / crop_pct), then a center crop of img_size
+        scale = tuple(math.floor(s / crop_pct) for s in (height, width))
+        if crop_mode == "squash":
+            resize: int | tuple[int, int] = scale
+        else:
+            if crop_mode != "center":
+                log.warning("timm crop_mode %r is approximated by a shorter-side resize + center crop", crop_mode)
+            resize = scale[0] if height == width else scale
+        return cls(mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
+                   input_size=size, resize=resize, crop=True,
+                   interpolation=str(cfg.get("interpolation") or "bilinear"))
+
+    def to_dict(self) -> dict:
+        """The card-YAML form of this preprocessing."""
+        def plain(v):
+            return list(v) if isinstance(v, tuple) else v
+        return {"input_size": plain(self.input_size), "resize": plain(self.resize),
+                "crop": "center" if self.crop else None, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std), "grayscale": self.grayscale,
+                "scale_to_unit": self.scale_to_unit}
+
+    @property
+    def transform_id(self) -> str:
+        """Canonical string of the preprocessing: equal strings <=> the transform maps images identically."""
+        def size(v):
+            if v is None:
+                return "-"
+            return f"{v[0]}x{v[1]}" if isinstance(v, tuple) else str(v)
+
+        def floats(values):
+            return ",".join(repr(float(v)) for v in values)
+
+        return "|".join([
+            f"gray={self.grayscale or 0}",
+            f"resize={size(self.resize)}",
+            # interpolation only matters when something is resized
+            f"interp={self.interpolation if self.resize is not None else '-'}",
+            f"crop={size(self.input_size) if self.crop else '-'}",
+            f"unit={int(self.scale_to_unit)}",
+            f"mean={floats(self.mean)}",
+            f"std={floats(self.std)}",
+        ])
+
+    def build_transform(self) -> Callable:
+        """torchvision ``Compose``: PIL.Image -> float tensor (C x H x W), deterministic."""
+        import torch
+        from torchvision import transforms as T
+        from torchvision.transforms import v2
+
+        steps: list = []
+        if self.grayscale:
+            steps.append(T.Grayscale(num_output_channels=self.grayscale))
+        if self.resize is not None:
+            steps.append(T.Resize(self.resize, interpolation=T.InterpolationMode(self.interpolation),
+                                  antialias=True))
+        if self.crop:
+            steps.append(T.CenterCrop(self.input_size))
+        if self.scale_to_unit:
+            steps.append(T.ToTensor())
+        else:
+            steps += [T.PILToTensor(), v2.ToDtype(torch.float32, scale=False)]
+        steps.append(T.Normalize(mean=list(self.mean), std=list(self.std)))
+        return T.Compose(steps)
+
+
+def _float_tuple(value, length: int, where: str, name: str) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise _fail(where, name, f"must be a list of {length} number(s) (one per input channel), got {value!r}")
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise _fail(where, name, f"must contain numbers, got {value!r}") from None
+
+
+def _size(value, where: str, name: str) -> int | tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _fail(where, name, f"must be a positive int, [h, w] or null, got {value!r}")
+    if isinstance(value, int) and value > 0:
+        return value
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        return int(value[0]), int(value[1])
+    raise _fail(where, name, f"must be a positive int, [h, w] or null, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """One backbone: weights source, architecture, feature description, preprocessing and published numbers."""
+
+    id: str
+    name: str
+    architecture: str
+    source: str
+    pretraining: Mapping[str, Any]
+    feature: Mapping[str, Any]
+    preprocessing: Preprocessing | None = None
+    model: str | None = None
+    weights: str | None = None
+    repo: str | None = None
+    entrypoint: str | None = None
+    url: str | None = None
+    arch: str | None = None
+    weights_url: str | None = None
+    checkpoint_key: str | None = None
+    prefix: str | None = None
+    momentum_encoder: bool = False
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    pretrained: bool = True
+    seed: int = 0
+    reported: Mapping[str, Any] = field(default_factory=dict)
+    notes: str | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def pretraining_method(self) -> str:
+        return str(self.pretraining.get("method", ""))
+
+    @property
+    def supervised(self) -> bool:
+        return bool(self.pretraining.get("supervised", False))
+
+    @property
+    def feature_dim(self) -> int | None:
+        """Declared feature dimension (None when it depends on the input size, e.g. raw pixels)."""
+        dim = self.feature.get("dim")
+        return None if dim is None else int(dim)
+
+    @property
+    def build_arch(self) -> str | None:
+        """The architecture to build for this card, "timm:<name>" / "torchvision:<name>" (or a bare name);
+        None for builtin cards and hub cards without ``arch``."""
+        if self.source == "timm":
+            return f"timm:{self.model}"
+        if self.source == "torchvision":
+            return f"torchvision:{self.model}"
+        return self.arch
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "<dict>", path: Path | None = None) -> "ModelCard":
+        """Validate a parsed card mapping; errors name ``where`` (the file) and the offending field."""
+        if not isinstance(raw, Mapping):
+            raise CardError(f"model card {where}: must be a YAML mapping, got {type(raw).__name__}")
+        unknown = set(raw) - _TOP_KEYS
+        if unknown:
+            close = {k: difflib.get_close_matches(str(k), _TOP_KEYS, n=1) for k in unknown}
+            hints = ", ".join(f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+            raise CardError(f"model card {where}: unknown field(s) {hints}")
+        for key in ("id", "name", "architecture", "source"):
+            if not isinstance(raw.get(key), str) or not raw[key].strip():
+                raise _fail(where, key, "is required and must be a non-empty string")
+        card_id = raw["id"]
+        if not _ID_RE.match(card_id):
+            raise _fail(where, "id", f"{card_id!r} must be lowercase letters, digits, '.', '_' or '-'")
+        source = raw["source"]
+        if source not in SOURCES:
+            raise _fail(where, "source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
+        for key in _REQUIRED_BY_SOURCE[source]:
+            if not isinstance(raw.get(key), str) or not raw[key].strip():
+                raise _fail(where, key, f"is required for source {source!r} and must be a non-empty string")
+        for key in ("model", "weights", "repo", "entrypoint", "url", "arch", "weights_url", "checkpoint_key",
+                    "prefix", "notes"):
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                raise _fail(where, key, f"must be a string, got {type(raw[key]).__name__}")
+        if source == "builtin" and raw["model"] not in BUILTIN_MODELS:
+            raise _fail(where, "model", f"builtin model must be one of {BUILTIN_MODELS}, got {raw['model']!r}")
+        if source == "torchvision" and not re.match(r"^\w+_Weights\.\w+$", raw["weights"]):
+            raise _fail(where, "weights", f"must look like 'ResNet50_Weights.IMAGENET1K_V2', got {raw['weights']!r}")
+        if source == "hub" and not re.match(r"^[\w.-]+/[\w.-]+(:[\w./-]+)?$", raw["repo"]):
+            raise _fail(where, "repo", f"must look like 'owner/name:ref', got {raw['repo']!r}")
+        for key in ("url", "weights_url"):
+            if raw.get(key) is not None and not re.match(r"^(https?|file)://", raw[key]):
+                raise _fail(where, key, f"must be an http(s):// or file:// URL, got {raw[key]!r}")
+        if raw.get("arch") is not None:
+            lib, sep, name = raw["arch"].partition(":")
+            if sep and (lib not in ("timm", "torchvision") or not name):
+                raise _fail(where, "arch", f"must be '<name>', 'timm:<name>' or 'torchvision:<name>', "
+                                           f"got {raw['arch']!r}")
+        model_kwargs = raw.get("model_kwargs") or {}
+        if not isinstance(model_kwargs, Mapping) or not all(isinstance(k, str) for k in model_kwargs):
+            raise _fail(where, "model_kwargs", "must be a mapping of keyword arguments")
+        for key in ("pretrained", "momentum_encoder"):
+            if key in raw and not isinstance(raw[key], bool):
+                raise _fail(where, key, f"must be true or false, got {raw[key]!r}")
+        seed = raw.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise _fail(where, "seed", f"must be a non-negative int, got {seed!r}")
+
+        pretraining = raw.get("pretraining")
+        if not isinstance(pretraining, Mapping):
+            raise _fail(where, "pretraining", "is required: {method, data, supervised}")
+        for key in ("method", "data"):
+            if not isinstance(pretraining.get(key), str) or not pretraining[key].strip():
+                raise _fail(where, f"pretraining.{key}", "is required and must be a non-empty string")
+        if not isinstance(pretraining.get("supervised"), bool):
+            raise _fail(where, "pretraining.supervised", "is required and must be true or false")
+        epochs = pretraining.get("epochs")
+        if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs <= 0):
+            raise _fail(where, "pretraining.epochs", f"must be a positive int, got {epochs!r}")
+
+        feature = raw.get("feature")
+        if not isinstance(feature, Mapping):
+            raise _fail(where, "feature", "is required: {description, dim}")
+        if not isinstance(feature.get("description"), str) or not feature["description"].strip():
+            raise _fail(where, "feature.description", "is required and must be a non-empty string")
+        if "dim" not in feature:
+            raise _fail(where, "feature.dim", "is required (an int, or null when it depends on the input)")
+        dim = feature["dim"]
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0):
+            raise _fail(where, "feature.dim", f"must be a positive int or null, got {dim!r}")
+        if dim is None and source != "builtin":
+            raise _fail(where, "feature.dim", "may only be null for builtin backbones")
+
+        preprocessing = None
+        if raw.get("preprocessing") is not None:
+            preprocessing = Preprocessing.from_dict(raw["preprocessing"], where)
+        elif source == "builtin" or (source == "hub" and not raw.get("arch")):
+            # everything else falls back to the pretrained config of its architecture (timm / torchvision)
+            raise _fail(where, "preprocessing", f"is required for source {source!r}"
+                        + (" without an arch" if source == "hub" else ""))
+
+        reported = _validate_reported(raw.get("reported") or {}, where)
+        return cls(
+            id=card_id, name=raw["name"].strip(), architecture=raw["architecture"].strip(), source=source,
+            pretraining=dict(pretraining), feature=dict(feature), preprocessing=preprocessing,
+            model=raw.get("model"), weights=raw.get("weights"), repo=raw.get("repo"),
+            entrypoint=raw.get("entrypoint"), url=raw.get("url"), arch=raw.get("arch"),
+            weights_url=raw.get("weights_url"), checkpoint_key=raw.get("checkpoint_key"),
+            prefix=raw.get("prefix"), momentum_encoder=bool(raw.get("momentum_encoder", False)),
+            model_kwargs=dict(model_kwargs), pretrained=bool(raw.get("pretrained", True)), seed=seed,
+            reported=reported, notes=raw.get("notes"), path=path,
+        )
+
+
+def _percent(value, where: str, name: str):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise _fail(where, name, f"must be a percentage in [0, 100] or null, got {value!r}")
+    return float(value)
+
+
+def _validate_reported(reported: Any, where: str) -> dict:
+    if not isinstance(reported, Mapping):
+        raise _fail(where, "reported", f"must be a mapping, got {type(reported).__name__}")
+    unknown = set(reported) - _REPORTED_KEYS
+    if unknown:
+        raise _fail(where, "reported", f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_REPORTED_KEYS)}")
+    out: dict[str, Any] = {}
+    for metric, source_key in (("linear_probe_top1", "linear_probe_source"), ("knn_top1", "knn_source"),
+                               ("top1", "top1_source")):
+        value = _percent(reported.get(metric), where, f"reported.{metric}")
+        source = reported.get(source_key)
+        if value is not None and (not isinstance(source, str) or not source.strip()):
+            raise _fail(where, f"reported.{source_key}", f"is required when reported.{metric} is given "
+                                                          "(paper + table, or README)")
+        out[metric], out[source_key] = value, source
+    clustering = reported.get("clustering") or []
+    if not isinstance(clustering, list):
+        raise _fail(where, "reported.clustering", "must be a list of {dataset, method, metric, value, source}")
+    rows = []
+    for i, row in enumerate(clustering):
+        name = f"reported.clustering[{i}]"
+        if not isinstance(row, Mapping) or set(row) != _CLUSTERING_KEYS:
+            raise _fail(where, name, f"must have exactly the keys {sorted(_CLUSTERING_KEYS)}")
+        if not all(isinstance(row[k], str) and row[k].strip() for k in ("dataset", "method", "metric", "source")):
+            raise _fail(where, name, "dataset, method, metric and source must be non-empty strings")
+        rows.append({**row, "value": _percent(row["value"], where, f"{name}.value")})
+    out["clustering"] = rows
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading and search path
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _default_dirs() -> list[Path]:
+    here = Path(__file__).resolve()
+    # the repository's model_cards/ (source checkout), then one shipped inside the package (installed wheel)
+    return [p for p in (here.parents[2] / "model_cards", here.parents[1] / "model_cards") if p.is_dir()]
+
+
+def card_dirs(cards_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> list[Path]:
+    """The card search path: ``cards_dir``, then ``$SSCB_MODEL_CARDS``, then the shipped ``model_cards/``."""
+    dirs: list[Path] = []
+    if cards_dir is not None:
+        given = [cards_dir] if isinstance(cards_dir, (str, os.PathLike)) else list(cards_dir)
+        for d in given:
+            p = Path(d).expanduser()
+            if not p.is_dir():
+                raise FileNotFoundError(f"cards_dir {str(d)!r} is not a directory of model-card YAML files")
+            dirs.append(p)
+    for d in filter(None, os.environ.get(ENV_CARDS, "").split(os.pathsep)):
+        p = Path(d).expanduser()
+        if not p.is_dir():
+            raise FileNotFoundError(f"${ENV_CARDS} names {d!r}, which is not a directory of model-card YAML files")
+        dirs.append(p)
+    dirs += _default_dirs()
+    unique: list[Path] = []
+    for d in dirs:
+        if all(d.resolve() != u.resolve() for u in unique):
+            unique.append(d)
+    return unique
+
+
+def _read_card_file(path: Path) -> ModelCard:
+    if not path.is_file():
+        raise FileNotFoundError(f"model card file {str(path)!r} does not exist")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+    except yaml.YAMLError as e:
+        raise CardError(f"model card {path}: invalid YAML: {e}") from None
+    return ModelCard.from_dict(raw, where=str(path), path=path)
+
+
+def _cards_by_id(dirs: Iterable[Path]) -> dict[str, ModelCard]:
+    cards: dict[str, ModelCard] = {}
+    for d in dirs:
+        here: dict[str, ModelCard] = {}
+        for path in sorted(list(d.glob("*.yaml")) + list(d.glob("*.yml"))):
+            card = _read_card_file(path)
+            if card.id in here:
+                raise CardError(f"model card id {card.id!r} is defined twice in {d}: "
+                                f"{here[card.id].path.name} and {path.name}")
+            here[card.id] = card
+        for card_id, card in here.items():
+            cards.setdefault(card_id, card)  # earlier folders on the search path win
+    return cards
+
+
+def list_cards(cards_dir=None) -> list[ModelCard]:
+    """Every model card on the search path (validated), sorted by id."""
+    cards = _cards_by_id(card_dirs(cards_dir))
+    return [cards[k] for k in sorted(cards)]
+
+
+def load_card(name_or_path: str | os.PathLike, cards_dir=None) -> ModelCard:
+    """A card by id, or from a YAML file path. Unknown ids raise ValueError listing close matches."""
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if isinstance(name_or_path, os.PathLike) or path.suffix in (".yaml", ".yml") or os.sep in text:
+        return _read_card_file(path)
+    cards = _cards_by_id(card_dirs(cards_dir))
+    if text in cards:
+        return cards[text]
+    close = difflib.get_close_matches(text, list(cards), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model card {text!r}.{hint} Known cards: {len(cards)} "
+                     f"(list them with `sscb models`); or pass a path to a card YAML file.")

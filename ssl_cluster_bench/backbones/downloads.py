@@ -1,0 +1,144 @@
+"""Weight caches and fail-fast offline checks.
+
+Before any download the factory asks here whether the weights are already cached (torch hub checkpoints
+dir, torch hub repo dir, Hugging Face cache). If not, :func:`require_network` decides within seconds whether
+a download can work (``SSCB_OFFLINE`` / ``HF_HUB_OFFLINE`` set, or the host unreachable) and otherwise
+raises a RuntimeError that says how to supply the weights by hand. Nothing here ever waits on a network
+timeout longer than :data:`CONNECT_TIMEOUT_S`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+__all__ = ["CONNECT_TIMEOUT_S", "offline_reason", "host_reachable", "require_network", "hub_dir",
+           "hub_checkpoint_path", "hub_repo_dir", "hf_cache_dir", "hf_cached_file", "fetch_url"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 3.0
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def offline_reason() -> str | None:
+    """Why downloads are disabled by configuration (None when they are not)."""
+    for var in ("SSCB_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUE:
+            return f"{var}={os.environ[var]}"
+    return None
+
+
+def _proxy_for(scheme: str) -> tuple[str, int] | None:
+    proxy = os.environ.get(f"{scheme}_proxy") or os.environ.get(f"{scheme.upper()}_PROXY")
+    if not proxy:
+        return None
+    parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    return (parsed.hostname, parsed.port or 80) if parsed.hostname else None
+
+
+@functools.lru_cache(maxsize=64)
+def host_reachable(host: str, port: int = 443) -> bool:
+    """Whether a TCP connection to ``host:port`` (or to the configured HTTPS proxy) opens within the timeout.
+
+    Runs in a daemon thread joined with a deadline, because name resolution is not bounded by socket
+    timeouts. Cached per process: a dead network is probed once, not once per model.
+    """
+    target = _proxy_for("https" if port == 443 else "http") or (host, port)
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(target, timeout=CONNECT_TIMEOUT_S):
+                ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    thread = threading.Thread(target=probe, name=f"sscb-probe-{host}", daemon=True)
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S + 0.5)
+    return bool(ok and ok[0])
+
+
+def require_network(url: str, what: str, remedy: str) -> None:
+    """Raise RuntimeError (fast) unless ``url``'s host can be reached and downloads are allowed.
+
+    ``what`` names the missing weights; ``remedy`` says how to supply them without a network.
+    """
+    reason = offline_reason()
+    if reason is None:
+        parsed = urlparse(url)
+        host = parsed.hostname or ""
+        port = parsed.port or (80 if parsed.scheme == "http" else 443)
+        if host and host_reachable(host, port):
+            return
+        reason = f"{host or url} is unreachable"
+    raise RuntimeError(f"{what} are not in the local cache and cannot be downloaded ({reason}).\n{remedy}")
+
+
+def hub_dir() -> Path:
+    """torch hub's cache folder (``$TORCH_HOME/hub``): repos at the top, weight files in ``checkpoints/``."""
+    import torch
+
+    return Path(torch.hub.get_dir())
+
+
+def hub_checkpoint_path(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` stores (and looks for) the file at ``url``."""
+    return hub_dir() / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def hub_repo_dir(repo: str) -> Path | None:
+    """The cached checkout of a hub repo "owner/name[:ref]", or None when it is not cached."""
+    owner_name, _, ref = repo.partition(":")
+    owner, _, name = owner_name.partition("/")
+    if ref:
+        candidate = hub_dir() / f"{owner}_{name}_{ref.replace('/', '_')}"
+        return candidate if (candidate / "hubconf.py").is_file() else None
+    # without a ref torch hub picks the default branch; accept any cached branch
+    found = sorted(p for p in hub_dir().glob(f"{owner}_{name}_*") if (p / "hubconf.py").is_file())
+    return found[0] if found else None
+
+
+def hf_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hf_cached_file(repo_id: str, filenames: list[str]) -> Path | None:
+    """The first of ``filenames`` present in the Hugging Face cache for ``repo_id`` (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, _, revision = repo_id.partition("@")
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(hf_cache_dir()), revision=revision or None)
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
+    return None
+
+
+def fetch_url(url: str, what: str, remedy: str) -> Path:
+    """The local file for ``url``: ``file://`` paths directly, else the torch hub checkpoints cache, downloading
+    into it (with a progress bar) only after :func:`require_network` passes."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        path = Path(url2pathname(parsed.path))
+        if not path.is_file():
+            raise FileNotFoundError(f"{what}: {url} does not exist")
+        return path
+    target = hub_checkpoint_path(url)
+    if target.is_file():
+        return target
+    require_network(url, what, remedy)
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s to %s", url, target)
+    torch.hub.download_url_to_file(url, str(target), progress=True)
+    return target
