@@ -20,7 +20,7 @@ from PIL import Image
 from ssl_cluster_bench.backbones import create_backbone
 from ssl_cluster_bench.cache import FeatureCache
 from ssl_cluster_bench.data import get_dataset
-from ssl_cluster_bench.extract import extract_features
+from ssl_cluster_bench.extraction import extract_features
 
 
 def make_tree(root: Path, n: int, size: int = 160, n_classes: int = 10) -> None:

@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_BACKBONES", "cluster_entry", "cluster_features", "extract", 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONES = ("pixels", "random-resnet18")
-METHODS = ("kmeans", "scan", "scan+selflabel")
+METHODS = ("kmeans", "scan", "scan+selflabel", "mmdc", "twostage")
 
 
 def _versions() -> str:
@@ -78,7 +78,7 @@ def extract(backbone, dataset: str, data_root=None, split: str | None = None, ca
     choose which weights inside a checkpoint to load (see :func:`ssl_cluster_bench.backbones.create_backbone`).
     """
     from .backbones import create_backbone
-    from .extract import extract_features
+    from .extraction import extract_features
 
     ds_probe = _dataset(dataset, data_root, split, subset=subset)  # fail on bad data before loading weights
     bb = create_backbone(backbone, checkpoint=checkpoint, arch=arch, device="cpu", weights_only=weights_only,
@@ -116,12 +116,16 @@ def import_features(features, labels, backbone: str, dataset: str, split: str = 
 
 
 def cluster_features(features, labels, *, n_classes: int | None = None, overcluster: Sequence[float] = (1.0,),
+                     n_clusters: Sequence[int] | None = None,
                      seeds: Iterable[int] = range(5), methods: Sequence[str] = ("kmeans",),
                      pca_dim: int | None = 256, whiten: bool = False, l2_normalize: bool = False,
                      backend: str = "faiss", kmeans_iter: int | None = None, progress: bool = True,
-                     scan_options: dict | None = None) -> pd.DataFrame:
+                     scan_options: dict | None = None, augmented=None) -> pd.DataFrame:
     """The clustering protocol on a feature matrix: PCA once, then every method × k × seed; one row each.
 
+    k-means runs on the PCA-reduced features; clustering heads (scan, mmdc, twostage) on the features
+    themselves, with ``augmented`` (views, n, dim) cached augmented views when available.
+    ``n_clusters`` gives explicit k values instead of ``overcluster`` factors (k = round(factor × n_classes)).
     Rows carry the metrics (acc, nmi, ami, ari, top5 for heads), the effective PCA dim, the flag column
     (e.g. empty or degenerate clusters) and the fit time. Labels < 0 (unlabelled) are excluded from scoring.
     """
@@ -136,20 +140,30 @@ def cluster_features(features, labels, *, n_classes: int | None = None, overclus
     if n_classes < 1:
         raise ValueError("no labelled samples: clustering metrics need labels")
     seeds = list(seeds)
-    ks = [(f, max(2, int(round(n_classes * f)))) for f in overcluster]
+    if n_clusters:  # explicit k values take precedence over overclustering factors
+        ks = [(round(k / n_classes, 4), int(k)) for k in n_clusters]
+    else:
+        ks = [(f, max(2, int(round(n_classes * f)))) for f in overcluster]
     for f, k in ks:
         if k > features.shape[0]:
             raise ValueError(f"k={k} (overcluster {f} × {n_classes} classes) exceeds the {features.shape[0]} samples")
         if f <= 0:
             raise ValueError(f"overcluster factors must be positive, got {f}")
     n, dim = features.shape
-    # PCA cannot give more components than samples or dims; at the input dim it is only a rotation
-    eff_dim = None if pca_dim is None or pca_dim >= dim else int(min(pca_dim, n))
-    t0 = time.perf_counter()
-    reduced = PCA(eff_dim, whiten=whiten, l2_normalize=l2_normalize, progress=progress).fit_transform(features)
-    pca_seconds = time.perf_counter() - t0
-    common = {"n_classes": n_classes, "pca_dim": reduced.shape[1], "whiten": whiten,
-              "l2_normalize": l2_normalize, "n_samples": int(labelled.sum())}
+    reduced, pca_seconds = None, 0.0
+    if "kmeans" in methods:
+        # PCA cannot give more components than samples or dims; at the input dim it is only a rotation
+        eff_dim = None if pca_dim is None or pca_dim >= dim else int(min(pca_dim, n))
+        t0 = time.perf_counter()
+        reduced = PCA(eff_dim, whiten=whiten, l2_normalize=l2_normalize, progress=progress).fit_transform(features)
+        pca_seconds = time.perf_counter() - t0
+    heads = [m for m in methods if m != "kmeans"]
+    neighbors = None
+    if any(m.startswith("scan") for m in heads):
+        # mined once per feature matrix and shared by every SCAN fit (seeds, k, self-labeling)
+        from .heads import mine_neighbors
+
+        neighbors = mine_neighbors(features, int((scan_options or {}).get("n_neighbors", 20)), verbose=progress)
     rows = []
     for method in methods:
         for f, k in ks:
@@ -162,32 +176,63 @@ def cluster_features(features, labels, *, n_classes: int | None = None, overclus
                     empty = k - np.unique(pred).size
                     if empty:
                         flag = f"empty_clusters={empty}"
-                    row_backend = backend
+                    config = {"backend": backend, "pca_dim": reduced.shape[1], "whiten": whiten,
+                              "l2_normalize": l2_normalize}
+                    seconds = time.perf_counter() - t0 + pca_seconds / max(1, len(ks) * len(seeds))
                 else:
-                    pred, probs, flag = _fit_head(method, reduced, k, seed, scan_options or {}, progress)
-                    row_backend = "torch"
-                seconds = time.perf_counter() - t0 + pca_seconds / max(1, len(ks) * len(seeds) * len(methods))
+                    # Heads see the cached features themselves: they standardise internally, and doing so on
+                    # PCA components would amount to whitening, which costs them accuracy.
+                    pred, probs, flag = _fit_head(method, features, k, seed, scan_options or {}, progress,
+                                                  augmented=augmented, neighbors=neighbors)
+                    config = {"backend": "torch", "pca_dim": dim, "whiten": False, "l2_normalize": False}
+                    seconds = time.perf_counter() - t0
                 scores = evaluate(labels[labelled], pred[labelled],
                                   probs[labelled] if probs is not None else None)
-                rows.append({"method": method, "n_clusters": k, "overcluster": f, "backend": row_backend,
-                             "seed": seed, **common, **scores, "flag": flag, "seconds": round(seconds, 3)})
+                rows.append({"method": method, "n_clusters": k, "overcluster": f, **config, "seed": seed,
+                             "n_classes": n_classes, "n_samples": int(labelled.sum()), **scores, "flag": flag,
+                             "seconds": round(seconds, 3)})
     return pd.DataFrame(rows)
 
 
-def _fit_head(method: str, features: np.ndarray, k: int, seed: int, options: dict, progress: bool):
-    from .heads import SCAN
+def _fit_head(method: str, features, k: int, seed: int, options: dict, progress: bool, augmented=None,
+              neighbors=None):
+    """Fit the head named ``method``; ``options`` (scan_options) only apply to the SCAN methods."""
+    if method == "mmdc":
+        from .heads.mmdc import MMDC
 
-    est = SCAN(n_clusters=k, self_label=method == "scan+selflabel", random_state=seed, verbose=progress,
-               **options)
-    est.fit(features)
+        est = MMDC(n_clusters=k, random_state=seed, verbose=progress).fit(features, augmented=augmented)
+    elif method == "twostage":
+        from .heads.twostage import TwoStageUC
+
+        est = TwoStageUC(n_clusters=k, random_state=seed, verbose=progress).fit(features, augmented=augmented)
+    else:
+        from .heads import SCAN
+
+        est = SCAN(n_clusters=k, self_label=method == "scan+selflabel", random_state=seed, verbose=progress,
+                   **options).fit(features, augmented=augmented, neighbors=neighbors)
     flag = "degenerate" if getattr(est, "degenerate_", False) else ""
     return est.labels_, est.probs_, flag
+
+
+def _augmented_views(entry: CacheEntry):
+    """The cached augmented views (views, n, dim) of the same samples, if ``sscb extract --views`` made them."""
+    key = entry.key
+    for other in FeatureCache(entry.path.parent).entries():
+        k = other.key
+        if (k.variant.startswith("aug:") and (k.backbone, k.weights, k.dataset, k.split, k.transform, k.data)
+                == (key.backbone, key.weights, key.dataset, key.split, key.transform, key.data)
+                and np.array_equal(other.indices, entry.indices)):
+            log.info("using %d cached augmented views from %s", other.manifest.get("n_views", 0), other.path.name)
+            return other.features
+    return None
 
 
 def cluster_entry(entry: CacheEntry, **protocol) -> pd.DataFrame:
     """:func:`cluster_features` on a cache entry, with the entry's identity columns filled in."""
     if entry.manifest.get("n_views"):
         raise ValueError(f"{entry.path.name} holds augmented views; cluster the plain entry instead")
+    if any(m != "kmeans" for m in protocol.get("methods", ())) and protocol.get("augmented") is None:
+        protocol["augmented"] = _augmented_views(entry)
     df = cluster_features(entry.features, entry.labels, **protocol)
     key = entry.key
     df.insert(0, "backbone", key.backbone)
@@ -243,7 +288,8 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
 def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_root=None,
         split: str | None = None, *, results=None, cache=None, checkpoint=None, arch=None, subset=None,
         weights_only: bool = True, momentum_encoder: bool | None = None, checkpoint_key: str | None = None,
-        methods: Sequence[str] = ("kmeans",), overcluster: Sequence[float] = (1.0, 1.5), seeds: int = 5,
+        methods: Sequence[str] = ("kmeans",), overcluster: Sequence[float] = (1.0, 1.5),
+        n_clusters: Sequence[int] | None = None, seeds: int = 5,
         pca_dim: int | None = 256, whiten: bool = False, l2_normalize: bool = False, backend: str = "faiss",
         batch_size: int = 128, num_workers=None, device: str = "auto", progress: bool = True,
         scan_options: dict | None = None) -> pd.DataFrame:
@@ -266,7 +312,7 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     frames = []
     for backbone in backbones:
         entry = _entry_for(backbone, dataset, data_root, split, cache, extract_options)
-        df = cluster_entry(entry, overcluster=overcluster, seeds=range(seeds), methods=methods,
+        df = cluster_entry(entry, overcluster=overcluster, n_clusters=n_clusters, seeds=range(seeds), methods=methods,
                            pca_dim=pca_dim, whiten=whiten, l2_normalize=l2_normalize, backend=backend,
                            progress=progress, scan_options=scan_options)
         append_rows(results, df.to_dict("records"))

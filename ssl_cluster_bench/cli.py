@@ -84,10 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", type=_names, default=None,
                    help="comma-separated model-card ids (default: pixels,random-resnet18)")
     _add_checkpoint(p)
-    p.add_argument("--methods", type=_names, default=["kmeans"], help="kmeans,scan,scan+selflabel")
+    p.add_argument("--methods", type=_names, default=["kmeans"],
+                   help="comma-separated: kmeans,scan,scan+selflabel,mmdc,twostage (default kmeans)")
     _add_data(p)
     _add_extract(p)
     _add_protocol(p)
+
+    p = sub.add_parser("scan", help="SCAN clustering heads (+ self-labeling) on cached features, beside k-means")
+    p.add_argument("--backbone", default=None, help="model-card id (features are extracted if missing)")
+    _add_checkpoint(p)
+    p.add_argument("--k", type=int, default=None, help="number of clusters (default: #classes × --overcluster)")
+    p.add_argument("--heads", type=int, default=10, help="heads trained at once; the lowest-loss one is kept")
+    p.add_argument("--head", choices=["linear", "mlp"], default="linear")
+    p.add_argument("--entropy-weight", type=float, default=None, help="λ of the entropy term (default: SCAN's)")
+    p.add_argument("--epochs", type=int, default=None, help="SCAN epochs (default: SCAN's)")
+    p.add_argument("--neighbors", type=int, default=20, help="K nearest neighbours mined per sample")
+    p.add_argument("--self-label", action="store_true", help="also run the self-labeling step")
+    p.add_argument("--with-kmeans", action="store_true", help="also add k-means rows for the same k")
+    _add_data(p, required=True)
+    _add_extract(p)
+    _add_protocol(p)
+    p.set_defaults(overcluster=[1.0])
 
     p = sub.add_parser("extract", help="extract frozen features into the cache (resumable)")
     p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
@@ -143,6 +160,29 @@ def _cmd_run(args):
     print(to_markdown(aggregate(df)))
     results = Path(args.results) if args.results else default_results_path()
     print(f"\n{len(df)} rows appended to {results}; table: {results.with_suffix('.md')}")
+
+
+def _cmd_scan(args):
+    from . import api
+    from .leaderboard import aggregate, to_markdown
+
+    if args.backbone is None and not args.checkpoint:
+        raise ValueError("pass --backbone CARD_ID, or --checkpoint PATH with --arch ARCH")
+    if args.k is not None and args.k < 2:
+        raise ValueError(f"--k must be >= 2, got {args.k}")
+    methods = (["kmeans"] if args.with_kmeans else []) + ["scan"] + (["scan+selflabel"] if args.self_label else [])
+    scan_options = {"n_heads": args.heads, "head": args.head, "n_neighbors": args.neighbors}
+    if args.entropy_weight is not None:
+        scan_options["entropy_weight"] = args.entropy_weight
+    if args.epochs is not None:
+        scan_options["epochs"] = args.epochs
+    df = api.run([args.backbone] if args.backbone else None, args.dataset, args.data_root, args.split,
+                 results=args.results, cache=args.cache_dir, subset=args.subset, methods=methods,
+                 n_clusters=[args.k] if args.k else None, overcluster=args.overcluster, seeds=args.seeds,
+                 pca_dim=args.pca_dim, whiten=args.whiten, l2_normalize=args.l2_normalize, backend=args.backend,
+                 batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                 progress=not args.quiet, scan_options=scan_options, **_checkpoint_options(args))
+    print(to_markdown(aggregate(df)))
 
 
 def _cmd_extract(args):
@@ -216,7 +256,7 @@ def _cmd_cache(args):
         print(f"{e.path.name}  {tuple(e.manifest['shape'])}  skipped={e.manifest['skipped']['count']}")
 
 
-COMMANDS = {"run": _cmd_run, "extract": _cmd_extract, "import-features": _cmd_import,
+COMMANDS = {"run": _cmd_run, "scan": _cmd_scan, "extract": _cmd_extract, "import-features": _cmd_import,
             "leaderboard": _cmd_leaderboard, "objectnet": _cmd_objectnet, "models": _cmd_models, "datasets": _cmd_datasets, "cache": _cmd_cache}
 
 

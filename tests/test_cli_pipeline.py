@@ -92,3 +92,29 @@ def test_default_run_on_digits(tmp_path, monkeypatch, capsys):
     random_k10 = lb[(lb.backbone == "random-resnet18") & (lb.n_clusters == 10)].acc
     assert random_k10.mean() > 0.4  # random conv features still cluster digits far above chance (0.1)
     assert (tmp_path / "results" / "leaderboard.md").read_text().count("±") >= 16
+
+
+def test_sscb_scan_on_digits_beside_kmeans(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSCB_CACHE_DIR", str(tmp_path / "cache"))
+    results = tmp_path / "lb.csv"
+    assert main(["-q", "scan", "--backbone", "pixels", "--dataset", "digits", "--with-kmeans", "--self-label",
+                 "--seeds", "2", "--results", str(results)]) == 0
+    lb = read_leaderboard(results)
+    assert sorted(set(lb.method)) == ["kmeans", "scan", "scan+selflabel"] and (lb.n_clusters == 10).all()
+    acc = lb.groupby("method").acc.mean()
+    assert acc["scan"] > acc["kmeans"] + 0.03
+    scan_rows = lb[lb.method == "scan"]
+    assert (scan_rows.top5 >= scan_rows.acc).all() and lb[lb.method == "kmeans"].top5.isna().all()
+    assert "| scan " in capsys.readouterr().out
+
+
+def test_cached_augmented_views_reach_the_heads(tmp_path, monkeypatch):
+    import ssl_cluster_bench as sscb
+    from ssl_cluster_bench.api import _augmented_views
+
+    monkeypatch.setenv("SSCB_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["-q", "extract", "--backbone", "pixels", "--dataset", "digits", "--views", "2"]) == 0
+    plain = sscb.extract("pixels", "digits", progress=False)
+    views = _augmented_views(plain)
+    assert views is not None and views.shape == (2, 1797, 64)
+    assert not np.array_equal(np.asarray(views[0]), np.asarray(plain.features))

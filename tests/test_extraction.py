@@ -14,7 +14,7 @@ from torchvision import transforms as T
 
 from ssl_cluster_bench.cache import ChunkWriter, FeatureCache
 from ssl_cluster_bench.data import get_dataset
-from ssl_cluster_bench.extract import extract_features
+from ssl_cluster_bench.extraction import extract_features
 
 
 @dataclass
