@@ -22,7 +22,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from .scan import (_SINGLE_THREAD_WORK, DEGENERATE_MAX_FRACTION, SCAN, DegenerateClusteringWarning, _is_int,
+from .scan import (_SINGLE_THREAD_WORK, SCAN, DegenerateClusteringWarning, _is_int, cluster_usage,
                    _is_real, _Rows, _torch_threads)
 
 __all__ = ["HeadEstimator", "align_labels", "majority_vote", "vote_aligned"]
@@ -168,10 +168,7 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
         self.probs_ = probs
         self.labels_ = (probs.argmax(axis=1) if labels is None else labels).astype(np.int64)
         k = int(self.n_clusters)
-        self.cluster_sizes_ = np.bincount(self.labels_, minlength=k).astype(np.int64)
-        used = int((self.cluster_sizes_ > 0).sum())
-        largest = self.cluster_sizes_.max() / max(1, self.labels_.size)
-        self.degenerate_ = bool(used < 2 or largest > DEGENERATE_MAX_FRACTION)
+        self.cluster_sizes_, used, largest, self.degenerate_ = cluster_usage(self.labels_, k)
         if self.degenerate_:
             warnings.warn(
                 f"{type(self).__name__} is degenerate: it uses {used} of {k} clusters and its largest cluster "

@@ -74,6 +74,17 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
     return F.softmax(logits, dim=-1)
 
 
+def cluster_usage(labels: np.ndarray, n_clusters: int) -> tuple[np.ndarray, int, float, bool]:
+    """(cluster sizes, clusters used, largest cluster's share, degenerate?) of a labelling.
+
+    Degenerate: fewer than 2 clusters used, or one cluster holding more than DEGENERATE_MAX_FRACTION.
+    """
+    sizes = np.bincount(labels, minlength=n_clusters).astype(np.int64)
+    used = int((sizes > 0).sum())
+    largest = float(sizes.max() / max(1, labels.size))
+    return sizes, used, largest, bool(used < 2 or largest > DEGENERATE_MAX_FRACTION)
+
+
 class DegenerateClusteringWarning(UserWarning):
     """The chosen head collapsed: fewer than two clusters used, or one cluster holds most samples."""
 
@@ -671,10 +682,7 @@ class SCAN(ClusterMixin, BaseEstimator):
 
     def _check_degenerate(self) -> None:
         k = int(self.n_clusters)
-        self.cluster_sizes_ = np.bincount(self.labels_, minlength=k).astype(np.int64)
-        used = int((self.cluster_sizes_ > 0).sum())
-        largest = self.cluster_sizes_.max() / max(1, self.labels_.size)
-        self.degenerate_ = bool(used < 2 or largest > DEGENERATE_MAX_FRACTION)
+        self.cluster_sizes_, used, largest, self.degenerate_ = cluster_usage(self.labels_, k)
         if self.degenerate_:
             warnings.warn(
                 f"SCAN head {self.best_head_} is degenerate: it uses {used} of {k} clusters and its largest "
