@@ -9,6 +9,8 @@ seed paper: MiniBatchKMeans fed by ``partial_fit`` for a number of epochs over s
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -29,9 +31,28 @@ def _as_float32(X, name: str = "X") -> np.ndarray:
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.shape[0] == 0:
         raise ValueError(f"{name} is empty")
-    if not np.all(np.isfinite(X)):
+    # NaN/inf propagate into float64 column sums (finite float32 values cannot overflow them); this avoids an
+    # n × d boolean temporary (330 MB at ImageNet size).
+    if not np.all(np.isfinite(X.sum(axis=0, dtype=np.float64))):
         raise ValueError(f"{name} contains NaN or inf values")
     return X
+
+
+@contextmanager
+def _faiss_blas_blocks(query_rows: int = 16384):
+    """Let faiss compute distances in larger query blocks (one GEMM per 16384 × 1024 tile, 64 MB).
+
+    With faiss's default of 4096 query rows, assignment was 40% slower on a 2-core CPU (1000 centroids,
+    d = 256: 1.2 s vs 0.85 s per 131k queries). The global setting is restored on exit.
+    """
+    import faiss
+
+    previous = faiss.cvar.distance_compute_blas_query_bs
+    faiss.cvar.distance_compute_blas_query_bs = max(previous, query_rows)
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_query_bs = previous
 
 
 class KMeans:
@@ -42,7 +63,8 @@ class KMeans:
     n_clusters : int
     backend : {"faiss", "sklearn"}
     n_iter : int or None
-        Lloyd iterations (faiss, default 50) or epochs of ``partial_fit`` (sklearn, default 60 as in the
+        Lloyd iterations (faiss, default 20: on the 200k-row, 1000-class synthetic benchmark 20, 25 and 50
+        iterations gave identical labels) or epochs of ``partial_fit`` (sklearn, default 60 as in the
         reference protocol).
     batch_size : int or None
         Mini-batch size of the sklearn backend, default max(2048, 3·n_clusters) (k-means++ initialises on
@@ -83,18 +105,19 @@ class KMeans:
 
     def fit(self, X, y=None) -> "KMeans":
         X = self._validate(X)
-        if self.backend == "faiss":
-            self._fit_faiss(X)
-        else:
-            self._fit_sklearn(X)
-        self.labels_, dist = self._assign(X)
+        with _faiss_blas_blocks():
+            if self.backend == "faiss":
+                self._fit_faiss(X)
+            else:
+                self._fit_sklearn(X)
+            self.labels_, dist = self._assign(X)
         self.inertia_ = float(dist.sum())
         return self
 
     def _fit_faiss(self, X: np.ndarray) -> None:
         import faiss
 
-        n_iter = self.n_iter or 50
+        n_iter = self.n_iter or 20
         use_gpu = faiss_gpu_available() if self.gpu == "auto" else bool(self.gpu)
         km = faiss.Kmeans(X.shape[1], int(self.n_clusters), niter=n_iter, seed=int(self.random_state) + 1,
                           gpu=use_gpu, max_points_per_centroid=self.max_points_per_centroid,
@@ -130,12 +153,16 @@ class KMeans:
         if (self.gpu == "auto" and faiss_gpu_available()) or self.gpu is True:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
         index.add(self.cluster_centers_)
-        labels = np.empty(X.shape[0], dtype=np.int64)
-        dist = np.empty(X.shape[0], dtype=np.float32)
-        for start in range(0, X.shape[0], batch_size):
-            d, i = index.search(X[start:start + batch_size], 1)
-            labels[start:start + i.shape[0]] = i[:, 0]
-            dist[start:start + d.shape[0]] = d[:, 0]
+        n = X.shape[0]
+        labels = np.empty(n, dtype=np.int64)
+        dist = np.empty(n, dtype=np.float32)
+        with tqdm(total=n, desc=f"assign to {self.n_clusters} centres", unit="row", leave=False,
+                  disable=not self.progress or n <= batch_size) as bar:
+            for start in range(0, n, batch_size):
+                d, i = index.search(X[start:start + batch_size], 1)
+                labels[start:start + i.shape[0]] = i[:, 0]
+                dist[start:start + d.shape[0]] = d[:, 0]
+                bar.update(i.shape[0])
         return labels, dist
 
     def predict(self, X) -> np.ndarray:
@@ -145,7 +172,8 @@ class KMeans:
         X = _as_float32(X)
         if X.shape[1] != self.cluster_centers_.shape[1]:
             raise ValueError(f"X has dim {X.shape[1]}, the model was fitted on dim {self.cluster_centers_.shape[1]}")
-        return self._assign(X)[0]
+        with _faiss_blas_blocks():
+            return self._assign(X)[0]
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         return self.fit(X).labels_

@@ -51,14 +51,29 @@ def _check_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     return y_true, y_pred
 
 
+def _dense_ids(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, ids)``: the sorted distinct labels and each sample's index into them (as ``np.unique``).
+
+    ``np.unique`` sorts all n labels (0.25 s at n = 1.28M); non-negative integer labels with a moderate
+    maximum take a bincount + lookup path instead, which gives the same result in a few milliseconds.
+    """
+    if y.dtype.kind in "iu" and y.size:
+        lo, hi = int(y.min()), int(y.max())
+        if lo >= 0 and hi < max(1 << 20, 4 * y.size):
+            present = np.bincount(y, minlength=hi + 1) > 0
+            lookup = np.cumsum(present, dtype=np.int64) - 1
+            return np.flatnonzero(present).astype(y.dtype), lookup[y]
+    return np.unique(y, return_inverse=True)
+
+
 def confusion_matrix(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts ``C[i, j]`` of samples in cluster ``clusters[i]`` with class ``classes[j]``.
 
     Labels may be any integers (not necessarily 0..k-1). Returns ``(C, clusters, classes)``.
     """
     y_true, y_pred = _check_pair(y_true, y_pred)
-    classes, t = np.unique(y_true, return_inverse=True)
-    clusters, p = np.unique(y_pred, return_inverse=True)
+    classes, t = _dense_ids(y_true)
+    clusters, p = _dense_ids(y_pred)
     n_t, n_p = classes.size, clusters.size
     counts = np.bincount(p.astype(np.int64) * n_t + t, minlength=n_p * n_t)
     return counts.reshape(n_p, n_t), clusters, classes
@@ -196,7 +211,10 @@ def _expected_mutual_info(a: np.ndarray, b: np.ndarray, n: int) -> float:
 
 def adjusted_mutual_info(y_true, y_pred) -> float:
     """AMI with arithmetic normalisation (scikit-learn's default), with a faster exact expected-MI term."""
-    confusion, _, _ = confusion_matrix(y_true, y_pred)
+    return _ami_from_confusion(confusion_matrix(y_true, y_pred)[0])
+
+
+def _ami_from_confusion(confusion: np.ndarray) -> float:
     n = int(confusion.sum())
     a, b = confusion.sum(axis=1), confusion.sum(axis=0)
     if (a.size == b.size == 1) or (a.size == b.size == n):
@@ -214,19 +232,57 @@ def adjusted_mutual_info(y_true, y_pred) -> float:
     return float((mi - emi) / denominator)
 
 
+def _nmi_from_confusion(confusion: np.ndarray) -> float:
+    """scikit-learn's ``normalized_mutual_info_score`` (arithmetic mean) from the confusion matrix.
+
+    The MI itself is scikit-learn's ``mutual_info_score`` on the table; only the table is shared, instead of
+    scikit-learn rebuilding it from the labels (three times per call).
+    """
+    n_clusters, n_classes = confusion.shape
+    if n_clusters == n_classes == 1:
+        return 1.0  # both labelings put everything together: a perfect match, as scikit-learn defines it
+    mi = skm.mutual_info_score(None, None, contingency=confusion.T)
+    if mi == 0:
+        return 0.0
+    n = int(confusion.sum())
+    h_true, h_pred = _entropy(confusion.sum(axis=0), n), _entropy(confusion.sum(axis=1), n)
+    return float(mi / ((h_true + h_pred) / 2.0))
+
+
+def _ari_from_confusion(confusion: np.ndarray) -> float:
+    """scikit-learn's ``adjusted_rand_score`` (same pair-confusion formula) from the confusion matrix.
+
+    scikit-learn takes labels only and rebuilds a sparse table from them (0.5 s at n = 1.28M); the pair
+    counts follow from the table in exact integer arithmetic (Python ints cannot overflow).
+    """
+    n = int(confusion.sum())
+    sum_squares = int((confusion.astype(np.int64) ** 2).sum())
+    cluster_squares = int((confusion.sum(axis=1).astype(np.int64) ** 2).sum())
+    class_squares = int((confusion.sum(axis=0).astype(np.int64) ** 2).sum())
+    tp = sum_squares - n
+    fp = cluster_squares - sum_squares  # pairs in one cluster but of two classes (scikit-learn's C[0, 1])
+    fn = class_squares - sum_squares  # pairs of one class split over two clusters (C[1, 0])
+    tn = n * n - fp - fn - sum_squares
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+
+
 def evaluate(y_true, y_pred, probs=None) -> dict:
     """All clustering metrics for one labeling.
 
     Returns ``{"acc", "nmi", "ami", "ari"}`` and ``"top5"`` when ``probs`` (n × n_clusters soft assignments,
-    column j = cluster id j) is given. NMI/AMI use arithmetic normalisation (scikit-learn's default).
+    column j = cluster id j) is given. NMI/AMI use arithmetic normalisation (scikit-learn's default); all
+    four equal scikit-learn's values (to rounding) and come from one confusion matrix.
     """
     y_true, y_pred = _check_pair(y_true, y_pred)
     matching = match_clusters(y_true, y_pred)
+    confusion = matching.confusion
     out = {
         "acc": matching.n_correct / float(y_true.shape[0]),
-        "nmi": float(skm.normalized_mutual_info_score(y_true, y_pred)),
-        "ami": adjusted_mutual_info(y_true, y_pred),
-        "ari": float(skm.adjusted_rand_score(y_true, y_pred)),
+        "nmi": _nmi_from_confusion(confusion),
+        "ami": _ami_from_confusion(confusion),
+        "ari": _ari_from_confusion(confusion),
     }
     if probs is not None:
         out["top5"] = top_k_accuracy(y_true, probs, matching, k=5)

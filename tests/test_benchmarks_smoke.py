@@ -1,0 +1,125 @@
+"""Smoke tests of the scale benchmarks (benchmarks/*.py) at tiny sizes: outputs are sane, not timings."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from ssl_cluster_bench.cache import FeatureCache
+from ssl_cluster_bench.reduce import PCA
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = _load("synthetic")
+
+
+def _run(script, *args):
+    done = subprocess.run([sys.executable, str(BENCH / script), "--no-progress", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_class_sizes_match_imagenet():
+    sizes = synthetic.class_sizes(1_281_167, 1000)
+    assert sizes.sum() == 1_281_167 and sizes.min() == 732 and sizes.max() == 1300
+    assert 900 <= (sizes == 1300).sum() < 1000  # most classes full, a tail below the cap
+    small = synthetic.class_sizes(5000, 20)
+    assert small.sum() == 5000 and small.min() < small.max()
+    with pytest.raises(ValueError, match="n_samples"):
+        synthetic.class_sizes(10, 20)
+
+
+def test_generator_is_seeded_sliceable_and_streams_into_the_cache(tmp_path):
+    g = synthetic.GaussianMixtureFeatures(40_000, 32, 10, seed=3)
+    whole = g[0:40_000]
+    # rows do not depend on how the array is sliced (blocks straddle the generation chunks)
+    np.testing.assert_array_equal(g[16_000:16_500], whole[16_000:16_500])
+    np.testing.assert_array_equal(synthetic.GaussianMixtureFeatures(40_000, 32, 10, seed=3)[5:9], whole[5:9])
+    assert not np.array_equal(synthetic.GaussianMixtureFeatures(40_000, 32, 10, seed=4)[5:9], whole[5:9])
+    np.testing.assert_array_equal(np.bincount(g.labels), g.sizes)
+    # classes are separated but overlapping: nearest-mean assignment is good, not perfect
+    d2 = ((whole[:, None, :] - g.means[None]) ** 2).sum(-1)
+    assert 0.5 < np.mean(d2.argmin(1) == g.labels) < 1.0
+    with pytest.raises(TypeError, match="slices"):
+        g[[1, 2]]
+    entry = g.write_to_cache(FeatureCache(tmp_path), batch_size=7000, progress=False)
+    assert entry.count == 40_000 and entry.features.dtype == np.float16
+    np.testing.assert_array_equal(entry.labels, g.labels)
+    np.testing.assert_allclose(entry.features[12_345:12_400], whole[12_345:12_400].astype(np.float16))
+
+
+def test_pca_streaming_releases_memmap_pages(tmp_path):
+    path = tmp_path / "features.npy"
+    rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(65_536, 512))
+    rows[:] = np.random.default_rng(0).normal(size=(65_536, 512)).astype(np.float16)
+    del rows
+    features = np.load(path, mmap_mode="r")  # 64 MiB file, kept mapped while we measure
+    process = psutil.Process()
+    before = process.memory_info().rss
+    PCA(8, batch_size=4096, progress=False).fit(features)
+    grown = process.memory_info().rss - before
+    assert grown < 24 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB: the memmap pages were not released"
+
+
+def test_scale_imagenet_small_keeps_then_reuses_and_deletes(tmp_path):
+    out = tmp_path / "scale.json"
+    args = ["--n", 5000, "--dim", 64, "--classes", 20, "--pca-dim", 32, "--workdir", tmp_path, "--json", out]
+    stdout = _run("scale_imagenet.py", *args, "--keep")
+    assert "pipeline wall time" in stdout and "| k-means k=20" in stdout
+    result = json.loads(out.read_text())
+    assert [r["k"] for r in result["results"]] == [20, 30]
+    for r in result["results"]:
+        assert 0.5 < r["acc"] <= 1.0 and 0.7 < r["nmi"] <= 1.0 and 0.0 < r["ari"] <= 1.0
+        assert r["empty_clusters"] == 0
+    assert result["checks"]["time_ok"] and result["checks"]["rss_ok"]
+    assert result["stages"][0]["stage"].startswith("generate")
+    assert (tmp_path / "sscb-scale-cache").is_dir()  # --keep
+    first_acc = [r["acc"] for r in result["results"]]
+
+    _run("scale_imagenet.py", *args)
+    again = json.loads(out.read_text())
+    assert again["stages"][0]["stage"] == "reuse cached entry"
+    assert [r["acc"] for r in again["results"]] == first_acc  # same seed, same numbers
+    assert not (tmp_path / "sscb-scale-cache").exists()  # deleted without --keep
+
+
+def test_reference_vs_ours_small_prints_ratio(tmp_path):
+    out = tmp_path / "ref.json"
+    stdout = _run("reference_vs_ours.py", "--quick", "--epochs", 3, "--ours", "10:64", "--json", out)
+    assert "wall-time ratio reference / ours" in stdout
+    result = json.loads(out.read_text())
+    names = [r["pipeline"] for r in result["rows"]]
+    fast = "ours (n_iter=10, max_points_per_centroid=64)"
+    assert names == [fast, "reference", fast]
+    for r in result["rows"]:
+        assert 0.3 < r["acc"] <= 1.0 and r["n"] == 5000 and r["k"] == 20 and r["total_s"] > 0
+    (comparison,) = result["comparisons"]
+    assert comparison["ratio"] > 0 and comparison["same_labels_both_runs"]
+    assert comparison["ratio"] == pytest.approx(
+        result["rows"][1]["total_s"] / comparison["ours_total_s_mean"], rel=0.05)
+
+
+def test_metrics_scale_small_agrees_with_sklearn(tmp_path):
+    out = tmp_path / "metrics.json"
+    stdout = _run("metrics_scale.py", "--quick", "--json", out)
+    assert "faster" in stdout and "issue 2" in stdout
+    result = json.loads(out.read_text())
+    checks = result["checks"]
+    assert checks["small_cases_equal"] and checks["full_size_equal"] and checks["acc_ok"]
+    assert checks["ami_speedup"] > 1.0
+    acc = result["rows"][0]["acc"]
+    # 60% of each class kept together + the random 40% that lands in the right cluster by chance
+    assert acc == pytest.approx(0.6 + 0.4 / 100, abs=0.015)
