@@ -120,10 +120,10 @@ def run_pipeline(name: str, entry, args: argparse.Namespace, memory: MemoryMonit
 
 def run(args: argparse.Namespace) -> dict:
     """Generate (or reuse) the entry; ours (each setting), the reference, ours again; rows, ratios, checks."""
+    features = GaussianMixtureFeatures(args.n, args.dim, args.classes, seed=args.seed)
     made_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="sscb-ref-", dir="/tmp")) if made_workdir else args.workdir
     cache_root = workdir / "sscb-ref-cache"
-    features = GaussianMixtureFeatures(args.n, args.dim, args.classes, seed=args.seed)
     settings = list(dict.fromkeys(args.ours))
     try:
         entry, generate_seconds = generate_entry(features, cache_root, not args.no_progress)

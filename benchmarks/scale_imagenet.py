@@ -109,10 +109,10 @@ def covariance_precision(features: GaussianMixtureFeatures, stored, rows: int, k
 
 def run(args: argparse.Namespace) -> dict:
     """Generate (or reuse) the entry, run the protocol on it; returns the stage rows, result rows and checks."""
+    features = GaussianMixtureFeatures(args.n, args.dim, args.classes, seed=args.seed)
     made_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="sscb-scale-", dir="/tmp")) if made_workdir else args.workdir
     cache_root = workdir / "sscb-scale-cache"
-    features = GaussianMixtureFeatures(args.n, args.dim, args.classes, seed=args.seed)
     progress = not args.no_progress
     stages, results = [], []
     try:
