@@ -96,6 +96,7 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
     _resolve_device = SCAN._resolve_device
     _check_features = staticmethod(SCAN._check_features)
     _check_augmented = SCAN._check_augmented
+    _validate_fit = SCAN._validate_fit
 
     # ------------------------------------------------------------------ validation
     def _check_common_params(self, positive_ints: dict, nonneg_reals: dict | None = None,
@@ -116,24 +117,6 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
             raise ValueError(f"random_state must be an integer, got {self.random_state!r}")
         if self.standardize not in ("global", "dims"):
             raise ValueError(f"standardize must be 'global' or 'dims', got {self.standardize!r}")
-
-    def _validate_fit(self, X, augmented) -> tuple:
-        """Validate ``fit``'s inputs; returns ``(X, mean, std, augmented, mode, device)``.
-
-        ``mode`` is the resolved ``self.augment``: "auto" becomes "views" when ``augmented`` is given, else
-        "features".
-        """
-        self._check_params()
-        X, mean, std = self._check_features(X, "features", verbose=self.verbose)
-        n, d = X.shape
-        if int(self.n_clusters) > n:
-            raise ValueError(f"n_clusters={self.n_clusters} exceeds the number of samples ({n})")
-        if augmented is not None:
-            augmented = self._check_augmented(augmented, n, d)
-        if self.augment == "views" and augmented is None:
-            raise ValueError("augment='views' needs the cached views: pass augmented=(n_views, n, dim) to fit")
-        mode = self.augment if self.augment != "auto" else ("views" if augmented is not None else "features")
-        return X, mean, std, augmented, mode, self._resolve_device()
 
     def _effective_batch(self, n: int) -> int:
         """Batch size: at least 4 samples per cluster (batch statistics need them), at most n."""

@@ -23,8 +23,7 @@ from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from .base import HeadEstimator, majority_vote, vote_aligned
-from .scan import DROP_PROB, NOISE_STD, MultiHead, _Rows
-from .selflabel import augment_features
+from .scan import MultiHead, _Rows, training_inputs
 
 __all__ = ["MMDC", "mmdc_loss", "sample_targets"]
 
@@ -186,12 +185,7 @@ class MMDC(HeadEstimator):
         rng = np.random.default_rng(seed)
         rows, views = self._standardized_rows(X, mean, std, device, augmented if mode == "views" else None)
 
-        def inputs(idx: np.ndarray) -> torch.Tensor:
-            if mode == "views":
-                return views.get(idx, rng.integers(views.array.shape[0], size=idx.shape[0]))
-            if mode == "features":
-                return augment_features(rows.get(idx), NOISE_STD, DROP_PROB, noise_gen)
-            return rows.get(idx)
+        inputs = training_inputs(mode, rows, views, rng, noise_gen)
 
         heads = MultiHead(d, k, int(self.n_heads), self.head, int(self.hidden_dim), generator=init_gen).to(device)
         bs = self._effective_batch(n)

@@ -74,6 +74,24 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
     return F.softmax(logits, dim=-1)
 
 
+def random_view(views: "_Rows", idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """One randomly chosen cached augmented view of each row in ``idx``."""
+    return views.get(idx, rng.integers(views.array.shape[0], size=idx.shape[0]))
+
+
+def training_inputs(mode: str, rows: "_Rows", views: "_Rows | None", rng: np.random.Generator,
+                    noise_gen: torch.Generator):
+    """``idx -> inputs`` of a training step: a random cached view ("views"), the feature-space augmentation
+    of the rows ("features"), or the rows themselves ("none")."""
+    def inputs(idx: np.ndarray) -> torch.Tensor:
+        if mode == "views":
+            return random_view(views, idx, rng)
+        if mode == "features":
+            return augment_features(rows.get(idx), NOISE_STD, DROP_PROB, noise_gen)
+        return rows.get(idx)
+    return inputs
+
+
 def cluster_usage(labels: np.ndarray, n_clusters: int) -> tuple[np.ndarray, int, float, bool]:
     """(cluster sizes, clusters used, largest cluster's share, degenerate?) of a labelling.
 
@@ -434,6 +452,24 @@ class SCAN(ClusterMixin, BaseEstimator):
                     raise ValueError(f"augmented view {v} contains NaN or inf values")
         return augmented
 
+    def _validate_fit(self, X, augmented) -> tuple:
+        """Validate ``fit``'s inputs; returns ``(X, mean, std, augmented, mode, device)``.
+
+        ``mode`` is the resolved ``self.augment``: "auto" becomes "views" when ``augmented`` is given, else
+        "features". Shared with the other heads (see :class:`~ssl_cluster_bench.heads.base.HeadEstimator`).
+        """
+        self._check_params()
+        X, mean, std = self._check_features(X, "features", verbose=self.verbose)
+        n, d = X.shape
+        if int(self.n_clusters) > n:
+            raise ValueError(f"n_clusters={self.n_clusters} exceeds the number of samples ({n})")
+        if augmented is not None:
+            augmented = self._check_augmented(augmented, n, d)
+        if self.augment == "views" and augmented is None:
+            raise ValueError("augment='views' needs the cached views: pass augmented=(n_views, n, dim) to fit")
+        mode = self.augment if self.augment != "auto" else ("views" if augmented is not None else "features")
+        return X, mean, std, augmented, mode, self._resolve_device()
+
     def _check_neighbors(self, neighbors, n: int) -> np.ndarray:
         neighbors = np.asarray(neighbors)
         if neighbors.ndim != 2 or neighbors.shape[0] != n or neighbors.shape[1] < 1:
@@ -452,20 +488,11 @@ class SCAN(ClusterMixin, BaseEstimator):
         ``neighbors``: optional precomputed (n, K) neighbour indices (e.g. from :func:`mine_neighbors`, to
         reuse one mining across seeds); mined from ``X`` with ``n_neighbors`` when omitted.
         """
-        self._check_params()
-        X, mean, std = self._check_features(X, "features", verbose=self.verbose)
+        X, mean, std, augmented, mode, device = self._validate_fit(X, augmented)
         n, d = X.shape
         k = int(self.n_clusters)
-        if k > n:
-            raise ValueError(f"n_clusters={k} exceeds the number of samples ({n})")
         if neighbors is None and self.n_neighbors >= n:
             raise ValueError(f"n_neighbors={self.n_neighbors} must be smaller than the number of samples ({n})")
-        if augmented is not None:
-            augmented = self._check_augmented(augmented, n, d)
-        if self.augment == "views" and augmented is None:
-            raise ValueError("augment='views' needs the cached views: pass augmented=(n_views, n, dim) to fit")
-        mode = self.augment if self.augment != "auto" else ("views" if augmented is not None else "features")
-        device = self._resolve_device()
 
         init_gen = torch.Generator().manual_seed(int(self.random_state))
         noise_gen = torch.Generator(device=device).manual_seed(int(self.random_state) + 1)
@@ -487,19 +514,11 @@ class SCAN(ClusterMixin, BaseEstimator):
             if mode == "views" else None
         n_neighbors = self.neighbors_.shape[1]
 
-        def random_view(idx: np.ndarray) -> torch.Tensor:
-            return views.get(idx, rng.integers(views.array.shape[0], size=idx.shape[0]))
-
-        def scan_inputs(idx: np.ndarray) -> torch.Tensor:
-            if mode == "views":
-                return random_view(idx)
-            if mode == "features":
-                return augment_features(rows.get(idx), NOISE_STD, DROP_PROB, noise_gen)
-            return rows.get(idx)
+        scan_inputs = training_inputs(mode, rows, views, rng, noise_gen)
 
         def self_label_inputs(idx: np.ndarray) -> torch.Tensor:
             if mode == "views":
-                return random_view(idx)
+                return random_view(views, idx, rng)
             if mode == "features":
                 partners = self.neighbors_[idx, rng.integers(n_neighbors, size=idx.shape[0])]
                 mixed = mix_with_neighbors(rows.get(idx), rows.get(partners), noise_gen)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .base import HeadEstimator
-from .scan import _EPS, DROP_PROB, NOISE_STD, _Rows, _softmax
+from .scan import _EPS, DROP_PROB, NOISE_STD, _Rows, _softmax, random_view
 from .selflabel import augment_features
 
 __all__ = ["NormalizedHeads", "TwoStageUC", "iic_loss"]
@@ -186,7 +186,7 @@ class TwoStageUC(HeadEstimator):
             def pair(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
                 clean = rows.get(idx)
                 if mode == "views":
-                    return clean, views.get(idx, rng.integers(views.array.shape[0], size=idx.shape[0]))
+                    return clean, random_view(views, idx, rng)
                 return clean, augment_features(clean, NOISE_STD, DROP_PROB, noise_gen)
             return pair
 
