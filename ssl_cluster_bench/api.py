@@ -11,7 +11,6 @@ features from it, reduces them (PCA), clusters them (k-means or a clustering hea
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import platform

@@ -1,6 +1,5 @@
 """End-to-end: feature import -> cache -> PCA -> k-means -> metrics -> leaderboard, via API and CLI."""
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 

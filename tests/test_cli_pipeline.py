@@ -1,8 +1,6 @@
 """The CLI end to end on real extraction paths: a new SSL checkpoint, an ImageNet class subset, the default."""
-import json
 
 import numpy as np
-import pytest
 import timm
 import torch
 from PIL import Image

@@ -1,5 +1,4 @@
 import numpy as np
-import pandas as pd
 import pytest
 
 from ssl_cluster_bench.leaderboard import COLUMNS, aggregate, append_rows, read_leaderboard, to_markdown

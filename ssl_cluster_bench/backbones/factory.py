@@ -447,7 +447,7 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
             raise ValueError(f"{_where(card)} has no arch to load checkpoint {checkpoint!r} into; pass arch=")
         if "://" in checkpoint:
             path = downloads.fetch_url(checkpoint, f"Checkpoint {checkpoint}",
-                                       f"Download it on a connected machine and pass its local path instead.")
+                                       "Download it on a connected machine and pass its local path instead.")
             weights_id = f"url:{checkpoint}"
         else:
             path = Path(checkpoint).expanduser()
