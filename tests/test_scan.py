@@ -9,7 +9,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits, make_blobs
 
-import ssl_cluster_bench.heads.scan as scan_module
+import ssl_cluster_bench.heads.common as common_module
 from ssl_cluster_bench.heads import (
     SCAN,
     DegenerateClusteringWarning,
@@ -237,7 +237,7 @@ def test_augmented_views_and_memmap_input(blobs, tmp_path, monkeypatch):
     mm[:] = X
     vm = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float32, shape=views.shape)
     vm[:] = views
-    monkeypatch.setattr(scan_module, "_RESIDENT_BYTES", 0)
+    monkeypatch.setattr(common_module, "RESIDENT_BYTES", 0)
     streamed = SCAN(4, random_state=0, self_label=True, self_label_epochs=3, **FAST).fit(mm, augmented=vm)
     np.testing.assert_allclose(streamed.probs_, est.probs_, atol=1e-5)
 

@@ -660,12 +660,6 @@ def _image_folder(root: PathLike, split: str, transform: Callable | None = None,
     return ImageFolderDataset(root, None if split == "all" else split, transform, **options)
 
 
-def _objectnet(root: PathLike, split: str, transform: Callable | None = None, **options: Any) -> Any:
-    from .objectnet import ObjectNetDataset  # imported here: objectnet.py itself imports this module
-
-    return ObjectNetDataset(root, split, transform, **options)
-
-
 def _cifar100_fine(root: PathLike, split: str, transform: Callable | None = None, **options: Any) -> CIFAR100Dataset:
     return CIFAR100Dataset(root, split, transform, label_type="fine", **options)
 
@@ -680,7 +674,6 @@ def _register() -> None:
     register_dataset("cifar100-20", CIFAR100Dataset, needs_root=True, default_split="test")
     register_dataset("cifar100", _cifar100_fine, needs_root=True, default_split="test")
     register_dataset("stl10", STL10Dataset, needs_root=True, default_split="test")
-    register_dataset("objectnet", _objectnet, needs_root=True, default_split="test")
 
 
 _register()

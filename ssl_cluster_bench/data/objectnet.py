@@ -131,3 +131,12 @@ class ObjectNetDataset(FileImageDataset):
             )
             return None
         return image.crop((1, 1, width - 1, height - 1))
+
+
+def _register() -> None:
+    from . import register_dataset
+
+    register_dataset("objectnet", ObjectNetDataset, needs_root=True, default_split="test")
+
+
+_register()

@@ -1,4 +1,4 @@
-"""Shared plumbing of the clustering heads trained on cached features (MMDC, TwoStageUC; SCAN can adopt it).
+"""Shared plumbing of the clustering heads trained on cached features (SCAN, MMDC, TwoStageUC, TEMI, TURTLE).
 
 Entry points:
     HeadEstimator: sklearn-style base class: input validation, centring/scaling of the features, device choice,
@@ -22,8 +22,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from .scan import (_SINGLE_THREAD_WORK, SCAN, DegenerateClusteringWarning, _is_int, cluster_usage,
-                   _is_real, _Rows, _torch_threads)
+from .common import (SINGLE_THREAD_WORK, DegenerateClusteringWarning, Rows, check_augmented, check_features,
+                     cluster_usage, is_int, is_real, resolve_device, torch_threads)
 
 __all__ = ["HeadEstimator", "align_labels", "majority_vote", "vote_aligned"]
 
@@ -92,30 +92,54 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
     #: names of fitted scalar (int / float / bool / str) attributes
     _SCALARS: tuple[str, ...] = ("n_features_in_", "degenerate_")
 
-    # The generic validation helpers of SCAN apply unchanged to every head.
-    _resolve_device = SCAN._resolve_device
-    _check_features = staticmethod(SCAN._check_features)
-    _check_augmented = SCAN._check_augmented
-    _validate_fit = SCAN._validate_fit
+    #: version in the saved file's format tag; bumped by a head whose saved layout changed
+    _FORMAT_VERSION = 1
+
+    _check_features = staticmethod(check_features)
 
     # ------------------------------------------------------------------ validation
+    def _resolve_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def _check_augmented(self, augmented, n: int, d: int):
+        return check_augmented(augmented, n, d, verbose=self.verbose)
+
+    def _validate_fit(self, X, augmented) -> tuple:
+        """Validate ``fit``'s inputs; returns ``(X, mean, std, augmented, mode, device)``.
+
+        ``mode`` is the resolved ``self.augment``: "auto" becomes "views" when ``augmented`` is given, else
+        "features" (heads without an ``augment`` parameter get "none").
+        """
+        self._check_params()
+        X, mean, std = self._check_features(X, "features", verbose=self.verbose)
+        n, d = X.shape
+        if int(self.n_clusters) > n:
+            raise ValueError(f"n_clusters={self.n_clusters} exceeds the number of samples ({n})")
+        if augmented is not None:
+            augmented = self._check_augmented(augmented, n, d)
+        augment = getattr(self, "augment", "none")
+        if augment == "views" and augmented is None:
+            raise ValueError("augment='views' needs the cached views: pass augmented=(n_views, n, dim) to fit")
+        mode = augment if augment != "auto" else ("views" if augmented is not None else "features")
+        return X, mean, std, augmented, mode, self._resolve_device()
+
     def _check_common_params(self, positive_ints: dict, nonneg_reals: dict | None = None,
                              pos_reals: dict | None = None) -> None:
         """Raise ValueError naming the first bad hyper-parameter (n_clusters, random_state and the dicts)."""
-        if not _is_int(self.n_clusters) or self.n_clusters < 2:
+        if not is_int(self.n_clusters) or self.n_clusters < 2:
             raise ValueError(f"n_clusters must be an integer >= 2, got {self.n_clusters!r}")
         for name, value in positive_ints.items():
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name, value in (nonneg_reals or {}).items():
-            if not _is_real(value) or value < 0:
+            if not is_real(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         for name, value in (pos_reals or {}).items():
-            if not _is_real(value) or value <= 0:
+            if not is_real(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if not _is_int(self.random_state):
+        if not is_int(self.random_state):
             raise ValueError(f"random_state must be an integer, got {self.random_state!r}")
-        if self.standardize not in ("global", "dims"):
+        if hasattr(self, "standardize") and self.standardize not in ("global", "dims"):
             raise ValueError(f"standardize must be 'global' or 'dims', got {self.standardize!r}")
 
     def _effective_batch(self, n: int) -> int:
@@ -123,7 +147,7 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
         return int(min(n, max(int(self.batch_size), 4 * int(self.n_clusters))))
 
     def _standardized_rows(self, X, mean: np.ndarray, std: np.ndarray, device: torch.device,
-                           augmented=None) -> tuple[_Rows, _Rows | None]:
+                           augmented=None) -> tuple[Rows, Rows | None]:
         """Store the standardisation and return the training rows (and cached views) on ``device``.
 
         ``self.standardize``: "dims" divides every centred dimension by its own standard deviation; "global"
@@ -132,19 +156,22 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
         to the same weight as the first ones, and on PCA'd digits cost TwoStageUC 15-25 points of ACC).
         """
         self.mean_ = mean.astype(np.float32)
-        if self.standardize == "global":
-            rms = float(np.sqrt(np.mean(std ** 2)))
-            self.scale_ = np.full_like(self.mean_, rms if rms > 0 else 1.0)
-        else:
-            # Dimensions that are constant up to rounding (relative to the widest one) carry no information;
-            # dividing them by 1 keeps them near 0 instead of inflating rounding noise to unit variance.
-            self.scale_ = np.where(std > 1e-6 * max(float(std.max()), 1e-30), std, 1.0).astype(np.float32)
+        self.scale_ = self._scale_from_std(std)
         self.n_features_in_ = int(X.shape[1])
         t_mean, t_scale = torch.from_numpy(self.mean_), torch.from_numpy(self.scale_)
-        rows = _Rows(X, t_mean, t_scale, device, verbose=self.verbose, desc="load features")
-        views = None if augmented is None else _Rows(augmented, t_mean, t_scale, device, verbose=self.verbose,
-                                                     desc="load views")
+        rows = Rows(X, t_mean, t_scale, device, verbose=self.verbose, desc="load features")
+        views = None if augmented is None else Rows(augmented, t_mean, t_scale, device, verbose=self.verbose,
+                                                    desc="load views")
         return rows, views
+
+    def _scale_from_std(self, std: np.ndarray) -> np.ndarray:
+        """(d,) float32 divisors of the centred features for ``self.standardize`` (see _standardized_rows)."""
+        if self.standardize == "global":
+            rms = float(np.sqrt(np.mean(std ** 2)))
+            return np.full(std.shape, rms if rms > 0 else 1.0, dtype=np.float32)
+        # Dimensions that are constant up to rounding (relative to the widest one) carry no information;
+        # dividing them by 1 keeps them near 0 instead of inflating rounding noise to unit variance.
+        return np.where(std > 1e-6 * max(float(std.max()), 1e-30), std, 1.0).astype(np.float32)
 
     def _finish(self, probs: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Set ``probs_``/``labels_`` and flag a degenerate clustering with a DegenerateClusteringWarning."""
@@ -155,8 +182,12 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
         if self.degenerate_:
             warnings.warn(
                 f"{type(self).__name__} is degenerate: it uses {used} of {k} clusters and its largest cluster "
-                f"holds {largest:.1%} of the samples. Check that the features vary across samples, train "
-                f"longer or lower lr.", DegenerateClusteringWarning, stacklevel=3)
+                f"holds {largest:.1%} of the samples. Check that the features vary across samples, "
+                f"{self._degenerate_hint()}.", DegenerateClusteringWarning, stacklevel=3)
+
+    def _degenerate_hint(self) -> str:
+        """The head-specific advice of the degenerate-clustering warning."""
+        return "train longer or lower lr"
 
     @staticmethod
     def _threads(device: torch.device, work: int):
@@ -164,7 +195,7 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
 
         Small heads lose more to thread-pool waits on a busy CPU than they gain (see SCAN's measurement).
         """
-        return _torch_threads(1 if device.type == "cpu" and work < _SINGLE_THREAD_WORK else None)
+        return torch_threads(1 if device.type == "cpu" and work < SINGLE_THREAD_WORK else None)
 
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
@@ -172,19 +203,19 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
             raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(features) first "
                                f"(or {type(self).__name__}.load(path))")
 
-    def _proba_rows(self, rows: _Rows) -> np.ndarray:
+    def _proba_rows(self, rows: Rows) -> np.ndarray:
         raise NotImplementedError
 
     def _model_device(self) -> torch.device:
         return next(getattr(self, self._MODULES[0]).parameters()).device
 
-    def _rows(self, X) -> _Rows:
+    def _rows(self, X) -> Rows:
         """Validated, standardised rows of new features ``X`` on the model's device."""
         self._check_fitted()
-        X, _, _ = self._check_features(X, "X", min_rows=1)
+        X, _, _ = self._check_features(X, "X", min_rows=1, stats=False)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has dim {X.shape[1]}, the model was fitted on dim {self.n_features_in_}")
-        return _Rows(X, torch.from_numpy(self.mean_), torch.from_numpy(self.scale_), self._model_device())
+        return Rows(X, torch.from_numpy(self.mean_), torch.from_numpy(self.scale_), self._model_device())
 
     def predict_proba(self, X) -> np.ndarray:
         """Soft cluster assignment (n, n_clusters) float32 of features ``X`` from the training feature space."""
@@ -209,7 +240,7 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
         params = self.get_params()
         params["device"] = str(params["device"])
         state = {
-            "format": f"ssl_cluster_bench.heads.{type(self).__name__}/1",
+            "format": self._format(),
             "params": params,
             "modules": {m: {k: v.detach().cpu() for k, v in getattr(self, m).state_dict().items()}
                         for m in self._MODULES},
@@ -222,13 +253,17 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
         return path
 
     @classmethod
+    def _format(cls) -> str:
+        return f"ssl_cluster_bench.heads.{cls.__name__}/{cls._FORMAT_VERSION}"
+
+    @classmethod
     def load(cls, path, device="auto"):
         """A fitted estimator from :meth:`save`; its modules are placed on ``device`` ("auto": CUDA if any)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no saved {cls.__name__} model at {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        fmt = f"ssl_cluster_bench.heads.{cls.__name__}/1"
+        fmt = cls._format()
         if not isinstance(state, dict) or state.get("format") != fmt:
             raise ValueError(f"{path} is not a {cls.__name__} model saved by ssl_cluster_bench (format {fmt})")
         est = cls(**{**state["params"], "device": device})

@@ -23,7 +23,7 @@ from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from .base import HeadEstimator, majority_vote, vote_aligned
-from .scan import MultiHead, _Rows, training_inputs
+from .common import MultiHead, Rows, training_inputs
 
 __all__ = ["MMDC", "mmdc_loss", "sample_targets"]
 
@@ -230,7 +230,7 @@ class MMDC(HeadEstimator):
             bar.set_postfix(loss=f"{loss.min().item():.4f}")
 
     @torch.no_grad()
-    def _full_loss(self, rows: _Rows, bs: int, seed: int) -> np.ndarray:
+    def _full_loss(self, rows: Rows, bs: int, seed: int) -> np.ndarray:
         """MMDC loss of every head on the clean training set, batch by batch against the same fresh targets.
 
         One fixed shuffle and one fixed target draw serve all heads, so their losses differ only by the heads.
@@ -247,7 +247,7 @@ class MMDC(HeadEstimator):
         return total / rows.n
 
     @torch.no_grad()
-    def _embed(self, rows: _Rows, block: int = 65536) -> np.ndarray:
+    def _embed(self, rows: Rows, block: int = 65536) -> np.ndarray:
         """Unit embeddings (n_heads, n, k) float32 of all rows."""
         self.heads_.eval()
         out = np.empty((self.heads_.n_heads, rows.n, int(self.n_clusters)), dtype=np.float32)
@@ -288,7 +288,7 @@ class MMDC(HeadEstimator):
         return aligned.mean(axis=0)
 
     # ------------------------------------------------------------------ predict
-    def _proba_rows(self, rows: _Rows) -> np.ndarray:
+    def _proba_rows(self, rows: Rows) -> np.ndarray:
         with self._threads(rows.device, self._work(int(self.batch_size))):
             return self._combine(self._head_probs(self._embed(rows)))
 

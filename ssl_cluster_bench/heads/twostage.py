@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .base import HeadEstimator
-from .scan import _EPS, DROP_PROB, NOISE_STD, _Rows, _softmax, random_view
+from .common import DROP_PROB, EPS, NOISE_STD, Rows, random_view, softmax
 from .selflabel import augment_features
 
 __all__ = ["NormalizedHeads", "TwoStageUC", "iic_loss"]
@@ -57,7 +57,7 @@ def iic_loss(probs: torch.Tensor, probs_aug: torch.Tensor,
     """IIC mutual-information loss plus consistency, for soft assignments of shape (..., B, k).
 
     - joint P = mean_b p(x_b) p(x'_b)ᵀ (k × k), symmetrised (P + Pᵀ)/2 and renormalised; entries are clamped
-      to ``_EPS`` inside the logarithms;
+      to ``EPS`` inside the logarithms;
     - mutual_info I(z; z') = Σ_ij P_ij (log P_ij − log P_i − log P_j) with marginals P_i, P_j;
     - consistency = −mean_b log⟨p(x_b), p(x'_b)⟩;
     - total = −I + consistency_weight · consistency.
@@ -71,7 +71,7 @@ def iic_loss(probs: torch.Tensor, probs_aug: torch.Tensor,
     joint = (joint + joint.transpose(-1, -2)) / 2
     joint = joint / joint.sum(dim=(-1, -2), keepdim=True)
     mutual_info = _mutual_info(joint)
-    consistency = -torch.log((probs * probs_aug).sum(dim=-1).clamp_min(_EPS)).mean(dim=-1)
+    consistency = -torch.log((probs * probs_aug).sum(dim=-1).clamp_min(EPS)).mean(dim=-1)
     return -mutual_info + consistency_weight * consistency, mutual_info, consistency
 
 
@@ -79,7 +79,7 @@ def _mutual_info(joint: torch.Tensor) -> torch.Tensor:
     """I of a joint distribution (..., k, k) that sums to 1."""
     p_i = joint.sum(dim=-1, keepdim=True)
     p_j = joint.sum(dim=-2, keepdim=True)
-    log_ratio = torch.log(joint.clamp_min(_EPS)) - torch.log(p_i.clamp_min(_EPS)) - torch.log(p_j.clamp_min(_EPS))
+    log_ratio = torch.log(joint.clamp_min(EPS)) - torch.log(p_i.clamp_min(EPS)) - torch.log(p_j.clamp_min(EPS))
     return (joint * log_ratio).sum(dim=(-1, -2))
 
 
@@ -221,7 +221,7 @@ class TwoStageUC(HeadEstimator):
                 idx = order[b * bs:(b + 1) * bs]
                 clean, view = pairs(idx)
                 # One forward for both views: half the kernel launches.
-                probs = _softmax(heads(torch.cat([clean, view])))
+                probs = softmax(heads(torch.cat([clean, view])))
                 total, mutual_info, _ = iic_loss(probs[:, :idx.size], probs[:, idx.size:],
                                                  float(self.consistency_weight))
                 optimizer.zero_grad(set_to_none=True)
@@ -231,7 +231,7 @@ class TwoStageUC(HeadEstimator):
             bar.set_postfix(loss=f"{total.min().item():.3f}", mi=f"{mutual_info.max().item():.3f}")
 
     @torch.no_grad()
-    def _full_loss(self, rows: _Rows, pairs, block: int) -> np.ndarray:
+    def _full_loss(self, rows: Rows, pairs, block: int) -> np.ndarray:
         """Loss of every head over the whole training set, one fixed augmented view per sample.
 
         The joint distribution is accumulated over all samples (not per batch), so the score does not depend
@@ -246,23 +246,23 @@ class TwoStageUC(HeadEstimator):
                           leave=False):
             idx = np.arange(start, min(start + block, rows.n))
             clean, view = pairs(idx)
-            p, p_aug = _softmax(self.heads_(clean)), _softmax(self.heads_(view))
+            p, p_aug = softmax(self.heads_(clean)), softmax(self.heads_(view))
             joint += torch.matmul(p.transpose(-1, -2), p_aug).double()
-            consistency -= torch.log((p * p_aug).sum(dim=-1).clamp_min(_EPS)).sum(dim=-1).double()
+            consistency -= torch.log((p * p_aug).sum(dim=-1).clamp_min(EPS)).sum(dim=-1).double()
         joint = (joint + joint.transpose(-1, -2)) / (2 * rows.n)
         total = -_mutual_info(joint) + float(self.consistency_weight) * consistency / rows.n
         return total.cpu().numpy()
 
     # ------------------------------------------------------------------ predict
     @torch.no_grad()
-    def _proba_rows(self, rows: _Rows, block: int = 65536) -> np.ndarray:
+    def _proba_rows(self, rows: Rows, block: int = 65536) -> np.ndarray:
         self.head_.eval()
         out = np.empty((rows.n, int(self.n_clusters)), dtype=np.float32)
         with self._threads(rows.device, self._work(min(block, rows.n)) // max(1, int(self.n_heads))):
             for start in tqdm(range(0, rows.n, block), desc="predict", disable=not self.verbose or rows.n <= block,
                               leave=False):
                 idx = np.arange(start, min(start + block, rows.n))
-                out[start:start + idx.size] = _softmax(self.head_(rows.get(idx))[0]).cpu().numpy()
+                out[start:start + idx.size] = softmax(self.head_(rows.get(idx))[0]).cpu().numpy()
         return out
 
     def _build_module(self, name: str, state: dict) -> torch.nn.Module:
