@@ -268,13 +268,14 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
             raise ValueError(f"{path} is not a {cls.__name__} model saved by ssl_cluster_bench (format {fmt})")
         est = cls(**{**state["params"], "device": device})
         target = est._resolve_device()
-        for name, module_state in state["modules"].items():
-            module = est._build_module(name, module_state)
-            module.load_state_dict(module_state)
-            setattr(est, name, module.to(target))
+        # Arrays and scalars first: a module's shape may depend on them (e.g. TURTLE's space dims).
         for name, value in state["arrays"].items():
             setattr(est, name, value.numpy())
         for name, value in state["scalars"].items():
             setattr(est, name, value)
+        for name, module_state in state["modules"].items():
+            module = est._build_module(name, module_state)
+            module.load_state_dict(module_state)
+            setattr(est, name, module.to(target))
         return est
 

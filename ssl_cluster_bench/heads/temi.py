@@ -1,0 +1,377 @@
+"""TEMI clustering heads on frozen (cached) features: a student and an EMA teacher per head, trained on kNN pairs.
+
+Entry points:
+    temi_loss(s_x, s_n, t_x, t_n, prior, beta) -> (loss per head, pair weights): the symmetric TEMI loss
+    update_prior(prior, t_x, t_n, momentum) -> EMA of the teachers' mean prediction (the p̄ of the loss)
+    TEMIHeads(in_dim, n_clusters, n_heads, ...): MLP -> L2 norm -> weight-normalised linear, for many heads at once
+    TEMI(n_clusters, ...).fit(features) -> .labels_, .probs_, .score_, .predict(X), .predict_proba(X)
+
+Method (Adaloglou et al., "Exploring the Limits of Deep Image Clustering using Pretrained Models", BMVC 2023):
+every sample x is paired with one of its K cosine nearest neighbours x'. Each head has a student, trained by
+AdamW, and a teacher, an exponential moving average of the student with momentum rising from 0.996 to 1 on a
+cosine schedule. With q_s, q_t the student's and teacher's softmax outputs (temperatures τ_s, τ_t), the loss of
+a pair is
+
+    −w · log Σ_c (q_s(x)_c · q_t(x')_c)^β / p̄_c,    w = mean over heads of Σ_c q_t(x)_c · q_t(x')_c,
+
+symmetrised over (x, x') ↔ (x', x). β < 1 lifts the weight of the non-maximal classes (a softer agreement), the
+division by p̄ (EMA of the teacher's batch-mean prediction) makes it a pointwise mutual information that
+penalises crowded clusters, and the teacher-ensemble weight w discounts pairs the teachers disagree on (likely
+false neighbours). All heads are trained together; the head with the lowest loss on the whole training set is
+kept and its teacher gives the clusters (labels are never looked at).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .base import HeadEstimator
+from .common import EPS, Rows, check_neighbors, softmax
+from .neighbors import mine_neighbors
+
+__all__ = ["TEMI", "TEMIHeads", "temi_loss", "update_prior"]
+
+
+def update_prior(prior: torch.Tensor, teacher_x: torch.Tensor, teacher_n: torch.Tensor,
+                 momentum: float = 0.9) -> torch.Tensor:
+    """``momentum · prior + (1 − momentum) · mean teacher prediction`` over both members of every pair.
+
+    ``prior`` is (H, k) (one per head); ``teacher_x`` and ``teacher_n`` are (H, B, k) teacher probabilities of
+    the anchors and of their neighbours. Returns the new (H, k) prior (no gradient).
+    """
+    with torch.no_grad():
+        batch_mean = torch.cat([teacher_x, teacher_n], dim=-2).mean(dim=-2)
+        return momentum * prior + (1.0 - momentum) * batch_mean
+
+
+def temi_loss(student_x: torch.Tensor, student_n: torch.Tensor, teacher_x: torch.Tensor,
+              teacher_n: torch.Tensor, prior: torch.Tensor, beta: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric TEMI loss of a batch of (anchor, neighbour) pairs for every head.
+
+    Probabilities have shape (H, B, k): students of the anchors / neighbours and teachers of the anchors /
+    neighbours; ``prior`` (H, k) is p̄. With pmi(s, t) = −log Σ_c (s_c t_c)^β / p̄_c and the teacher-ensemble
+    weight w_b = mean_h Σ_c teacher_x[h, b, c] · teacher_n[h, b, c]:
+
+        loss_h = mean_b w_b · (pmi(student_x, teacher_n) + pmi(student_n, teacher_x)) / 2
+
+    Returns ``(loss (H,), w (B,))``; gradients flow into the students only (teachers and w are constants).
+    """
+    if not (student_x.shape == student_n.shape == teacher_x.shape == teacher_n.shape) or student_x.ndim != 3:
+        raise ValueError("student and teacher probabilities must all have the same shape (heads, batch, k), got "
+                         f"{[tuple(t.shape) for t in (student_x, student_n, teacher_x, teacher_n)]}")
+    if prior.shape != (student_x.shape[0], student_x.shape[2]):
+        raise ValueError(f"prior must have shape (heads, k) = {(student_x.shape[0], student_x.shape[2])}, "
+                         f"got {tuple(prior.shape)}")
+    teacher_x, teacher_n = teacher_x.detach(), teacher_n.detach()
+    weight = (teacher_x * teacher_n).sum(dim=-1).mean(dim=0)
+    inv_prior = 1.0 / prior.detach().clamp_min(EPS)[:, None, :]
+
+    def pmi(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # The floor keeps the gradient of x^β finite where a product underflows to 0.
+        return -torch.log((((s * t).clamp_min(EPS * EPS) ** beta) * inv_prior).sum(dim=-1).clamp_min(EPS))
+
+    per_pair = (pmi(student_x, teacher_n) + pmi(student_n, teacher_x)) / 2
+    return (weight * per_pair).mean(dim=-1), weight
+
+
+class TEMIHeads(torch.nn.Module):
+    """``n_heads`` TEMI heads evaluated with batched matmuls: projection → L2 norm → weight-normalised linear.
+
+    Projection: ``n_layers = 2`` (the paper's head): Linear(d, hidden) → GELU → Linear(hidden, bottleneck);
+    ``n_layers = 1``: Linear(d, bottleneck); ``n_layers = 0``: none (the input itself). Its output is
+    L2-normalised and fed to a bias-free weight-normalised linear layer ``g_c · v_c / ||v_c||`` (one direction v_c
+    and gain g_c per cluster, g initialised to 1), so a logit is a cosine times a learned gain.
+    Input (B, d), output logits (n_heads, B, k).
+    """
+
+    def __init__(self, in_dim: int, n_clusters: int, n_heads: int = 16, n_layers: int = 2, hidden_dim: int = 512,
+                 bottleneck_dim: int = 256, generator: torch.Generator | None = None):
+        super().__init__()
+        if n_layers not in (0, 1, 2):
+            raise ValueError(f"n_layers must be 0, 1 or 2, got {n_layers!r}")
+        dims = [[in_dim], [in_dim, bottleneck_dim], [in_dim, hidden_dim, bottleneck_dim]][n_layers]
+        self.weights = torch.nn.ParameterList()
+        self.biases = torch.nn.ParameterList()
+        for fan_in, fan_out in zip(dims[:-1], dims[1:]):
+            # Truncated normal (std 0.02) weights and zero biases, the initialisation of the paper's DINO-style heads.
+            w = torch.empty(n_heads, fan_in, fan_out)
+            torch.nn.init.trunc_normal_(w, std=0.02, a=-0.04, b=0.04, generator=generator)
+            self.weights.append(torch.nn.Parameter(w))
+            self.biases.append(torch.nn.Parameter(torch.zeros(n_heads, 1, fan_out)))
+        bound = 1.0 / math.sqrt(dims[-1])
+        self.direction = torch.nn.Parameter(
+            torch.empty(n_heads, dims[-1], n_clusters).uniform_(-bound, bound, generator=generator))
+        self.gain = torch.nn.Parameter(torch.ones(n_heads, 1, n_clusters))
+
+    @property
+    def n_heads(self) -> int:
+        return self.direction.shape[0]
+
+    @property
+    def last_layer(self) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+        return self.direction, self.gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.unsqueeze(0).expand(self.n_heads, *x.shape)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w)
+            if i < len(self.weights) - 1:
+                h = F.gelu(h)
+        h = F.normalize(h, dim=-1)
+        return torch.bmm(h, self.gain * F.normalize(self.direction, dim=1))
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "TEMIHeads":
+        n_layers = sum(key.startswith("weights.") for key in state)
+        n_heads, bottleneck, k = state["direction"].shape
+        in_dim = state["weights.0"].shape[1] if n_layers else bottleneck
+        width = state["weights.0"].shape[2] if n_layers == 2 else 1
+        module = cls(in_dim, k, n_heads, n_layers, hidden_dim=width, bottleneck_dim=bottleneck,
+                     generator=torch.Generator())
+        module.load_state_dict(state)
+        return module
+
+
+class TEMI(HeadEstimator):
+    """TEMI clustering heads (student + EMA teacher, teacher-ensemble weighted PMI on kNN pairs).
+
+    Parameters (defaults follow the paper and its official code unless a line says otherwise)
+    ----------
+    n_clusters : int
+        Number of clusters k (≥ 2).
+    n_heads : int
+        Heads trained together (16 as in the paper); the one with the lowest TEMI loss on the whole training
+        set is kept.
+    n_neighbors : int
+        K cosine nearest neighbours mined per sample (50; the paper uses 25 for ImageNet overclustering); every
+        step pairs each anchor with one of them at random.
+    beta : float
+        β of the loss (0.6).
+    student_temperature, teacher_temperature : float
+        τ_s and τ_t of the softmax outputs: 0.1 and 0.1, the official code's defaults (its training commands keep
+        the teacher's temperature at its default; a warm-up from 0.1 to 0.1 is no warm-up).
+    momentum, final_momentum : float
+        Teacher EMA momentum, raised from ``momentum`` (0.996) to ``final_momentum`` (1.0) on a cosine schedule
+        over all steps.
+    prior_momentum : float
+        Momentum of p̄, the EMA of the teachers' mean prediction (0.9).
+    n_layers, hidden_dim, bottleneck_dim : int
+        Head shape (see :class:`TEMIHeads`): 2 layers, 512 hidden units, 256-dim bottleneck, as the paper's code.
+    epochs, batch_size : int
+        Passes over all anchors and anchors per step. The paper trains 100 epochs of ImageNet/CIFAR-sized data
+        (≥ 4,800 steps at batch 1,024 on CIFAR); on a small dataset 100 epochs are a few hundred steps, so the
+        defaults (200 epochs at batch 256) are scaled to the data rather than copied — see benchmarks/README.md.
+        ``fit`` uses ``max(batch_size, 4 · n_clusters)`` (capped at n).
+    lr, weight_decay, warmup_epochs : float, float, int
+        AdamW learning rate after a linear warm-up of ``warmup_epochs`` epochs, then constant (the official
+        commands set min_lr = lr); weight decay 1e-4 on the weight matrices (not on biases and gains). The last
+        layer is frozen during the first epoch, as in the official code.
+    standardize : {"dims", "global"}
+        Input scaling after centring: every dimension to unit variance ("dims", the official code's
+        ``--embed_norm``) or one root-mean-square spread ("global").
+    random_state : int
+        Seeds initialisation, shuffling and neighbour sampling: same seed, same numbers.
+    device : "auto" | str | torch.device
+    verbose : bool
+
+    Attributes
+    ----------
+    labels_, probs_ : cluster of every training sample and its (n, k) soft assignment (kept head's teacher).
+    head_losses_ : (n_heads,) TEMI loss of every head on the whole training set: every anchor with every one of
+        its K neighbours, final students, teachers and p̄. best_head_ : argmin of it.
+    score_ : ``head_losses_[best_head_]``, the method's own label-free criterion (lower is better).
+    prior_ : (n_heads, k) final p̄. neighbors_ : (n, K) mined neighbour indices.
+    student_, teacher_ : all heads (TEMIHeads); cluster_sizes_, degenerate_ as in SCAN.
+    """
+
+    _MODULES = ("teacher_", "student_")
+    _ARRAYS = HeadEstimator._ARRAYS + ("head_losses_", "prior_")
+    _SCALARS = HeadEstimator._SCALARS + ("best_head_", "score_")
+
+    def __init__(self, n_clusters: int, n_heads: int = 16, n_neighbors: int = 50, beta: float = 0.6,
+                 student_temperature: float = 0.1, teacher_temperature: float = 0.1, momentum: float = 0.996,
+                 final_momentum: float = 1.0, prior_momentum: float = 0.9, n_layers: int = 2,
+                 hidden_dim: int = 512, bottleneck_dim: int = 256, epochs: int = 200, batch_size: int = 256,
+                 lr: float = 1e-4, weight_decay: float = 1e-4, warmup_epochs: int = 20, standardize: str = "dims",
+                 random_state: int = 0, device="auto", verbose: bool = True):
+        self.n_clusters = n_clusters
+        self.n_heads = n_heads
+        self.n_neighbors = n_neighbors
+        self.beta = beta
+        self.student_temperature = student_temperature
+        self.teacher_temperature = teacher_temperature
+        self.momentum = momentum
+        self.final_momentum = final_momentum
+        self.prior_momentum = prior_momentum
+        self.n_layers = n_layers
+        self.hidden_dim = hidden_dim
+        self.bottleneck_dim = bottleneck_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.standardize = standardize
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    def _check_params(self) -> None:
+        self._check_common_params(
+            {"n_heads": self.n_heads, "n_neighbors": self.n_neighbors, "hidden_dim": self.hidden_dim,
+             "bottleneck_dim": self.bottleneck_dim, "epochs": self.epochs, "batch_size": self.batch_size},
+            nonneg_reals={"weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs},
+            pos_reals={"beta": self.beta, "student_temperature": self.student_temperature,
+                       "teacher_temperature": self.teacher_temperature, "lr": self.lr})
+        for name in ("momentum", "final_momentum", "prior_momentum"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if self.n_layers not in (0, 1, 2):
+            raise ValueError(f"n_layers must be 0, 1 or 2, got {self.n_layers!r}")
+
+    def _work(self, batch: int) -> int:
+        d, k, b, w = int(self.n_features_in_), int(self.n_clusters), int(self.bottleneck_dim), int(self.hidden_dim)
+        per_row = [d * k, d * b + b * k, d * w + w * b + b * k][int(self.n_layers)]
+        return int(self.n_heads) * batch * per_row
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None, neighbors=None) -> "TEMI":
+        """Train on features ``X`` (n, d) (array or memory map); ``y`` is ignored (unsupervised).
+
+        ``neighbors``: optional precomputed (n, K) cosine neighbour indices (e.g. shared across seeds); mined
+        from ``X`` with ``n_neighbors`` when omitted.
+        """
+        X, mean, std, _, _, device = self._validate_fit(X, None)
+        n, d = X.shape
+        k = int(self.n_clusters)
+        if neighbors is None and int(self.n_neighbors) >= n:
+            raise ValueError(f"n_neighbors={self.n_neighbors} must be smaller than the number of samples ({n})")
+        seed = int(self.random_state)
+        init_gen = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        if neighbors is None:
+            self.neighbors_ = mine_neighbors(X, int(self.n_neighbors), verbose=self.verbose,
+                                             gpu="auto" if device.type == "cuda" else False)
+        else:
+            self.neighbors_ = check_neighbors(neighbors, n)
+        rows, _ = self._standardized_rows(X, mean, std, device)
+
+        student = TEMIHeads(d, k, int(self.n_heads), int(self.n_layers), int(self.hidden_dim),
+                            int(self.bottleneck_dim), generator=init_gen).to(device)
+        teacher = TEMIHeads(d, k, int(self.n_heads), int(self.n_layers), int(self.hidden_dim),
+                            int(self.bottleneck_dim), generator=torch.Generator()).to(device)
+        teacher.load_state_dict(student.state_dict())
+        teacher.requires_grad_(False)
+        bs = self._effective_batch(n)
+        with self._threads(device, 3 * self._work(2 * bs)):
+            self.prior_ = self._train(student, teacher, rows, n, bs, rng).cpu().numpy()
+            self.student_, self.teacher_ = student, teacher
+            self.head_losses_ = self._full_loss(rows)
+            self.best_head_ = int(np.argmin(self.head_losses_))
+            self.score_ = float(self.head_losses_[self.best_head_])
+            probs = self._proba_rows(rows)
+        self._finish(probs)
+        return self
+
+    def _schedules(self, n_steps: int, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-step learning rate (linear warm-up, then constant) and teacher momentum (cosine to final)."""
+        step = np.arange(n_steps)
+        warmup = int(round(float(self.warmup_epochs) * steps_per_epoch))
+        lr = float(self.lr) * np.minimum(1.0, (step + 1) / max(1, warmup)) if warmup > 0 else \
+            np.full(n_steps, float(self.lr))
+        m0, m1 = float(self.momentum), float(self.final_momentum)
+        momentum = m1 + 0.5 * (m0 - m1) * (1 + np.cos(np.pi * step / max(1, n_steps)))
+        return lr, momentum
+
+    def _train(self, student: TEMIHeads, teacher: TEMIHeads, rows: Rows, n: int, bs: int,
+               rng: np.random.Generator) -> torch.Tensor:
+        decay = [p for name, p in student.named_parameters() if name.startswith("weights") or name == "direction"]
+        rest = [p for name, p in student.named_parameters() if not (name.startswith("weights") or name == "direction")]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": float(self.weight_decay)},
+                                       {"params": rest, "weight_decay": 0.0}], lr=float(self.lr))
+        k, h = int(self.n_clusters), int(self.n_heads)
+        prior = torch.full((h, k), 1.0 / k, device=rows.device)
+        n_neighbors = self.neighbors_.shape[1]
+        # Drop the short last batch: p̄'s update and the pair weights are batch statistics.
+        n_batches = max(1, n // bs)
+        lr_schedule, momentum_schedule = self._schedules(int(self.epochs) * n_batches, n_batches)
+        ts, tt, beta = float(self.student_temperature), float(self.teacher_temperature), float(self.beta)
+        student.train()
+        bar = tqdm(range(int(self.epochs)), desc=f"TEMI k={k}", unit="epoch", disable=not self.verbose, leave=False)
+        step = 0
+        for epoch in bar:
+            order = rng.permutation(n)
+            epoch_loss = torch.zeros(h, device=rows.device)
+            for b in range(n_batches):
+                anchors = order[b * bs:(b + 1) * bs]
+                partners = self.neighbors_[anchors, rng.integers(n_neighbors, size=anchors.size)]
+                x = rows.get(np.concatenate([anchors, partners]))
+                s = softmax(student(x) / ts)
+                with torch.no_grad():
+                    t = softmax(teacher(x) / tt)
+                prior = update_prior(prior, t[:, :anchors.size], t[:, anchors.size:], float(self.prior_momentum))
+                losses, _ = temi_loss(s[:, :anchors.size], s[:, anchors.size:], t[:, :anchors.size],
+                                      t[:, anchors.size:], prior, beta)
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lr_schedule[step])
+                optimizer.zero_grad(set_to_none=True)
+                # The heads share no parameters: the mean trains each on its own loss (the paper averages too).
+                losses.mean().backward()
+                if epoch == 0:
+                    # The last layer stays frozen for the first epoch (as in DINO and TEMI's code): the random
+                    # cluster directions must not chase the first, near-uniform predictions.
+                    for p in student.last_layer:
+                        p.grad = None
+                optimizer.step()
+                with torch.no_grad():
+                    m = float(momentum_schedule[step])
+                    for p_t, p_s in zip(teacher.parameters(), student.parameters()):
+                        p_t.mul_(m).add_(p_s.detach(), alpha=1.0 - m)
+                epoch_loss += losses.detach()
+                step += 1
+            bar.set_postfix(loss=f"{(epoch_loss.min() / n_batches).item():.3f}")
+        return prior
+
+    @torch.no_grad()
+    def _head_probs(self, module: TEMIHeads, rows: Rows, temperature: float, block: int = 16384) -> torch.Tensor:
+        """(n_heads, n, k) probabilities of all heads of ``module`` on all rows."""
+        module.eval()
+        out = torch.empty(module.n_heads, rows.n, int(self.n_clusters), device=rows.device)
+        for start in range(0, rows.n, block):
+            idx = np.arange(start, min(start + block, rows.n))
+            out[:, start:start + idx.size] = softmax(module(rows.get(idx)) / temperature)
+        return out
+
+    @torch.no_grad()
+    def _full_loss(self, rows: Rows) -> np.ndarray:
+        """TEMI loss (H,) of every head over every anchor and all K of its neighbours (final students, teachers
+        and p̄), in blocks of anchors."""
+        s = self._head_probs(self.student_, rows, float(self.student_temperature))
+        t = self._head_probs(self.teacher_, rows, float(self.teacher_temperature))
+        prior = torch.from_numpy(self.prior_).to(rows.device)
+        n, n_neighbors = self.neighbors_.shape
+        h, k = s.shape[0], s.shape[2]
+        block = max(1, (1 << 24) // max(1, h * n_neighbors * k))
+        total = torch.zeros(h, dtype=torch.float64, device=rows.device)
+        for start in range(0, n, block):
+            idx = np.arange(start, min(start + block, n))
+            anchors = torch.from_numpy(np.repeat(idx, n_neighbors)).to(rows.device)
+            partners = torch.from_numpy(self.neighbors_[idx].reshape(-1)).to(rows.device)
+            losses, _ = temi_loss(s[:, anchors], s[:, partners], t[:, anchors], t[:, partners], prior,
+                                  float(self.beta))
+            total += losses.double() * anchors.numel()
+        return (total / (n * n_neighbors)).cpu().numpy()
+
+    # ------------------------------------------------------------------ predict
+    def _proba_rows(self, rows: Rows) -> np.ndarray:
+        with self._threads(rows.device, self._work(min(rows.n, 4096))):
+            probs = self._head_probs(self.teacher_, rows, float(self.teacher_temperature))
+        return probs[self.best_head_].cpu().numpy()
+
+    def _build_module(self, name: str, state: dict) -> torch.nn.Module:
+        return TEMIHeads.from_state_dict(state)

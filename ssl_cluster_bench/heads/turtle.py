@@ -1,0 +1,324 @@
+"""TURTLE on frozen (cached) features of one or several backbones: the labeling whose linear classifiers fit best.
+
+Entry points:
+    TaskEncoder(space_dims, n_clusters): one weight-normalised linear layer per space, softmax outputs averaged
+    turtle_step(encoder, optimizer, spaces, gamma, inner_steps, inner_lr, generator) -> (prediction error, entropy)
+    generalization_score(spaces, labels, n_folds=10) -> mean over spaces of the cross-validated accuracy of a
+        logistic regression trained on ``labels`` (higher is better)
+    TURTLE(n_clusters, ...).fit(X or [X_1, X_2, ...]) -> .labels_, .probs_, .score_, .predict(X), .predict_proba(X)
+
+Method (Gadetsky, Jiang, Brbić, "Let Go of Your Labels with Unsupervised Transfer", ICML 2024): a task encoder
+maps every sample to a soft labeling, the average over representation spaces of softmax(θ_i · z_i). In every outer
+step, fresh linear classifiers (one per space) take M Adam steps on the current labels (held fixed: the
+first-order hypergradient), then the encoder takes one Adam step on
+
+    Σ_spaces CE(classifier_i(z_i), labels) − γ · Σ_spaces H(mean_b softmax(θ_i · z_i)),
+
+so it prefers labelings that a linear classifier learns quickly (large margin) in every space at once, and the
+entropy term keeps all clusters in use. Spaces are cache entries of the same dataset and split from different
+backbones, aligned row by row.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from .base import HeadEstimator
+from .common import Rows, check_features, is_int
+
+__all__ = ["TURTLE", "TaskEncoder", "generalization_score", "turtle_step"]
+
+# Score problems (rows × dims) below this size run on one BLAS thread (see generalization_score).
+_SINGLE_THREAD_VALUES = 5_000_000
+
+
+class TaskEncoder(torch.nn.Module):
+    """One weight-normalised linear layer (torch ``weight_norm``) per space; ``forward`` returns the averaged
+    soft labels (B, k) and the per-space softmax outputs (list of (B, k))."""
+
+    def __init__(self, space_dims, n_clusters: int, generator: torch.Generator | None = None):
+        super().__init__()
+        layers = []
+        for d in space_dims:
+            layer = torch.nn.Linear(int(d), int(n_clusters))
+            with torch.no_grad():
+                # torch.nn.Linear's initial distribution, drawn from our own generator (reproducible, and the
+                # global RNG is left alone).
+                bound = 1.0 / np.sqrt(int(d))
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+            layers.append(torch.nn.utils.parametrizations.weight_norm(layer))
+        self.layers = torch.nn.ModuleList(layers)
+
+    @property
+    def space_dims(self) -> list[int]:
+        return [layer.in_features for layer in self.layers]
+
+    def forward(self, spaces: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        per_space = [F.softmax(layer(z), dim=-1) for layer, z in zip(self.layers, spaces)]
+        return torch.stack(per_space).mean(dim=0), per_space
+
+
+def _fresh_classifiers(space_dims, k: int, device, generator: torch.Generator) -> list[list[torch.Tensor]]:
+    """[weight (d, k), bias (k,)] of a new linear classifier per space, with torch.nn.Linear's initial distribution."""
+    params = []
+    for d in space_dims:
+        bound = 1.0 / np.sqrt(d)
+        params.append([torch.empty(d, k).uniform_(-bound, bound, generator=generator).to(device),
+                       torch.empty(k).uniform_(-bound, bound, generator=generator).to(device)])
+    return params
+
+
+@torch.no_grad()
+def _train_inner(spaces: list[torch.Tensor], target: torch.Tensor, params: list[list[torch.Tensor]], steps: int,
+                 lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """``steps`` Adam steps (torch's defaults) of every space's linear classifier on CE(z W + b, target), in place.
+
+    Written out instead of autograd + torch.optim.Adam: the gradient of softmax cross-entropy of a linear map is
+    closed-form, (softmax(zW + b) − target)ᵀ z / B, and on digits the hand-written loop took 32-35 ms per outer
+    step against 55-64 ms for autograd + a fresh torch.optim.Adam (busy 2-core machine), in the loop that
+    dominates TURTLE's time. The tests check it against torch.optim.Adam step for step.
+    """
+    b1, b2 = betas
+    moments = [[(torch.zeros_like(p), torch.zeros_like(p)) for p in wb] for wb in params]
+    for t in range(1, int(steps) + 1):
+        for z, wb, mv in zip(spaces, params, moments):
+            residual = (torch.softmax(z @ wb[0] + wb[1], dim=-1) - target) / z.shape[0]
+            for p, g, (m, v) in zip(wb, (z.T @ residual, residual.sum(dim=0)), mv):
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step = lr / (1 - b1 ** t)
+                p.addcdiv_(m, (v / (1 - b2 ** t)).sqrt_().add_(eps), value=-step)
+
+
+def turtle_step(encoder: TaskEncoder, optimizer: torch.optim.Optimizer, spaces: list[torch.Tensor],
+                gamma: float = 10.0, inner_steps: int = 10, inner_lr: float = 1e-3,
+                generator: torch.Generator | None = None) -> tuple[float, float]:
+    """One outer TURTLE step on a batch: fresh classifiers, ``inner_steps`` Adam steps, one encoder step.
+
+    ``spaces``: the batch's rows in every space, aligned (list of (B, d_i) tensors). The classifiers train on
+    the detached labels (first-order hypergradient); the encoder then minimises
+    Σ_i CE(classifier_i(z_i), labels) − γ · Σ_i H(mean prediction of space i). Returns both sums (prediction
+    error, entropy) as they were before the encoder's update.
+    """
+    k = encoder.layers[0].out_features
+    labels, per_space = encoder(spaces)
+    params = _fresh_classifiers(encoder.space_dims, k, spaces[0].device, generator or torch.Generator())
+    _train_inner(spaces, labels.detach(), params, inner_steps, inner_lr)
+    with torch.no_grad():
+        logits = [z @ w + b for z, (w, b) in zip(spaces, params)]
+    prediction_error = sum(F.cross_entropy(lg, labels) for lg in logits)
+    entropy = sum(torch.special.entr(p.mean(dim=0)).sum() for p in per_space)
+    optimizer.zero_grad(set_to_none=True)
+    (prediction_error - gamma * entropy).backward()
+    optimizer.step()
+    return float(prediction_error.detach()), float(entropy.detach())
+
+
+def generalization_score(spaces, labels, n_folds: int = 10, max_samples: int | None = 10000,
+                         random_state: int = 0) -> float:
+    """TURTLE's label-free generalisation score of a labeling (higher is better).
+
+    For every space, the mean accuracy over ``n_folds`` folds (shuffled ``KFold``) of a scikit-learn
+    ``LogisticRegression`` (C = 1) trained on the other folds' ``labels``; then the mean over spaces. A labeling
+    that linear classifiers learn from a part of the data and transfer to the rest scores high. With more than
+    ``max_samples`` rows, a seeded random subset of that size is scored (None: all rows). NaN when ``labels``
+    use fewer than two clusters (nothing to classify).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_score
+
+    labels = np.asarray(labels)
+    spaces = [spaces] if hasattr(spaces, "shape") else list(spaces)
+    if any(z.shape[0] != labels.shape[0] for z in spaces):
+        raise ValueError(f"every space must have one row per label ({labels.shape[0]}), got "
+                         f"{[z.shape[0] for z in spaces]}")
+    if np.unique(labels).size < 2:
+        return float("nan")
+    rows = np.arange(labels.shape[0])
+    if max_samples is not None and labels.shape[0] > max_samples:
+        rows = np.sort(np.random.default_rng(random_state).choice(labels.shape[0], max_samples, replace=False))
+    folds = KFold(n_splits=int(n_folds), shuffle=True, random_state=random_state)
+    scores = []
+    for z in spaces:
+        z = np.asarray(z[rows], dtype=np.float64)
+        z = (z - z.mean(axis=0)) / max(float(np.sqrt(z.var(axis=0).mean())), 1e-12)
+        # Small problems on one BLAS thread: on a busy 2-core machine the digits score took 69 s with the
+        # default thread pool and 1.3 s with one thread.
+        with threadpool_limits(1 if z.size < _SINGLE_THREAD_VALUES else None):
+            clf = LogisticRegression(C=1.0, max_iter=1000)
+            scores.append(cross_val_score(clf, z, labels[rows], cv=folds).mean())
+    return float(np.mean(scores))
+
+
+class TURTLE(HeadEstimator):
+    """TURTLE: unsupervised transfer by the labeling with maximal-margin linear classifiers in every space.
+
+    Parameters (defaults follow the paper and its official code unless a line says otherwise)
+    ----------
+    n_clusters : int
+        Number of clusters k (≥ 2).
+    gamma : float
+        γ, weight of the entropy of every space's mean prediction (10).
+    n_steps : int or "auto"
+        T, outer steps. The paper's T = 6,000 at batch 10,000 is 1,200 passes over CIFAR's 50,000 training
+        images; "auto" keeps T = 6,000 for data of at least a batch and uses T = 2,000 when the whole dataset is
+        one batch, where every step already sees all rows (the encoder's labels stop changing long before, see
+        benchmarks/README.md for the measurement).
+    inner_steps : int
+        M, Adam steps of the fresh linear classifiers in every outer step (10).
+    inner_lr, lr : float
+        Adam learning rates of the inner classifiers and of the task encoder (1e-3 both).
+    batch_size : int
+        Rows per outer step (10,000; capped at n, where every step uses all rows).
+    standardize : {"global", "dims"}
+        Every space is centred and divided by one root-mean-square spread ("global", default) or every
+        dimension by its own ("dims"). The paper feeds raw CLIP / DINOv2 features; a fixed learning rate for
+        the inner classifiers needs comparable scales across spaces (raw pixels run 0-16, a random ResNet's
+        features 0-0.1), which one scale per space gives without whitening the space.
+    score_folds, score_max_samples : int, int or None
+        Folds and row cap of the generalisation score (:func:`generalization_score`).
+    random_state : int
+        Seeds the encoder, the inner classifiers, the batches and the score's folds.
+    device : "auto" | str | torch.device
+    verbose : bool
+
+    Attributes
+    ----------
+    labels_, probs_ : cluster of every sample and the (n, k) averaged soft labels of the encoder.
+    score_ : the generalisation score of ``labels_`` (higher is better; the method's own label-free criterion).
+    space_dims_ : (n_spaces,) input dim of every space. encoder_ : the TaskEncoder.
+    history_ : (T, 2) prediction error and entropy of every outer step.
+    cluster_sizes_, degenerate_ : as in SCAN. mean_, scale_ : standardisation of the concatenated spaces.
+    """
+
+    _MODULES = ("encoder_",)
+    _ARRAYS = HeadEstimator._ARRAYS + ("space_dims_", "history_")
+    _SCALARS = HeadEstimator._SCALARS + ("score_",)
+
+    def __init__(self, n_clusters: int, gamma: float = 10.0, n_steps="auto", inner_steps: int = 10,
+                 inner_lr: float = 1e-3, lr: float = 1e-3, batch_size: int = 10000, standardize: str = "global",
+                 score_folds: int = 10, score_max_samples: int | None = 10000, random_state: int = 0,
+                 device="auto", verbose: bool = True):
+        self.n_clusters = n_clusters
+        self.gamma = gamma
+        self.n_steps = n_steps
+        self.inner_steps = inner_steps
+        self.inner_lr = inner_lr
+        self.lr = lr
+        self.batch_size = batch_size
+        self.standardize = standardize
+        self.score_folds = score_folds
+        self.score_max_samples = score_max_samples
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    def _check_params(self) -> None:
+        self._check_common_params({"inner_steps": self.inner_steps, "batch_size": self.batch_size},
+                                  nonneg_reals={"gamma": self.gamma},
+                                  pos_reals={"inner_lr": self.inner_lr, "lr": self.lr})
+        if self.n_steps != "auto" and (not is_int(self.n_steps) or self.n_steps < 1):
+            raise ValueError(f"n_steps must be a positive integer or 'auto', got {self.n_steps!r}")
+        if not is_int(self.score_folds) or self.score_folds < 2:
+            raise ValueError(f"score_folds must be an integer >= 2, got {self.score_folds!r}")
+        if self.score_max_samples is not None and (not is_int(self.score_max_samples) or self.score_max_samples < 2):
+            raise ValueError(f"score_max_samples must be None or an integer >= 2, got {self.score_max_samples!r}")
+
+    def _n_steps(self, n: int) -> int:
+        if self.n_steps != "auto":
+            return int(self.n_steps)
+        return 2000 if n <= int(self.batch_size) else 6000
+
+    # ------------------------------------------------------------------ spaces
+    @staticmethod
+    def _as_spaces(X, name: str, min_rows: int, stats: bool):
+        """Validate one (n, d) array or a list of aligned ones; returns (spaces, means, stds)."""
+        spaces = [X] if hasattr(X, "shape") and len(X.shape) == 2 else list(X)
+        if not spaces:
+            raise ValueError(f"{name} is empty: pass an (n, d) array or a list of aligned (n, d_i) arrays")
+        checked = [check_features(z, f"{name}[{i}]" if len(spaces) > 1 else name, min_rows=min_rows, stats=stats)
+                   for i, z in enumerate(spaces)]
+        n_rows = {c[0].shape[0] for c in checked}
+        if len(n_rows) > 1:
+            raise ValueError(f"the spaces of {name} are not aligned: they have {[c[0].shape[0] for c in checked]} "
+                             "rows; every space must hold the same samples in the same order")
+        return [c[0] for c in checked], [c[1] for c in checked], [c[2] for c in checked]
+
+    def _space_tensors(self, rows: Rows, idx: np.ndarray) -> list[torch.Tensor]:
+        z = rows.get(idx)
+        return list(torch.split(z, [int(d) for d in self.space_dims_], dim=1))
+
+    def _rows(self, X) -> Rows:
+        self._check_fitted()
+        spaces, _, _ = self._as_spaces(X, "X", min_rows=1, stats=False)
+        dims = [z.shape[1] for z in spaces]
+        if dims != [int(d) for d in self.space_dims_]:
+            raise ValueError(f"X has space dims {dims}, the model was fitted on {self.space_dims_.tolist()}")
+        return Rows(np.hstack([np.asarray(z, dtype=np.float32) for z in spaces]), torch.from_numpy(self.mean_),
+                    torch.from_numpy(self.scale_), self._model_device())
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None) -> "TURTLE":
+        """Train on ``X``: one (n, d) feature array, or a list of aligned arrays (one per representation space,
+        same samples in the same order); ``y`` is ignored (unsupervised)."""
+        self._check_params()
+        spaces, means, stds = self._as_spaces(X, "features", min_rows=2, stats=True)
+        n = spaces[0].shape[0]
+        k = int(self.n_clusters)
+        if k > n:
+            raise ValueError(f"n_clusters={k} exceeds the number of samples ({n})")
+        device = self._resolve_device()
+        self.space_dims_ = np.array([z.shape[1] for z in spaces], dtype=np.int64)
+        self.mean_ = np.concatenate(means).astype(np.float32)
+        self.scale_ = np.concatenate([self._scale_from_std(s) for s in stds])
+        self.n_features_in_ = int(self.space_dims_.sum())
+        joined = spaces[0] if len(spaces) == 1 else np.hstack([np.asarray(z, dtype=np.float32) for z in spaces])
+        rows = Rows(joined, torch.from_numpy(self.mean_), torch.from_numpy(self.scale_), device,
+                    verbose=self.verbose, desc="load features")
+
+        seed = int(self.random_state)
+        gen = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        encoder = TaskEncoder(self.space_dims_.tolist(), k, generator=gen).to(device)
+        optimizer = torch.optim.Adam(encoder.parameters(), lr=float(self.lr))
+        bs = int(min(n, int(self.batch_size)))
+        full = self._space_tensors(rows, np.arange(n)) if bs == n else None
+        n_steps = self._n_steps(n)
+        history = np.empty((n_steps, 2), dtype=np.float64)
+        with self._threads(device, (int(self.inner_steps) + 2) * 3 * bs * self.n_features_in_ * k):
+            bar = tqdm(range(n_steps), desc=f"TURTLE k={k}", unit="step", disable=not self.verbose, leave=False)
+            for step in bar:
+                batch = full if full is not None else self._space_tensors(rows, np.sort(rng.choice(n, bs, replace=False)))
+                history[step] = turtle_step(encoder, optimizer, batch, float(self.gamma), int(self.inner_steps),
+                                            float(self.inner_lr), gen)
+                if step % 50 == 0 or step == n_steps - 1:
+                    bar.set_postfix(error=f"{history[step, 0]:.3f}", entropy=f"{history[step, 1]:.3f}")
+            self.encoder_ = encoder
+            self.history_ = history
+            probs = self._proba_rows(rows)
+        self._finish(probs)
+        # The score sees the spaces as the encoder does (centred and scaled); the row cap is applied here once.
+        cap = self.score_max_samples
+        idx = np.arange(n) if cap is None or n <= cap else \
+            np.sort(np.random.default_rng(seed).choice(n, int(cap), replace=False))
+        spaces_seen = [z.cpu().numpy() for z in self._space_tensors(rows, idx)]
+        self.score_ = generalization_score(spaces_seen, self.labels_[idx], n_folds=int(self.score_folds),
+                                           max_samples=None, random_state=seed)
+        return self
+
+    # ------------------------------------------------------------------ predict
+    @torch.no_grad()
+    def _proba_rows(self, rows: Rows, block: int = 65536) -> np.ndarray:
+        self.encoder_.eval()
+        out = np.empty((rows.n, int(self.n_clusters)), dtype=np.float32)
+        for start in range(0, rows.n, block):
+            idx = np.arange(start, min(start + block, rows.n))
+            out[start:start + idx.size] = self.encoder_(self._space_tensors(rows, idx))[0].cpu().numpy()
+        return out
+
+    def _build_module(self, name: str, state: dict) -> torch.nn.Module:
+        return TaskEncoder([int(d) for d in self.space_dims_], int(self.n_clusters), generator=torch.Generator())
