@@ -25,13 +25,13 @@ import pandas as pd
 from . import __version__
 from .cache import CacheEntry, CacheKey, FeatureCache
 from .leaderboard import aggregate, append_rows, default_results_path, read_leaderboard, to_markdown
-from .methods import MethodInputs, get_method
-from .metrics import evaluate
+from .methods import MethodInputs, get_method, list_methods
+from .metrics import evaluate, silhouette
 from .predictions import make_run_id, save_predictions
 from .protocol import Protocol, resolve_protocol
 
-__all__ = ["DEFAULT_BACKBONES", "cluster_entry", "cluster_features", "extract", "import_features", "run",
-           "write_markdown"]
+__all__ = ["DEFAULT_BACKBONES", "cluster_entries", "cluster_entry", "cluster_features", "extract",
+           "import_features", "run", "write_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,10 @@ def cluster_features(features, labels, protocol=None, *, n_classes: int | None =
     defaults); keyword ``changes`` replace its fields (``cluster_features(X, y, seeds=3)``). Each method is
     looked up in the registry (:mod:`ssl_cluster_bench.methods`); what they share (the PCA, the neighbours) is
     computed once. ``augmented`` (views, n, dim) are cached augmented views, ``spaces`` aligned feature matrices
-    for multi-space methods. Rows carry the metrics, the method's configuration columns, its label-free
-    ``score``, the flag column, the fit time, ``protocol_hash`` and ``run_id``; the cluster assignments are in
+    for multi-space methods. Rows carry the metrics, the method's configuration columns, two label-free
+    criteria (``score``: the method's own, lower is better; ``silhouette``: the silhouette coefficient of the
+    clustering on the PCA-reduced features, higher is better), the flag column, the fit time, ``protocol_hash``
+    and ``run_id``; the cluster assignments are in
     ``df.attrs["predictions"]`` (run_id -> labels). Labels < 0 (unlabelled) are excluded from scoring.
     """
     rows, predictions = _cluster(features, labels, resolve_protocol(protocol, **changes), n_classes=n_classes,
@@ -164,11 +166,15 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
                 pred = np.asarray(est.labels_, dtype=np.int64)
                 probs = getattr(est, "probs_", None)
                 scores = evaluate(labels[labelled], pred[labelled], probs[labelled] if probs is not None else None)
+                # On the PCA-reduced features (of the first space in a joint run), one fixed row sample for all
+                # rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
+                sil = silhouette(inputs.reduced, pred)
                 run_id = make_run_id(identity, cls.name, k, seed, row_hash)
                 predictions[run_id] = pred
                 rows.append({"method": cls.name, "n_clusters": k, "overcluster": f, **est.config_, "seed": seed,
                              "n_classes": n_classes, "n_samples": int(labelled.sum()), **scores,
-                             "score": getattr(est, "score_", None), "flag": getattr(est, "flag_", ""),
+                             "score": getattr(est, "score_", None), "silhouette": sil,
+                             "flag": getattr(est, "flag_", ""),
                              "seconds": seconds, "protocol_hash": row_hash, "run_id": run_id})
         # what the method's rows derived from the shared inputs (PCA, neighbours) is charged to them evenly
         share = (inputs.prep_seconds - prep_before) / max(1, len(rows) - first)
@@ -216,6 +222,70 @@ def _cluster_entry(entry: CacheEntry, protocol: Protocol, progress: bool = True)
     return df, predictions
 
 
+def check_aligned(entries: Sequence[CacheEntry]) -> None:
+    """Raise ValueError unless the cache entries hold the same samples in the same order (dataset, split,
+    sample indices and labels), i.e. can be used as aligned representation spaces of one dataset."""
+    if len(entries) < 2:
+        raise ValueError(f"a joint run needs at least two cache entries, got {len(entries)}")
+    first = entries[0]
+    for other in entries[1:]:
+        a, b = first.key, other.key
+        problem = None
+        if (a.dataset, a.split) != (b.dataset, b.split):
+            problem = f"{a.dataset}/{a.split} vs {b.dataset}/{b.split}"
+        elif first.indices.shape != other.indices.shape:
+            problem = f"{first.indices.shape[0]} vs {other.indices.shape[0]} samples"
+        elif not np.array_equal(first.indices, other.indices):
+            problem = "the same number of samples but different sample indices (a subset or a different order)"
+        elif not np.array_equal(first.labels, other.labels):
+            problem = "different labels for the same indices"
+        if problem:
+            raise ValueError(f"cache entries {first.path.name} and {other.path.name} are not aligned ({problem}): "
+                             "a joint run needs every backbone's features of the same samples in the same order; "
+                             "extract them on the same dataset, split and subset (re-extract the stale entry)")
+
+
+def cluster_entries(entries: Sequence[CacheEntry], protocol=None, *, progress: bool = True,
+                    **changes) -> pd.DataFrame:
+    """The protocol's multi-space methods (e.g. turtle) on several aligned cache entries at once.
+
+    The entries must hold the same samples in the same order (see :func:`check_aligned`); methods that use one
+    space only are left out (at least one multi-space method is needed). Rows name all backbones used, joined by
+    "+" (backbone "pixels+random-resnet18"), and so do ``weights`` and ``cache_key``.
+    """
+    df, _ = _cluster_entries(list(entries), resolve_protocol(protocol, **changes), progress=progress)
+    return df
+
+
+def _joint_protocol(protocol: Protocol) -> Protocol:
+    methods = tuple(m for m in protocol.methods if get_method(m).multi_space)
+    if not methods:
+        multi = [m for m in list_methods() if get_method(m).multi_space]
+        raise ValueError(f"a joint run over several backbones needs a multi-space method ({', '.join(multi)}) "
+                         f"among the methods, got {', '.join(protocol.methods)}")
+    return protocol.replace(methods=methods)
+
+
+def _cluster_entries(entries: list[CacheEntry], protocol: Protocol, progress: bool = True):
+    check_aligned(entries)
+    protocol = _joint_protocol(protocol)
+    identity = "+".join(e.path.name for e in entries)
+    rows, predictions = _cluster(entries[0].features, entries[0].labels, protocol, progress=progress,
+                                 spaces=[e.features for e in entries], identity=identity)
+    df = pd.DataFrame(rows)
+    keys = [e.key for e in entries]
+    df.insert(0, "backbone", "+".join(str(k.backbone) for k in keys))
+    df.insert(1, "weights", "+".join(str(k.weights) for k in keys))
+    df.insert(2, "dataset", keys[0].dataset)
+    df.insert(3, "split", keys[0].split)
+    df.insert(4, "protocol", "direct")
+    df["cache_key"] = identity
+    df["versions"] = _versions()
+    df["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    df.attrs["predictions"] = predictions
+    return df, predictions
+
+
 def _check_writable(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +327,7 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
 
 def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_root=None,
         split: str | None = None, *, protocol=None, results=None, cache=None, progress: bool = True,
-        **extract_options) -> pd.DataFrame:
+        joint: Sequence[Sequence[str]] = (), **extract_options) -> pd.DataFrame:
     """Extract what is missing, run the clustering protocol, append to the leaderboard, write markdown.
 
     ``protocol``: a :class:`~ssl_cluster_bench.protocol.Protocol`, dict or YAML path (None = the defaults).
@@ -265,10 +335,19 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     With no arguments: the embedded default (:data:`DEFAULT_BACKBONES` on digits). Returns the new rows; each
     backbone's cluster assignments are saved (:mod:`ssl_cluster_bench.predictions`) and its rows appended as
     soon as that backbone is done.
+    ``joint``: groups of backbones (e.g. ``[("pixels", "random-resnet18")]``) whose aligned features the
+    protocol's multi-space methods (turtle) also cluster together, one set of rows per group, after the
+    single-backbone rows; their ``backbone`` column joins the names with "+".
     """
     protocol = resolve_protocol(protocol)
     for method in protocol.methods:
         get_method(method)
+    joint = [list(group) for group in joint]
+    for group in joint:
+        if len(group) < 2:
+            raise ValueError(f"a joint group needs at least two backbones, got {group}")
+    if joint:
+        _joint_protocol(protocol)  # fail before any extraction
     results = Path(results) if results else default_results_path()
     _check_writable(results)
     cache = _resolve_cache(cache)
@@ -281,6 +360,13 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
         entry = _entry_for(backbone, dataset, data_root, split, cache, extract_options)
         df, predictions = _cluster_entry(entry, protocol, progress=progress)
         for run_id, labels in predictions.items():  # before the rows, so no row names a missing file
+            save_predictions(results, run_id, labels)
+        append_rows(results, df.to_dict("records"))
+        frames.append(df)
+    for group in joint:
+        entries = [_entry_for(b, dataset, data_root, split, cache, extract_options) for b in group]
+        df, predictions = _cluster_entries(entries, protocol, progress=progress)
+        for run_id, labels in predictions.items():
             save_predictions(results, run_id, labels)
         append_rows(results, df.to_dict("records"))
         frames.append(df)

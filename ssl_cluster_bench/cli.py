@@ -20,6 +20,15 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _joint_groups(text: str) -> list[list[str]]:
+    groups = [[b.strip() for b in g.split("+") if b.strip()] for g in text.split(",") if g.strip()]
+    bad = [g for g in groups if len(g) < 2]
+    if bad or not groups:
+        raise argparse.ArgumentTypeError(f"expected comma-separated groups of '+'-joined backbones "
+                                         f"(e.g. pixels+random-resnet18), got {text!r}")
+    return groups
+
+
 def _pca_dim(text: str):
     if text.lower() in ("none", "0", "off"):
         return None
@@ -112,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(p)
     p.add_argument("--methods", type=_names, default=argparse.SUPPRESS,
                    help="comma-separated method names (see `sscb methods`; default kmeans)")
+    p.add_argument("--joint", type=_joint_groups, default=[], metavar="A+B[,C+D]",
+                   help="also cluster these backbones' aligned features together with the multi-space "
+                        "methods among --methods (turtle); rows name the group, e.g. backbone pixels+random-resnet18")
     _add_data(p)
     _add_extract(p)
     _add_protocol(p)
@@ -178,7 +190,8 @@ def _cmd_run(args):
     from .leaderboard import aggregate, default_results_path, to_markdown
 
     df = api.run(args.backbones, args.dataset, args.data_root, args.split, protocol=_protocol(args),
-                 results=args.results, cache=args.cache_dir, subset=args.subset, batch_size=args.batch_size,
+                 joint=args.joint, results=args.results, cache=args.cache_dir, subset=args.subset,
+                 batch_size=args.batch_size,
                  num_workers=args.workers, device=args.device, progress=not args.quiet, **_checkpoint_options(args))
     print(to_markdown(aggregate(df)))
     results = Path(args.results) if args.results else default_results_path()

@@ -9,7 +9,8 @@ Entry points:
 A method class follows the estimator contract: ``__init__(n_clusters, random_state=0, verbose=False,
 **options)`` stores its arguments; ``fit(inputs)`` returns self with ``labels_`` (n,) int64, ``probs_`` (n, k)
 or None, ``degenerate_`` (bool), ``score_`` (its own label-free criterion, lower is better, or None) and
-``config_`` (extra leaderboard columns: backend, pca_dim, ...). ``from_protocol`` builds it from a
+``config_`` (extra leaderboard columns: backend, pca_dim, ...). ``multi_space = True`` marks a method that
+uses every aligned space in ``inputs.spaces`` (joint runs over several backbones take only those). ``from_protocol`` builds it from a
 :class:`~ssl_cluster_bench.protocol.Protocol`. A new method is one module plus one ``register_method`` line.
 """
 from __future__ import annotations
@@ -100,6 +101,8 @@ class ClusteringMethod:
     """Base of the registered methods: stores ``n_clusters``, ``random_state``, ``verbose`` and ``options``."""
 
     name = "?"
+    #: True for methods that use all of ``MethodInputs.spaces`` (several backbones' aligned features at once)
+    multi_space = False
 
     def __init__(self, n_clusters: int, random_state: int = 0, verbose: bool = False, **options):
         self.n_clusters = n_clusters
@@ -147,7 +150,8 @@ class HeadMethod(ClusteringMethod):
     """A clustering head of :mod:`ssl_cluster_bench.heads` trained on the cached features themselves.
 
     Heads standardise the features internally; doing so on PCA components would amount to whitening, which
-    costs them accuracy, so they skip the protocol's reduction. score = the selected head's own loss.
+    costs them accuracy, so they skip the protocol's reduction. score = the estimator's ``score_`` where it has
+    one (SCAN, TEMI: the kept head's loss), else the lowest of its ``head_losses_``.
     """
 
     head_options: dict = {}
@@ -167,7 +171,8 @@ class HeadMethod(ClusteringMethod):
         self.degenerate_ = bool(getattr(est, "degenerate_", False))
         self.flag_ = "degenerate" if self.degenerate_ else ""
         losses = getattr(est, "head_losses_", None)
-        self.score_ = float(np.min(losses)) if losses is not None else None
+        own = getattr(est, "score_", None)
+        self.score_ = float(own) if own is not None else float(np.min(losses)) if losses is not None else None
         self.config_ = {"backend": "torch", "pca_dim": inputs.features.shape[1], "whiten": False,
                         "l2_normalize": False}
         return self
@@ -214,3 +219,41 @@ class TwoStageMethod(HeadMethod):
         from .heads.twostage import TwoStageUC
 
         return TwoStageUC
+
+
+@register_method("temi")
+class TEMIMethod(HeadMethod):
+    """TEMI (neighbours shared across seeds and k); score = the kept head's TEMI loss."""
+
+    def _estimator(self):
+        from .heads.temi import TEMI
+
+        return TEMI
+
+    def _fit_estimator(self, est, inputs):
+        return est.fit(inputs.features, neighbors=inputs.neighbors(int(self.options.get("n_neighbors", 50))))
+
+
+@register_method("turtle")
+class TURTLEMethod(HeadMethod):
+    """TURTLE on every aligned space of the inputs (one backbone: its features; a joint run: all of them).
+
+    score = 1 − TURTLE's generalisation score: the cross-validated error of linear classifiers trained on the
+    found labels (lower is better, as for every method).
+    """
+
+    multi_space = True
+
+    def _estimator(self):
+        from .heads.turtle import TURTLE
+
+        return TURTLE
+
+    def _fit_estimator(self, est, inputs):
+        return est.fit(inputs.spaces)
+
+    def fit(self, inputs: MethodInputs) -> "TURTLEMethod":
+        super().fit(inputs)
+        self.score_ = 1.0 - self.estimator_.score_
+        self.config_["pca_dim"] = int(sum(z.shape[1] for z in inputs.spaces))
+        return self

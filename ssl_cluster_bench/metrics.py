@@ -24,8 +24,12 @@ __all__ = [
     "confusion_matrix",
     "evaluate",
     "match_clusters",
+    "silhouette",
     "top_k_accuracy",
 ]
+
+#: rows on which the silhouette of a large dataset is computed (its cost grows with the square of the rows)
+SILHOUETTE_SAMPLE = 10000
 
 
 def _as_labels(y, name: str) -> np.ndarray:
@@ -287,3 +291,21 @@ def evaluate(y_true, y_pred, probs=None) -> dict:
     if probs is not None:
         out["top5"] = top_k_accuracy(y_true, probs, matching, k=5)
     return out
+
+
+def silhouette(features, labels, sample_size: int | None = SILHOUETTE_SAMPLE, random_state: int = 0) -> float:
+    """Label-free quality of a clustering: scikit-learn's mean silhouette coefficient (Euclidean) on ``features``.
+
+    With more than ``sample_size`` rows, the same seeded random subset of ``sample_size`` rows is scored for
+    every clustering of the data (None: all rows). NaN when the labels use fewer than 2 clusters or every row is
+    its own cluster (the coefficient is undefined there).
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    rows = np.arange(n)
+    if sample_size is not None and n > sample_size:
+        rows = np.sort(np.random.default_rng(random_state).choice(n, int(sample_size), replace=False))
+    sub = labels[rows]
+    if not 2 <= np.unique(sub).size <= rows.size - 1:
+        return float("nan")
+    return float(skm.silhouette_score(np.asarray(features[rows], dtype=np.float32), sub))
