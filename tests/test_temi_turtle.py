@@ -30,13 +30,16 @@ def blobs():
     return X.astype(np.float32), y
 
 
-def _two_blob_spaces(n=120, seed=0):
-    """Two well-separated blobs seen in two spaces (2-D and 3-D), rows aligned: the labeling is obvious."""
+def _two_blob_spaces(n=120, seed=0, dims=(16, 24)):
+    """Two well-separated blobs seen in two spaces, rows aligned: the labeling is obvious in each."""
     rng = np.random.default_rng(seed)
     y = np.repeat([0, 1], n // 2)
-    a = rng.normal(scale=0.5, size=(n, 2)) + np.where(y[:, None] == 0, [-5.0, 0.0], [5.0, 0.0])
-    b = rng.normal(scale=0.5, size=(n, 3)) + np.where(y[:, None] == 0, [0.0, 4.0, 1.0], [0.0, -4.0, 1.0])
-    return a.astype(np.float32), b.astype(np.float32), y
+    spaces = []
+    for d in dims:
+        centre = rng.normal(size=d)
+        centre *= 4.0 / np.linalg.norm(centre)
+        spaces.append((rng.normal(scale=0.5, size=(n, d)) + np.where(y[:, None] == 0, centre, -centre)))
+    return spaces[0].astype(np.float32), spaces[1].astype(np.float32), y
 
 
 # ----------------------------------------------------------------------------- TEMI loss
@@ -139,8 +142,8 @@ def test_inner_loop_equals_torch_adam_on_cross_entropy():
 
 def test_turtle_step_reports_the_entropy_and_error_it_stepped_on():
     a, b, _ = _two_blob_spaces()
-    spaces = [torch.from_numpy(a / 5), torch.from_numpy(b / 4)]
-    enc = TaskEncoder([2, 3], 2, generator=torch.Generator().manual_seed(0))
+    spaces = [torch.from_numpy(a / 4), torch.from_numpy(b / 4)]
+    enc = TaskEncoder([16, 24], 2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         labels, per_space = enc(spaces)
     expected_entropy = sum(float(-(p.mean(0) * p.mean(0).log()).sum()) for p in per_space)
@@ -162,7 +165,7 @@ def test_turtle_finds_the_obvious_labeling_in_two_spaces():
     assert est.history_[-1, 1] == pytest.approx(2 * math.log(2), abs=0.01)
     assert est.history_[-1, 0] < est.history_[0, 0]
     assert est.score_ == 1.0
-    assert est.space_dims_.tolist() == [2, 3] and est.probs_.shape == (120, 2)
+    assert est.space_dims_.tolist() == [16, 24] and est.probs_.shape == (120, 2)
 
 
 def test_generalization_score_on_true_random_and_single_labels():
@@ -184,7 +187,7 @@ def test_turtle_save_load_predict_and_refuses_misaligned_spaces(tmp_path):
     assert loaded.score_ == est.score_
     with pytest.raises(ValueError, match="not aligned"):
         TURTLE(2, verbose=False, device="cpu").fit([a, b[:-1]])
-    with pytest.raises(ValueError, match=r"space dims \[2\]"):
+    with pytest.raises(ValueError, match=r"space dims \[16\]"):
         loaded.predict([a])
 
 
@@ -210,7 +213,7 @@ def test_joint_run_names_all_backbones_and_misaligned_entries_are_refused(tmp_pa
     df = api.cluster_entries([ea, eb], protocol, progress=False)
     assert df["backbone"].unique().tolist() == ["a+b"] and df["method"].unique().tolist() == ["turtle"]
     assert (df["acc"] == 1.0).all() and (df["score"] == 0.0).all()
-    assert df["pca_dim"].unique().tolist() == [5] and df["run_id"].is_unique
+    assert df["pca_dim"].unique().tolist() == [40] and df["run_id"].is_unique
     # silhouette on the first space's reduced features, the same number as scikit-learn's
     assert df["silhouette"].iloc[0] == pytest.approx(silhouette_score(a, y), abs=1e-3)
 

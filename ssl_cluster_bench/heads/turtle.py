@@ -165,13 +165,18 @@ class TURTLE(HeadEstimator):
         γ, weight of the entropy of every space's mean prediction (10).
     n_steps : int or "auto"
         T, outer steps. The paper's T = 6,000 at batch 10,000 is 1,200 passes over CIFAR's 50,000 training
-        images; "auto" keeps T = 6,000 for data of at least a batch and uses T = 2,000 when the whole dataset is
-        one batch, where every step already sees all rows (the encoder's labels stop changing long before, see
-        benchmarks/README.md for the measurement).
+        images; "auto" keeps T = 6,000 for data larger than a batch and uses T = 1,000 when the whole dataset is
+        one batch, where every step already sees all rows: on digits (2,000 steps, seed 0) the encoder's
+        prediction error fell from 2.18 to 0.88 by step 333 and then only wandered (0.67-0.81), and a step costs
+        a fifth of a second on a busy CPU.
     inner_steps : int
         M, Adam steps of the fresh linear classifiers in every outer step (10).
     inner_lr, lr : float
-        Adam learning rates of the inner classifiers and of the task encoder (1e-3 both).
+        Adam learning rates of the inner classifiers (1e-2) and of the task encoder (1e-3, the paper's). The
+        paper's inner 1e-3 suits its raw CLIP/DINOv2 features; on our standardised spaces ten steps of 1e-3
+        barely move a fresh classifier (its prediction error stayed near log k = 2.30 on digits), and TURTLE's
+        own label-free criterion prefers 1e-2: generalisation score 0.974 against 0.969 (digits pixels, seed 0,
+        2,000 steps).
     batch_size : int
         Rows per outer step (10,000; capped at n, where every step uses all rows).
     standardize : {"global", "dims"}
@@ -200,7 +205,7 @@ class TURTLE(HeadEstimator):
     _SCALARS = HeadEstimator._SCALARS + ("score_",)
 
     def __init__(self, n_clusters: int, gamma: float = 10.0, n_steps="auto", inner_steps: int = 10,
-                 inner_lr: float = 1e-3, lr: float = 1e-3, batch_size: int = 10000, standardize: str = "global",
+                 inner_lr: float = 1e-2, lr: float = 1e-3, batch_size: int = 10000, standardize: str = "global",
                  score_folds: int = 10, score_max_samples: int | None = 10000, random_state: int = 0,
                  device="auto", verbose: bool = True):
         self.n_clusters = n_clusters
@@ -231,7 +236,7 @@ class TURTLE(HeadEstimator):
     def _n_steps(self, n: int) -> int:
         if self.n_steps != "auto":
             return int(self.n_steps)
-        return 2000 if n <= int(self.batch_size) else 6000
+        return 1000 if n <= int(self.batch_size) else 6000
 
     # ------------------------------------------------------------------ spaces
     @staticmethod
