@@ -26,7 +26,7 @@ CONFIG_COLUMNS = [
 ]
 METRICS = ["acc", "nmi", "ami", "ari", "top5", "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"]
 COLUMNS = CONFIG_COLUMNS + ["seed", "n_samples"] + METRICS + [
-    "score", "flag", "seconds", "run_id", "cache_key", "versions", "timestamp",
+    "score", "silhouette", "flag", "seconds", "run_id", "cache_key", "versions", "timestamp",
 ]
 
 
