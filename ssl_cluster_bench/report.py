@@ -154,10 +154,11 @@ def sweep_figure(rows: pd.DataFrame, dataset: str, axis: str) -> Figure | None:
 def matched_confusion(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts (classes × clusters) with the clusters in matched order.
 
-    The matching is the one ACC uses (:func:`ssl_cluster_bench.metrics.match_clusters`): the cluster matched to
-    class i comes i-th; with overclustering the extra clusters follow, grouped by the class they were assigned
-    to and largest first. Returns ``(counts, classes, clusters)`` with ``counts[i, j]`` = samples of
-    ``classes[i]`` in ``clusters[j]``. Samples with a negative label (unlabelled) are left out.
+    The matching is the one ACC uses (:func:`ssl_cluster_bench.metrics.match_clusters`). Clusters are grouped
+    by the class they are matched to, in class order, and within a class the one holding most of that class
+    comes first; with k = #classes and a one-to-one matching the diagonal is exactly the matched counts.
+    Returns ``(counts, classes, clusters)``: ``counts[i, j]`` = samples of ``classes[i]`` in ``clusters[j]``.
+    Samples with a negative label (unlabelled) are left out.
     """
     from .metrics import match_clusters
 
@@ -165,13 +166,8 @@ def matched_confusion(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarra
     keep = y_true >= 0
     m = match_clusters(y_true[keep], y_pred[keep])
     conf = m.confusion.T  # classes × clusters
-    sizes = conf.sum(axis=0)
-    primary = np.zeros(m.clusters.size, dtype=bool)
-    for c in range(m.classes.size):  # the cluster the Hungarian step gave each class: its largest one
-        assigned = np.flatnonzero(m.class_index == c)
-        if assigned.size:
-            primary[assigned[np.argmax(conf[c, assigned])]] = True
-    order = np.lexsort((-sizes, m.class_index, ~primary))
+    own = conf[m.class_index, np.arange(m.clusters.size)]  # each cluster's count of its matched class
+    order = np.lexsort((-own, m.class_index))
     return conf[:, order], m.classes, m.clusters[order]
 
 
@@ -546,8 +542,14 @@ def check_images(html_path, chromium: str | None = "chromium", screenshot=None, 
 
     text = Path(html_path).read_text()
     found = re.findall(r'<img[^>]*data-name="([^"]*)"[^>]*src="data:image/png;base64,([^"]*)"', text)
-    checks = [{"name": name, "bytes": len(base64.b64decode(data)), "blank": _blank(base64.b64decode(data))}
-              for name, data in found]
+    checks = []
+    for name, data in found:
+        png = base64.b64decode(data)
+        try:
+            blank = _blank(png)
+        except Exception:  # not a decodable image at all
+            blank = True
+        checks.append({"name": name, "bytes": len(png), "blank": blank})
     n_img = len(re.findall(r"<img\b", text))
     if n_img != len(checks):
         checks.append({"name": "(an <img> without an embedded PNG)", "bytes": 0, "blank": True})
