@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)write report.md and report.html next to a leaderboard")
     p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
     p.add_argument("--cache-dir", default=None, help="feature cache the rows came from (for confusion matrices)")
+    p.add_argument("--check", action="store_true",
+                   help="render report.html in headless Chromium and check that every image loads and shows data")
+    p.add_argument("--screenshot", default=None, metavar="PNG", help="with --check: save a full-page screenshot")
 
     sub.add_parser("suites", help="list the shipped suites")
     sub.add_parser("models", help="list the model cards")
@@ -295,6 +298,28 @@ def _cmd_report(args):
         raise FileNotFoundError(f"no leaderboard at {csv}: run `sscb suite` or `sscb run` first, or pass the CSV path")
     paths = write_report(csv, SuiteState.load(csv), args.cache_dir)
     print(f"{paths.html}\n{paths.markdown}")
+    if args.check:
+        _check_report(paths.html, args.screenshot)
+
+
+def _check_report(html_path, screenshot=None):
+    import shutil
+
+    from .report import check_images
+
+    if shutil.which("chromium") is None:
+        raise RuntimeError("--check renders the report with headless Chromium, which is not installed: install the "
+                           "chromium package, or drop --check")
+    checks = check_images(html_path, screenshot=screenshot)
+    bad = [c for c in checks if c["blank"] or not c.get("width")]
+    for c in checks:
+        state = "BROKEN" if not c.get("width") else "EMPTY" if c["blank"] else "ok"
+        print(f"  {state:6s} {c['name']} ({c.get('width', 0)}x{c.get('height', 0)} px)")
+    if screenshot:
+        print(f"screenshot: {screenshot}")
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(checks)} report images are broken or empty: "
+                           f"{', '.join(c['name'] for c in bad)}")
 
 
 def _cmd_suites(args):

@@ -205,12 +205,6 @@ def _with_protocol(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(protocol_hash=df["protocol_hash"].fillna("").astype(str))
 
 
-def _aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds within one protocol hash (never across)."""
-    parts = [aggregate(g).assign(protocol_hash=h) for h, g in df.groupby("protocol_hash", sort=False)]
-    return pd.concat(parts, ignore_index=True) if parts else aggregate(df)
-
-
 def _reported(agg: pd.DataFrame) -> pd.DataFrame | None:
     """Published numbers beside the measured ones, where the model cards carry them.
 
@@ -305,25 +299,40 @@ def _confusion_for(df: pd.DataFrame, agg: pd.DataFrame, results_csv: Path, datas
     return Figure(f"confusion-{_slug(dataset)}", title, png, dataset)
 
 
-def build_figures(df: pd.DataFrame, results_csv, state=None, cache=None) -> tuple[list[Figure], list[str]]:
-    """All figures of the report, and notes on the ones that could not be drawn."""
+def select_rows(df: pd.DataFrame, state=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(main rows, {sweep axis: rows}): the rows the suite's protocols produced; without a state, every row."""
     df = _with_protocol(df)
+    if state is None:
+        return df, {}
+    from .suite import rows_of
+
+    main = pd.Series(False, index=df.index)
+    for protocol in state.main_protocols():
+        main |= rows_of(df, protocol)
+    sweeps = {}
+    for axis in state.sweeps:
+        mask = pd.Series(False, index=df.index)
+        for protocol in state.sweep_protocols(axis):
+            mask |= rows_of(df, protocol)
+        sweeps[axis] = df[mask]
+    return df[main], sweeps
+
+
+def build_figures(main: pd.DataFrame, sweeps: dict, results_csv, cache=None) -> tuple[list[Figure], list[str]]:
+    """All figures of the report, and notes on the ones that could not be drawn."""
     results_csv = Path(results_csv)
-    main_hashes = set(state.main_hashes()) if state is not None else set(df["protocol_hash"])
     figures, notes = [], []
-    for dataset in _datasets(df):
-        rows = df[(df["dataset"] == dataset) & df["protocol_hash"].isin(main_hashes)]
-        agg = _aggregate(rows) if not rows.empty else rows
+    for dataset in _datasets(pd.concat([main] + list(sweeps.values()))):
+        rows = main[main["dataset"] == dataset]
+        agg = aggregate(rows) if not rows.empty else rows
         if not rows.empty:
             fig = bar_figure(agg, dataset)
             if fig:
                 figures.append(fig)
-        if state is not None:
-            for axis in ("pca_dim", "n_clusters"):
-                sweep = df[(df["dataset"] == dataset) & df["protocol_hash"].isin(state.sweep_hashes(axis))]
-                fig = sweep_figure(sweep, dataset, axis)
-                if fig:
-                    figures.append(fig)
+        for axis, sweep in sweeps.items():
+            fig = sweep_figure(sweep, dataset, axis)
+            if fig:
+                figures.append(fig)
         if not rows.empty:
             fig = _confusion_for(rows, agg, results_csv, dataset, cache, notes)
             if fig:
@@ -332,36 +341,22 @@ def build_figures(df: pd.DataFrame, results_csv, state=None, cache=None) -> tupl
 
 
 def _datasets(df: pd.DataFrame) -> list[str]:
-    return sorted(df["dataset"].dropna().unique().tolist())
+    return sorted(df["dataset"].dropna().unique().tolist()) if len(df) else []
 
 
 def _protocols_text(df: pd.DataFrame, state) -> list[tuple[str, str]]:
-    """(title, YAML) for each protocol the report's main rows were produced with."""
-    out = []
+    """(title, YAML) for each protocol of the report."""
+    dump = lambda d: yaml.safe_dump(d, sort_keys=False, default_flow_style=None).strip()  # noqa: E731
     if state is not None:
-        for h, proto in state.protocols.items():
-            if h in state.main_hashes():
-                out.append((f"protocol {h} ({', '.join(state.entries_using(h)) or 'unused'})",
-                            yaml.safe_dump(proto, sort_keys=False, default_flow_style=None).strip()))
+        out = [(f"protocol {h} ({', '.join(state.entries_using(h)) or 'unused'})", dump(d))
+               for h, d in state.protocols.items()]
         if state.sweep:
-            out.append(("sweep grids (k-means only; each grid point is its own protocol hash)",
-                        yaml.safe_dump(state.sweep, sort_keys=False, default_flow_style=None).strip()))
+            out.append(("sweep grids (k-means; each PCA dim at k = #classes, each factor at the sweep protocol's "
+                        "PCA dim)", dump(state.sweep)))
         return out
-    for h in df["protocol_hash"].unique():
-        proto = _protocol_from_store(h)
-        out.append((f"protocol {h or '(none recorded)'}", proto or "(this protocol was not saved with the results)"))
-    return out
-
-
-def _protocol_from_store(h: str) -> str | None:
-    if not h:
-        return None
-    try:
-        from .protocol import load_protocol  # type: ignore[attr-defined]
-
-        return load_protocol(h).to_yaml()
-    except Exception:
-        return None
+    hashes = sorted(h for h in df["protocol_hash"].unique() if h)
+    return [("protocols", "rows of row-protocol hashes " + ", ".join(hashes) + " (the full protocol records are "
+             "kept in suite.json by `sscb suite`)")] if hashes else []
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -459,24 +454,19 @@ def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: st
     df = _with_protocol(read_leaderboard(results_csv)) if results_csv.is_file() else None
     if df is None:
         df = _with_protocol(pd.DataFrame(columns=["backbone", "dataset", "method", "n_clusters", "seed", "acc"]))
-    if state is not None:
-        df = df[df["protocol_hash"].isin(set(state.protocols) | set(state.all_sweep_hashes()))]
-    main_hashes = set(state.main_hashes()) if state is not None else set(df["protocol_hash"])
-    reported_notes: list[str] = []
+    main, sweeps = select_rows(df, state)
     tables = []
-    for dataset in _datasets(df):
-        rows = df[(df["dataset"] == dataset) & df["protocol_hash"].isin(main_hashes)]
-        if rows.empty:
-            continue
-        agg = _aggregate(rows)
+    for dataset in _datasets(main):
+        agg = aggregate(main[main["dataset"] == dataset])
         tables.append((dataset, _table(agg, _reported(agg))))
-    figures, notes = build_figures(df, results_csv, state, cache)
+    reported_notes: list[str] = []
+    figures, notes = build_figures(main, sweeps, results_csv, cache)
     if _reported_module() is None:
         reported_notes.append("published numbers: the model cards carry no `reported:` blocks in this version, so "
                               "the tables show measured numbers only")
     content = _Content(
         title=title or (f"sscb suite {state.suite}" if state is not None else "sscb report"),
-        protocols=_protocols_text(df, state), status=state.status_table() if state is not None else None,
+        protocols=_protocols_text(main, state), status=state.status_table() if state is not None else None,
         tables=tables, figures=figures, notes=notes + reported_notes, leaderboard=results_csv)
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -289,14 +289,15 @@ class SuiteState:
     sweeps: dict[str, dict[str, dict]] = field(default_factory=dict)  # axis -> {hash: protocol dict}
     entries: list[EntryStatus] = field(default_factory=list)
 
-    def main_hashes(self) -> list[str]:
-        return list(self.protocols)
+    def main_protocols(self) -> list:
+        from .protocol import Protocol
 
-    def sweep_hashes(self, axis: str) -> list[str]:
-        return list(self.sweeps.get(axis, {}))
+        return [Protocol.from_dict(d) for d in self.protocols.values()]
 
-    def all_sweep_hashes(self) -> list[str]:
-        return [h for hashes in self.sweeps.values() for h in hashes]
+    def sweep_protocols(self, axis: str) -> list:
+        from .protocol import Protocol
+
+        return [Protocol.from_dict(d) for d in self.sweeps.get(axis, {}).values()]
 
     def entries_using(self, h: str) -> list[str]:
         return [e for e, eh in self.entry_hashes.items() if eh == h]
@@ -398,55 +399,98 @@ def _probe_direct(entry: SuiteEntry, roots: dict) -> tuple[str, str]:
     return ds.name, ds.split
 
 
-def _done_rows(results: Path, backbone: str, weights: str | None, dataset: str, split: str, protocol_hash: str,
-               protocols: tuple[str, ...] = ("direct",)) -> int:
+def rows_of(df: pd.DataFrame, protocol) -> pd.Series:
+    """Which leaderboard rows ``protocol`` produced (or would): for each of its methods, the rows with that
+    method's row hash (``protocol.row_hash(method)``), one of its k (``n_clusters``) or overcluster factors, and
+    one of its seeds. Rows of another protocol that made the very same runs match too: they are the same runs."""
+    mask = pd.Series(False, index=df.index)
+    if df.empty or "protocol_hash" not in df.columns:
+        return mask
+    if protocol.n_clusters:
+        k_ok = df["n_clusters"].isin(list(protocol.n_clusters))
+    else:
+        # factors are stored as given (1.5 -> 1.5); compare at the column's 4-decimal rounding
+        k_ok = df["overcluster"].astype(float).round(4).isin([round(f, 4) for f in protocol.overcluster])
+    seed_ok = df["seed"].isin(list(protocol.seeds))
+    for method in protocol.methods:
+        mask |= (df["method"] == method) & (df["protocol_hash"] == protocol.row_hash(method))
+    return mask & k_ok & seed_ok
+
+
+def _existing(results: Path, identity: tuple[str, str | None], dataset: str, split: str,
+              protocols: tuple[str, ...] = ("direct",)) -> pd.DataFrame:
+    """The leaderboard rows of this backbone (and weights) on this dataset split."""
     if not results.is_file():
-        return 0
+        return pd.DataFrame()
     from .leaderboard import read_leaderboard
 
     df = read_leaderboard(results)
     if "protocol_hash" not in df.columns:
-        return 0
-    mask = ((df["backbone"] == backbone) & (df["dataset"] == dataset) & (df["split"].astype(str) == split)
-            & (df["protocol_hash"] == protocol_hash) & df["protocol"].isin(protocols))
+        return df.iloc[0:0]
+    name, weights = identity
+    mask = ((df["backbone"] == name) & (df["dataset"] == dataset) & (df["split"].astype(str) == str(split))
+            & df["protocol"].isin(protocols))
     if weights is not None:
         mask &= df["weights"] == weights
-    return int(mask.sum())
+    return df[mask]
 
 
-def _expected_rows(protocol) -> int:
-    ks = len(protocol.n_clusters) if protocol.n_clusters else len(protocol.overcluster)
-    return len(protocol.methods) * ks * protocol.seeds
+def missing_runs(existing: pd.DataFrame, protocol) -> list:
+    """The parts of ``protocol`` not yet in ``existing``: Protocols of one method each, over the k values (or
+    factors) that lack the same seeds, so re-running them never duplicates a row already there."""
+    by_k = "n_clusters" if protocol.n_clusters else "overcluster"
+    values = list(protocol.n_clusters) if protocol.n_clusters else list(protocol.overcluster)
+    out = []
+    for method in protocol.methods:
+        p1 = protocol.replace(methods=(method,))
+        rows = existing[rows_of(existing, p1)] if not existing.empty else existing
+        groups: dict[tuple, list] = {}
+        for v in values:
+            have = set(rows.loc[rows[by_k].astype(float).round(4) == round(float(v), 4), "seed"]) if len(rows) else set()
+            lacking = tuple(s for s in protocol.seeds if s not in have)
+            if lacking:
+                groups.setdefault(lacking, []).append(v)
+        for seeds, vs in groups.items():
+            change = {"n_clusters": tuple(vs)} if protocol.n_clusters else {"overcluster": tuple(vs)}
+            out.append(p1.replace(seeds=seeds, **change))
+    return out
 
 
 def _run_direct(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | None]) -> tuple[str, int, str]:
-    """Extract what the cache lacks and cluster: (status, rows, reason)."""
+    """Extract what the cache lacks and cluster what the leaderboard lacks: (status, rows, note)."""
     from . import api
 
     dataset, split = _probe_direct(entry, ctx.roots)
-    name, weights = identity
-    done = _done_rows(ctx.results, name, weights, dataset, split, ctx.protocol.hash)
-    if done >= _expected_rows(ctx.protocol):
+    existing = _existing(ctx.results, identity, dataset, split)
+    todo = missing_runs(existing, ctx.protocol)
+    done = int(rows_of(existing, ctx.protocol).sum()) if not existing.empty else 0
+    if not todo:
         return "already in leaderboard", done, ""
-    df = api.run([ctx.backbone] if ctx.backbone else None, entry.dataset, ctx.roots.get("data"), split,
-                 results=ctx.results, cache=ctx.cache, subset=ctx.roots.get("subset"), protocol=ctx.protocol,
-                 progress=ctx.progress, **ctx.extract_options)
-    return "ran", len(df), ""
+    n = 0
+    for part in todo:
+        df = api.run([ctx.backbone] if ctx.backbone else None, entry.dataset, ctx.roots.get("data"), split,
+                     results=ctx.results, cache=ctx.cache, subset=ctx.roots.get("subset"), protocol=part,
+                     progress=ctx.progress, **ctx.extract_options)
+        n += len(df)
+    return "ran", n, f"resumed: {done} rows were already in the leaderboard" if done else ""
 
 
 def _run_objectnet(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | None]) -> tuple[str, int, str]:
+    """Both ObjectNet protocols (direct, transfer), unless the leaderboard has all their rows already."""
     from .objectnet import run_objectnet
 
-    split = entry.split or "train"
-    name, weights = identity
-    done = _done_rows(ctx.results, name, weights, "objectnet", "test", ctx.protocol.hash,
-                      ("objectnet-direct", "objectnet-transfer"))
-    if done >= 2 * _expected_rows(ctx.protocol.replace(methods=("kmeans",))):
-        return "already in leaderboard", done, ""
+    protocol = ctx.protocol.replace(methods=("kmeans",))  # the ObjectNet protocols are k-means protocols
+    existing = _existing(ctx.results, identity, "objectnet", "test", ("objectnet-direct", "objectnet-transfer"))
+    done = {p: int(rows_of(existing[existing["protocol"] == p], protocol).sum()) if len(existing) else 0
+            for p in ("objectnet-direct", "objectnet-transfer")}
+    expected = len(protocol.n_clusters or protocol.overcluster) * len(protocol.seeds)
+    if min(done.values()) >= expected:
+        return "already in leaderboard", sum(done.values()), ""
     options = {k: v for k, v in ctx.extract_options.items() if k in ("checkpoint", "arch", "batch_size",
                                                                       "num_workers", "device")}
-    df = run_objectnet(ctx.backbone, ctx.roots["imagenet"], ctx.roots["objectnet"], imagenet_split=split,
-                       results=ctx.results, cache=ctx.cache, protocol=ctx.protocol, progress=ctx.progress, **options)
+    df = run_objectnet(ctx.backbone, ctx.roots["imagenet"], ctx.roots["objectnet"], imagenet_split=entry.split or
+                       "train", results=ctx.results, cache=ctx.cache, protocol=protocol, progress=ctx.progress,
+                       **options)
     return "ran", len(df), ""
 
 
@@ -489,6 +533,8 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
     cache = _resolve_cache(cache)
     if checkpoint and backbones:
         raise ValueError("pass backbones or a checkpoint, not both (run the suite twice to compare them)")
+    if checkpoint and "://" not in str(checkpoint) and not Path(str(checkpoint)).expanduser().is_file():
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
     if checkpoint and not arch:
         raise ValueError(spell(f"a checkpoint needs its architecture: pass {option('arch')}", interface))
     if only:
