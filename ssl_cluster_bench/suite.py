@@ -365,7 +365,7 @@ def _resolve_roots(entry: SuiteEntry, data_roots: Mapping[str, str], interface: 
             return {}, f"unknown dataset {entry.dataset!r} (not registered in this version of sscb)"
     else:
         needs_root = True
-    out = {}
+    out, problems = {}, []
     names = dict(entry.roots)
     if entry.subset:
         names["subset"] = entry.subset["root"]
@@ -374,19 +374,23 @@ def _resolve_roots(entry: SuiteEntry, data_roots: Mapping[str, str], interface: 
             continue
         path = data_roots.get(name) or entry.default_roots.get(name)
         if not path:
-            what = f"the folder holding {entry.subset['file']}" if role == "subset" else "no data root"
-            lead = f"needs {what}" if role == "subset" else what
-            return {}, spell(f"{lead} for {name!r}: pass {option('suite_data_root', name)}", interface)
+            fix = f"pass {option('suite_data_root', name)}"
+            problems.append(f"needs the class list {entry.subset['file']} (one wnid per line): {fix}, a folder "
+                            f"holding it" if role == "subset" else f"no data root for {name!r}: {fix}")
+            continue
         p = Path(path).expanduser()
         if not p.exists():
-            return {}, f"data root {name!r} = {str(p)!r} does not exist"
+            problems.append(f"data root {name!r} = {str(p)!r} does not exist")
+            continue
         out[role] = str(p)
-    if entry.subset:
+    if not problems and entry.subset:
         f = Path(out.pop("subset")) / entry.subset["file"]
         if not f.is_file():
-            return {}, (f"needs the class list {entry.subset['file']} (one wnid per line) in {str(f.parent)!r}; "
-                        "it is not there")
+            problems.append(f"needs the class list {entry.subset['file']} (one wnid per line) in "
+                            f"{str(f.parent)!r}; it is not there")
         out["subset"] = str(f)
+    if problems:
+        return {}, spell("; ".join(problems), interface)
     return out, ""
 
 
