@@ -270,7 +270,7 @@ def _labels_for(row: pd.Series, cache_dir) -> np.ndarray | None:
     key = str(row.get("cache_key", ""))
     if not key or "+" in key:  # transfer rows span two entries: no single confusion matrix
         return None
-    root = FeatureCache(cache_dir).root
+    root = (cache_dir if isinstance(cache_dir, FeatureCache) else FeatureCache(cache_dir)).root
     path = Path(root) / key / "labels.npy"
     return np.load(path) if path.is_file() else None
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -58,6 +59,7 @@ __all__ = ["EntryStatus", "Suite", "SuiteEntry", "SuiteState", "list_suites", "l
 
 log = logging.getLogger(__name__)
 
+REPORT_EVERY_S = 300  # refresh the report during a long suite at most this often
 _SUITE_KEYS = {"name", "description", "backbones", "protocol", "datasets", "sweep"}
 _ENTRY_KEYS = {"id", "dataset", "split", "root", "default_root", "subset", "protocol", "kind", "roots", "note"}
 _SWEEP_KEYS = {"datasets", "protocol", "pca_dim", "overcluster"}
@@ -575,14 +577,21 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
     identities: dict = {}
     ctx_args = {"results": results, "cache": cache, "extract_options": extract_options, "progress": progress}
 
-    def checkpoint_state():
+    last_report = [time.monotonic()]
+
+    def checkpoint_state(final: bool = False):
         state.save(results)
-        if report:
+        # the rows are on disk already; the report (seconds of plotting) is refreshed every few minutes and at
+        # the end, and `sscb report` rebuilds it from the leaderboard and suite.json at any time
+        if report and (final or time.monotonic() - last_report[0] > REPORT_EVERY_S):
+            last_report[0] = time.monotonic()
             from .report import write_report
 
             try:
                 write_report(results, state, cache)
-            except Exception as e:  # the rows are safe; a plotting problem must not stop the suite
+            except Exception as e:  # the rows are safe; a plotting problem must not stop the suite midway
+                if final:
+                    raise
                 log.warning("report not written: %s", e)
 
     sweep_ids = set((suite.sweep or {}).get("datasets", [])) if sweep else set()
@@ -602,7 +611,7 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
                             s.entry = f"{entry.id} (sweep {axis})"
                             state.record(s)
             checkpoint_state()
-    checkpoint_state()
+    checkpoint_state(final=True)
     return state
 
 
