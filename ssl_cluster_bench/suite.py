@@ -206,7 +206,11 @@ def _parse_suite(data, source: str) -> Suite:
         if eid in seen:
             _fail(source, where, f"id {eid!r} is used twice")
         seen.add(eid)
-        roots = {str(k): str(v) for k, v in _mapping(raw.get("roots"), source, f"{where}.roots").items()}
+        roots = _mapping(raw.get("roots"), source, f"{where}.roots")
+        if not all(isinstance(v, str) for v in roots.values()):
+            # YAML reads on/off/yes/no as booleans: a root named "on" must be quoted
+            _fail(source, f"{where}.roots", f"data-root names must be strings (quote on/off/yes/no), got {roots}")
+        roots = {str(k): v for k, v in roots.items()}
         if kind == "direct":
             roots = {"data": str(raw.get("root") or dataset), **roots}
         elif set(roots) != {"imagenet", "objectnet"}:

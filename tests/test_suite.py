@@ -16,6 +16,7 @@ from ssl_cluster_bench.protocol import Protocol
 from ssl_cluster_bench.report import check_images
 from ssl_cluster_bench.suite import (SuiteError, list_suites, load_suite, missing_runs, parse_data_roots,
                                      rows_of)
+from test_objectnet import trees  # noqa: F401  (fixture: tiny ImageNet + ObjectNet folder trees)
 
 TINY = """
 name: tiny
@@ -54,6 +55,7 @@ def test_shipped_suites_load():
     ("name: x\ndatasets: [{dataset: digits, colour: red}]", "datasets[0]: unknown key(s) ['colour']"),
     ("name: x\ndatasets: [{dataset: digits}, {dataset: digits}]", "id 'digits' is used twice"),
     ("name: x\ndatasets: [{dataset: digits, kind: magic}]", "unknown kind 'magic'"),
+    ("name: x\ndatasets: [{kind: objectnet, roots: {imagenet: a, objectnet: on}}]", "quote on/off/yes/no"),
     ("name: x\ndatasets: [{dataset: digits, protocol: {sedes: 3}}]", "datasets[0].protocol: invalid protocol"),
     ("name: x\nprotocol: {seeds: 0}\ndatasets: [{dataset: digits}]", "protocol: invalid protocol"),
     ("name: x\ndatasets: [{dataset: digits}]\nsweep: {datasets: [cifar10]}", "not dataset ids of this suite"),
@@ -174,3 +176,25 @@ def test_suite_checkpoint_errors_speak_cli(tmp_path, capsys):
     rc = main(["-q", "suite", "local", "--checkpoint", str(tmp_path / "missing.pth"), "--arch", "resnet18",
                "--results", str(tmp_path / "lb.csv")])
     assert rc == 1 and "missing.pth' does not exist" in capsys.readouterr().err
+
+
+def test_objectnet_entry_runs_both_protocols_once(tmp_path, trees, capsys):
+    imagenet, objectnet = trees
+    suite = tmp_path / "on.yaml"
+    suite.write_text("""
+name: on
+backbones: [pixels]
+protocol: {methods: [kmeans], overcluster: [1.0], seeds: 2, pca_dim: 2, kmeans: {backend: sklearn, n_iter: 3}}
+datasets:
+  - {id: objectnet, kind: objectnet, split: train, roots: {imagenet: in1k, objectnet: onet}}
+""")
+    results = tmp_path / "res" / "lb.csv"
+    args = ["-q", "suite", str(suite), "--data-root", f"in1k={imagenet}", "--data-root", f"onet={objectnet}",
+            "--results", str(results), "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-report"]
+    assert main(args) == 0, capsys.readouterr().err
+    lb = read_leaderboard(results)
+    assert sorted(lb.protocol) == ["objectnet-direct"] * 2 + ["objectnet-transfer"] * 2
+    assert main(args) == 0
+    assert len(read_leaderboard(results)) == 4
+    state = json.loads((results.parent / "suite.json").read_text())
+    assert state["entries"][0]["status"] == "already in leaderboard"
