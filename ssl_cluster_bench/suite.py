@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -626,6 +627,10 @@ def _run_one(entry, protocol, roots, spec, ctx_args: dict, identities: dict, lab
     from .errors import message_for
 
     split = entry.split or ""
+    if ctx_args["progress"]:
+        ks = f"k={list(protocol.n_clusters)}" if protocol.n_clusters else f"overcluster={list(protocol.overcluster)}"
+        print(f"suite {entry.id} × {label}: {'/'.join(protocol.methods)}, {ks}, PCA {protocol.pca_dim}",
+              file=sys.stderr)
     try:
         if spec not in identities:
             try:
