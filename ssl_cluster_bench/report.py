@@ -348,8 +348,14 @@ def _protocols_text(df: pd.DataFrame, state) -> list[tuple[str, str]]:
     """(title, YAML) for each protocol of the report."""
     dump = lambda d: yaml.safe_dump(d, sort_keys=False, default_flow_style=None).strip()  # noqa: E731
     if state is not None:
-        out = [(f"protocol {h} ({', '.join(state.entries_using(h)) or 'unused'})", dump(d))
-               for h, d in state.protocols.items()]
+        from .protocol import Protocol
+
+        out = []
+        for h, d in state.protocols.items():
+            p = Protocol.from_dict(d)
+            rows = ", ".join(f"{m} {p.row_hash(m)}" for m in p.methods)
+            out.append((f"protocol {h} ({', '.join(state.entries_using(h)) or 'unused'}; the rows' protocol_hash: "
+                        f"{rows})", dump(d)))
         if state.sweep:
             out.append(("sweep grids (k-means; each PCA dim at k = #classes, each factor at the sweep protocol's "
                         "PCA dim)", dump(state.sweep)))
