@@ -141,7 +141,7 @@ def to_markdown(comparison: pd.DataFrame) -> str:
     })
     if (comparison["protocol"] != "direct").any():
         table.insert(3, "protocol", comparison["protocol"])
-    return table.to_markdown(index=False)
+    return table.to_markdown(index=False, disable_numparse=True)  # keep "+0.30" signed and padded
 
 
 def section(agg: pd.DataFrame, cards: Iterable | None = None) -> str:
