@@ -22,7 +22,6 @@ source gives no std (the tolerance is in percentage points, like the figures); e
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Iterable, Mapping
 
@@ -31,7 +30,6 @@ import pandas as pd
 __all__ = ["COLUMNS", "NO_STD_TOLERANCE", "STD_FACTOR", "compare", "to_markdown", "summarize", "section",
            "matches"]
 
-log = logging.getLogger(__name__)
 
 STD_FACTOR = 2.0          # reproduced within this many published standard deviations ...
 NO_STD_TOLERANCE = 1.0    # ... or within this many points when the source gives no std

@@ -5,6 +5,7 @@ import math
 
 import pandas as pd
 import pytest
+import yaml
 
 from ssl_cluster_bench import cli
 from ssl_cluster_bench.backbones import ModelCard, list_cards, load_card
@@ -258,6 +259,16 @@ def test_cli_models_marks_cards_with_reported_numbers(capsys):
     assert "reported" not in next(line for line in out.splitlines() if line.startswith("pixels "))
     n_cards = len(list_cards())
     assert f"{n_cards} cards, " in out
+
+
+def test_cli_models_flags_unverified_urls(tmp_path, monkeypatch, capsys):
+    card = {**BASE, "id": "maybe-card", "source": "url", "url": "https://example.org/w.pth", "arch": "resnet50",
+            "status": "unverified"}
+    (tmp_path / "maybe-card.yaml").write_text(yaml.safe_dump(card))
+    monkeypatch.setenv("SSCB_MODEL_CARDS", str(tmp_path))
+    assert cli.main(["models"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("maybe-card "))
+    assert "[unverified URL]" in line
 
 
 def test_aggregate_then_compare_round_trip(tmp_path):

@@ -78,7 +78,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-__all__ = ["ModelCard", "Preprocessing", "CardError", "card_dirs", "list_cards", "load_card", "SOURCES"]
+__all__ = ["ModelCard", "Preprocessing", "CardError", "card_dirs", "list_cards", "load_card", "SOURCES", "STATUSES"]
 
 log = logging.getLogger(__name__)
 
