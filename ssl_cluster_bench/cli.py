@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="print the aggregated leaderboard (mean ± std over seeds)")
     p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
     p.add_argument("--dataset", default=None, help="only this dataset")
+    p.add_argument("--reported", action="store_true",
+                   help="also show the published clustering numbers of the model cards next to matching rows")
 
     p = sub.add_parser("objectnet", help="ObjectNet: direct clustering and ImageNet -> ObjectNet transfer")
     p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
@@ -266,7 +268,13 @@ def _cmd_leaderboard(args):
         df = df[df["dataset"] == args.dataset]
         if df.empty:
             raise ValueError(f"no rows for dataset {args.dataset!r}")
-    print(to_markdown(aggregate(df)))
+    agg = aggregate(df)
+    print(to_markdown(agg))
+    if args.reported:
+        from .reported import section
+
+        print("\n" + (section(agg) or "No measured row matches a published result of the model cards "
+                                      "(`sscb models` lists which cards have them)."))
 
 
 def _cmd_objectnet(args):
@@ -352,10 +360,23 @@ def _cmd_suites(args):
 
 
 def _cmd_models(args):
-    from .backbones import list_cards
+    from .backbones import card_dirs, list_cards
+    from .reported import summarize
 
-    for card in list_cards():
-        print(f"{card.id:32s} {card.architecture:28s} {card.pretraining_method:14s} dim={card.feature_dim}")
+    cards = list_cards()
+    if not cards:
+        searched = ", ".join(str(d) for d in card_dirs()) or "no folder (none of them exists)"
+        raise RuntimeError(f"no model cards found (searched: {searched}). The cards shipped with the package are "
+                           f"missing: reinstall it (pip install ssl_cluster_bench, or pip install . from a source "
+                           f"checkout), or point SSCB_MODEL_CARDS at a folder of card YAML files.")
+    for card in cards:
+        published = summarize(card)
+        print(f"{card.id:32s} {card.architecture:24s} {card.pretraining_method:14s} dim={str(card.feature_dim):5s} "
+              f"{card.source:11s}" + (" [unverified URL]" if card.status == "unverified" else "")
+              + (f"  reported {published}" if published else ""))
+    n_reported = sum(1 for c in cards if c.reported_clustering)
+    print(f"\n{len(cards)} cards, {n_reported} with published clustering numbers "
+          f"(compare: sscb leaderboard --reported)")
 
 
 def _cmd_methods(args):

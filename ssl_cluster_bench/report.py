@@ -33,7 +33,7 @@ import yaml
 from .leaderboard import aggregate, read_leaderboard
 
 __all__ = ["Figure", "ReportPaths", "build_figures", "check_images", "confusion_figure", "matched_confusion",
-           "write_report"]
+           "published_columns", "select_rows", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -205,43 +205,43 @@ def _with_protocol(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(protocol_hash=df["protocol_hash"].fillna("").astype(str))
 
 
-def _reported(agg: pd.DataFrame) -> pd.DataFrame | None:
-    """Published numbers beside the measured ones, where the model cards carry them.
+def published_columns(agg: pd.DataFrame, cards=None) -> pd.DataFrame:
+    """Published numbers beside the measured ones: one column per metric that any row has a published value
+    for (``"ACC published"``: ``"23.09 ± 0.16 (Δ +0.40, reproduced)"``), aligned with ``agg``'s rows.
 
-    Hook for ``ssl_cluster_bench.reported`` (the cards' ``reported:`` blocks): when that module provides
-    ``match_reported(agg) -> DataFrame`` (the aggregated rows with the published figures as extra columns),
-    its columns are added to the tables; without it the tables show the measured numbers only.
+    The figures and the matching (dataset, split, protocol, method, k) come from the model cards' ``reported:``
+    blocks through :func:`ssl_cluster_bench.reported.compare`; a row without a counterpart gets "".
     """
-    try:
-        from . import reported  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    match = getattr(reported, "match_reported", None)
-    if match is None:
-        return None
-    try:
-        return match(agg)
-    except Exception as e:  # a bad card must not cost the whole report
-        log.warning("published numbers left out of the report: %s", e)
-        return None
+    from .reported import compare
+
+    out = pd.DataFrame(index=agg.index)
+    for i in agg.index:
+        for c in compare(agg.loc[[i]], cards).to_dict("records"):
+            std = f" ± {c['reported_std']:.2f}" if c["reported_std"] is not None and pd.notna(c["reported_std"]) else ""
+            column = f"{c['metric'].upper()} published"
+            if column not in out.columns:
+                out[column] = ""
+            out.loc[i, column] = (f"{c['reported']:.2f}{std} (Δ {c['difference']:+.2f}, {c['verdict']}; "
+                                  f"{c['source']})")
+    return out
 
 
-def _table(agg: pd.DataFrame, reported: pd.DataFrame | None) -> pd.DataFrame:
+def _table(agg: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
     cols = ["backbone", "split", "protocol", "method", "n_clusters", "pca_dim"]
-    out = pd.DataFrame({c: agg[c] for c in cols if c in agg.columns})
+    out = pd.DataFrame({c: agg[c].to_numpy() for c in cols if c in agg.columns})
     out = out.rename(columns={"n_clusters": "k", "pca_dim": "PCA"})
     for metric in ("acc", "nmi", "ami", "ari", "top5"):
         if f"{metric}_mean" in agg.columns and agg[f"{metric}_mean"].notna().any():
             mean, std = agg[f"{metric}_mean"] * 100, agg[f"{metric}_std"].fillna(0.0) * 100
             out[metric.upper()] = [f"{a:.1f} ± {b:.1f}" if np.isfinite(a) else "" for a, b in zip(mean, std)]
-    if reported is not None:
-        extra = [c for c in reported.columns if c.startswith("reported") or c in ("verdict", "difference")]
-        for c in extra:
-            out[c] = reported.loc[agg.index, c].fillna("").to_numpy() if set(agg.index) <= set(reported.index) else ""
+    if published is not None:
+        for column in published.columns:  # beside the measured metric it publishes
+            metric = column.split()[0]
+            at = list(out.columns).index(metric) + 1 if metric in out.columns else len(out.columns)
+            out.insert(at, column, published[column].reindex(agg.index).fillna("").to_numpy())
     out["seeds"] = agg["n_seeds"].to_numpy()
     if "protocol_hash" in agg.columns:
-        out["protocol"] = agg["protocol_hash"].to_numpy() if "protocol" not in out.columns else [
-            f"{p} ({h})" if h else p for p, h in zip(agg["protocol"], agg["protocol_hash"])]
+        out["protocol"] = [f"{p} ({h})" if h else p for p, h in zip(agg["protocol"], agg["protocol_hash"])]
     if "flag" in agg.columns and agg["flag"].astype(bool).any():
         out["flag"] = agg["flag"].to_numpy()
     return out.reset_index(drop=True)
@@ -461,15 +461,20 @@ def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: st
     if df is None:
         df = _with_protocol(pd.DataFrame(columns=["backbone", "dataset", "method", "n_clusters", "seed", "acc"]))
     main, sweeps = select_rows(df, state)
-    tables = []
+    tables, n_published, reported_notes = [], 0, []
     for dataset in _datasets(main):
         agg = aggregate(main[main["dataset"] == dataset])
-        tables.append((dataset, _table(agg, _reported(agg))))
-    reported_notes: list[str] = []
+        try:
+            published = published_columns(agg)
+        except Exception as e:  # a broken card must not cost the whole report
+            published = None
+            reported_notes.append(f"published numbers left out: {e}")
+        n_published += 0 if published is None else int((published != "").any(axis=1).sum())
+        tables.append((dataset, _table(agg, published)))
+    if tables and not n_published and not reported_notes:
+        reported_notes.append("published numbers: no model card publishes a clustering result for these backbones "
+                              "under these datasets, splits, methods and k, so the tables show measured numbers only")
     figures, notes = build_figures(main, sweeps, results_csv, cache)
-    if _reported_module() is None:
-        reported_notes.append("published numbers: the model cards carry no `reported:` blocks in this version, so "
-                              "the tables show measured numbers only")
     content = _Content(
         title=title or (f"sscb suite {state.suite}" if state is not None else "sscb report"),
         protocols=_protocols_text(main, state), status=state.status_table() if state is not None else None,
@@ -491,15 +496,6 @@ def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: st
     _atomic_write(md, _markdown(content, fig_paths).encode())
     _atomic_write(ht, _html(content).encode())
     return ReportPaths(md, ht, written)
-
-
-def _reported_module():
-    try:
-        from . import reported  # type: ignore[attr-defined]
-
-        return reported if hasattr(reported, "match_reported") else None
-    except ImportError:
-        return None
 
 
 # ----------------------------------------------------------------------------------------------- checking

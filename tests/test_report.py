@@ -74,3 +74,21 @@ def test_check_images_flags_blank_and_broken(tmp_path):
     assert [(c["name"], c["blank"]) for c in checks] == [("good", False), ("empty", True), ("broken", True)]
     widths = {c["name"]: c["width"] for c in checks}
     assert widths["good"] > 100 and widths["empty"] > 100 and widths["broken"] == 0
+
+
+def test_published_numbers_beside_measured():
+    from ssl_cluster_bench.report import _table, published_columns
+
+    agg = pd.DataFrame({"backbone": ["mocov2-resnet50", "pixels"], "weights": "w", "dataset": ["imagenet", "digits"],
+                        "split": ["val", "all"], "protocol": "direct", "method": "kmeans", "n_classes": [1000, 10],
+                        "n_clusters": [1000, 10], "overcluster": 1.0, "pca_dim": 256, "protocol_hash": "abc",
+                        "acc_mean": [0.2320, 0.7], "acc_std": [0.002, 0.01], "nmi_mean": [0.60, 0.7],
+                        "nmi_std": [0.001, 0.01], "n_seeds": 5}, index=[3, 7])
+    pub = published_columns(agg)
+    # MoCo v2 R50, Table 1 of the seed paper: ACC 23.09 ± 0.16, NMI 63.22 ± 0.05
+    assert pub.loc[3, "ACC published"].startswith("23.09 ± 0.16 (Δ +0.11, reproduced")
+    assert pub.loc[3, "NMI published"].startswith("63.22 ± 0.05 (Δ -3.22, not reproduced")
+    assert pub.loc[7, "ACC published"] == ""  # digits: nothing published
+    table = _table(agg, pub)
+    assert list(table.columns[table.columns.get_loc("ACC"):][:4]) == ["ACC", "ACC published", "NMI", "NMI published"]
+    assert table.loc[0, "ACC"] == "23.2 ± 0.2"
