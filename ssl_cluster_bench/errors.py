@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["OPTIONS", "InterfaceError", "OptionFileNotFoundError", "OptionRuntimeError", "OptionValueError",
+__all__ = ["OPTIONS", "InterfaceError", "OptionRuntimeError", "OptionValueError",
            "message_for", "option", "spell"]
 
 # name -> (Python API spelling, CLI spelling); "{v}" is the value given to option(name, v)
@@ -62,8 +62,4 @@ class OptionValueError(InterfaceError, ValueError):
 
 
 class OptionRuntimeError(InterfaceError, RuntimeError):
-    pass
-
-
-class OptionFileNotFoundError(InterfaceError, FileNotFoundError):
     pass

@@ -4,7 +4,6 @@ import argparse
 import json
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -178,7 +177,7 @@ def test_suite_checkpoint_errors_speak_cli(tmp_path, capsys):
     assert rc == 1 and "missing.pth' does not exist" in capsys.readouterr().err
 
 
-def test_objectnet_entry_runs_both_protocols_once(tmp_path, trees, capsys):
+def test_objectnet_entry_runs_both_protocols_once(tmp_path, trees, capsys):  # noqa: F811
     imagenet, objectnet = trees
     suite = tmp_path / "on.yaml"
     suite.write_text("""
