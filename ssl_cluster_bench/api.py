@@ -314,11 +314,26 @@ def _entry_for(backbone, dataset, data_root, split, cache: FeatureCache, extract
     return extract(backbone, dataset, data_root, split, cache, **extract_options)
 
 
+def _reported_section(agg) -> str:
+    """The published-vs-measured section for the markdown (empty when no row has a published counterpart)."""
+    from .backbones.cards import CardError
+    from .reported import section
+
+    try:
+        text = section(agg)
+    except (CardError, FileNotFoundError) as e:  # a broken user card folder must not lose the table itself
+        log.warning("published clustering numbers not shown: %s", e)
+        return ""
+    return "\n\n" + text if text else ""
+
+
 def write_markdown(results_csv, markdown_path=None) -> Path:
     """Aggregate the leaderboard CSV (mean ± std over seeds) into a markdown table next to it."""
     results_csv = Path(results_csv)
     markdown_path = Path(markdown_path) if markdown_path else results_csv.with_suffix(".md")
-    text = to_markdown(aggregate(read_leaderboard(results_csv)))
+    agg = aggregate(read_leaderboard(results_csv))
+    text = to_markdown(agg)
+    text += _reported_section(agg)
     tmp = markdown_path.with_name(f".{markdown_path.name}.tmp")
     tmp.write_text(text + "\n")
     os.replace(tmp, markdown_path)

@@ -6,7 +6,9 @@ Entry point:
 
 SSL checkpoints wrap the backbone in many ways: MoCo ``{"state_dict": {"module.encoder_q.conv1.weight": ...}}``,
 MoCo v3 ``module.base_encoder.`` / ``module.momentum_encoder.``, DINO ``{"teacher": {"backbone.*", "head.*"}}``,
-MSN ``{"target_encoder": {"module.*"}}``, SimSiam ``module.encoder.*``, or a bare state dict. The loader
+MSN ``{"target_encoder": {"module.*"}}``, SimSiam ``module.encoder.*``, PyContrast (InfoMin)
+``{"model": {"module.encoder.*"}}``, the SimCLRv2 PyTorch conversion ``{"resnet": ..., "head": ...}``, or a bare
+state dict. The loader
 finds the state dict, picks the key prefix that matches the most model parameters, drops projection /
 prediction / classifier heads, then loads with ``strict=False`` and checks the result: any shape mismatch,
 or more than half of the model's tensors missing, raises instead of running with random weights.
@@ -26,13 +28,15 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..errors import OptionRuntimeError, option
+
 __all__ = ["LoadReport", "load_checkpoint", "read_checkpoint", "find_state_dict", "match_prefix",
            "apply_state_dict", "file_digest", "STATE_DICT_KEYS", "PREFIX_PARTS", "HEAD_NAMES"]
 
 log = logging.getLogger(__name__)
 
 # where training scripts keep the weights, in the order they are tried (DINO: teacher before student)
-STATE_DICT_KEYS = ("state_dict", "model", "teacher", "student", "target_encoder")
+STATE_DICT_KEYS = ("state_dict", "model", "teacher", "student", "target_encoder", "resnet")
 # wrapper module names that may precede the backbone's own keys, possibly nested ("module.encoder_q.")
 PREFIX_PARTS = ("module", "backbone", "encoder", "encoder_q", "base_encoder", "momentum_encoder", "encoder_k",
                 "model", "target_encoder")
@@ -85,11 +89,10 @@ def read_checkpoint(path: str | os.PathLike, weights_only: bool = True) -> Any:
         if not weights_only:
             raise
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(
-            f"checkpoint {path} stores Python objects besides tensors, so it cannot be loaded with "
-            f"weights_only=True ({first_line}). If you trust where the file comes from, load it with "
-            f"weights_only=False (create_backbone(..., weights_only=False)); unpickling an untrusted file can "
-            f"run arbitrary code."
+        raise OptionRuntimeError(
+            f"checkpoint {path} stores Python objects besides tensors, so it cannot be loaded safely "
+            f"(torch.load with weights_only=True: {first_line}). If you trust where the file comes from, "
+            f"load it with {option('trust_checkpoint')}; unpickling an untrusted file can run arbitrary code."
         ) from None
 
 
