@@ -15,8 +15,8 @@ from typing import Callable
 from .digits import DigitsDataset
 
 # name -> (builder(root, split, transform, **options), needs_root, default split).
-# Folder-based datasets (ImageFolder, ImageNet, CIFAR, STL-10, ObjectNet) register themselves at the bottom
-# of images.py by calling register_dataset(name, builder, needs_root=True, default_split=...).
+# Folder-based datasets (ImageFolder, ImageNet, CIFAR, STL-10, ObjectNet in images.py; MNIST and Fashion-MNIST
+# in mnist.py) register themselves at the bottom of their module by calling register_dataset(name, builder, needs_root=True, default_split=...).
 _REGISTRY: dict[str, tuple[Callable, bool, str]] = {
     "digits": (DigitsDataset, False, "all"),
 }
@@ -55,3 +55,4 @@ def get_dataset(name: str, root=None, split: str | None = None, transform=None, 
 
 
 from . import images as _images  # noqa: E402,F401  (registers the folder-based datasets)
+from . import mnist as _mnist  # noqa: E402,F401  (registers mnist and fashion-mnist)
