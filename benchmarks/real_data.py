@@ -101,14 +101,19 @@ def extract(card, data_root, split, limit, cache, log_csv: Path):
     return entry, rate
 
 
-def clustered(out: Path, tag: str, features, labels, **protocol) -> pd.DataFrame:
-    """cluster_features rows, kept in ``out/<tag>.csv`` so a re-run reuses them."""
-    path = out / f"{tag}.csv"
-    if path.exists():
-        return pd.read_csv(path)
-    df = cluster_features(np.asarray(features, dtype=np.float32), labels, progress=False, **protocol)
-    df.to_csv(path, index=False)
-    return df
+def clustered(out: Path, tag: str, features, labels, seeds, **protocol) -> pd.DataFrame:
+    """cluster_features rows, one seed at a time, each kept in ``out/<tag>-seed<s>.csv`` so a re-run (after an
+    interruption, or with more seeds) reuses what is done."""
+    frames = []
+    x = None
+    for seed in seeds:
+        path = out / f"{tag}-seed{seed}.csv"
+        if not path.exists():
+            x = np.asarray(features, dtype=np.float32) if x is None else x
+            df = cluster_features(x, labels, progress=False, seeds=[seed], **protocol)
+            df.to_csv(path, index=False)
+        frames.append(pd.read_csv(path))
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarize(df: pd.DataFrame, keys) -> pd.DataFrame:
@@ -150,8 +155,8 @@ def main(argv=None) -> None:
         for size in [int(s) for s in args.resolutions.split(",")]:
             entry, rates[size] = extract(at_resolution(lite, size), args.data_root, "test", args.subset, cache,
                                          log_csv)
-            df = clustered(out, f"study-{size}px-{args.subset}", entry.features, entry.labels,
-                           overcluster=(1.0,), seeds=seeds)
+            df = clustered(out, f"study-{size}px-{args.subset}", entry.features, entry.labels, seeds,
+                           overcluster=(1.0,))
             rows.append(df.assign(resolution=size))
         study = summarize(pd.concat(rows), ["resolution", "n_clusters"])
         ref = rates.get(224, float("nan"))
@@ -160,14 +165,17 @@ def main(argv=None) -> None:
         print(f"\n## 1. Resolution study: EfficientNet-Lite0, first {args.subset} test images, k-means k=10\n")
         print(fmt(study))
 
-    results, speeds = [], {}
+    # every extraction first, then k-means, then SCAN (the slowest): an interrupted run has the cheap tables
+    entries, speeds = {}, {}
     for card in (load_card("pixels"), load_card("random-resnet18"), load_card("efficientnet-lite0-96")):
-        entry, speeds[card.id] = extract(card, args.data_root, "test", args.limit, cache, log_csv)
-        tag = f"test-{card.id}-{entry.count}"
-        km = clustered(out, f"{tag}-kmeans", entry.features, entry.labels, overcluster=(1.0, 1.5), seeds=seeds)
-        scan = clustered(out, f"{tag}-scan", entry.features, entry.labels, methods=("scan",), overcluster=(1.0,),
-                         seeds=seeds)
-        results.append(pd.concat([km, scan]).assign(backbone=card.id, n=entry.count))
+        entries[card.id], speeds[card.id] = extract(card, args.data_root, "test", args.limit, cache, log_csv)
+    results = []
+    for method, overcluster in (("kmeans", (1.0, 1.5)), ("scan", (1.0,))):
+        for name, entry in entries.items():
+            df = clustered(out, f"test-{name}-{entry.count}-{method}", entry.features, entry.labels, seeds,
+                           methods=(method,), overcluster=overcluster)
+            results.append(df.assign(backbone=name, n=entry.count))
+            print(f"{name} {method}: done ({len(df)} rows)", flush=True)
     main_table = summarize(pd.concat(results), ["backbone", "method", "n_clusters", "n"])
     main_table["extract_img_per_s"] = [speeds[b] for b in main_table.backbone]
     print(f"\n## 2. Fashion-MNIST test split, {args.seeds} seeds\n")
@@ -175,8 +183,8 @@ def main(argv=None) -> None:
 
     if not args.skip_all:
         entry, _ = extract(load_card("pixels"), args.data_root, "all", None, cache, log_csv)
-        df = clustered(out, f"all-pixels-{entry.count}-kmeans", entry.features, entry.labels,
-                       overcluster=(1.0, 1.5), seeds=seeds)
+        df = clustered(out, f"all-pixels-{entry.count}-kmeans", entry.features, entry.labels, seeds,
+                       overcluster=(1.0, 1.5))
         table = summarize(df.assign(backbone="pixels", n=entry.count), ["backbone", "method", "n_clusters", "n"])
         print(f"\n## 3. k-means on the raw pixels of all {entry.count} images, {args.seeds} seeds "
               f"(published: ACC {PUBLISHED['acc']}, NMI {PUBLISHED['nmi']})\n")

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="extract what is missing, cluster, append to the leaderboard "
                                    "(no arguments: the embedded digits benchmark)")
     p.add_argument("--backbones", type=_names, default=None,
-                   help="comma-separated model-card ids (default: pixels,random-resnet18)")
+                   help="comma-separated model-card ids (default: pixels,random-resnet18,efficientnet-lite0-96)")
     _add_checkpoint(p)
     p.add_argument("--methods", type=_names, default=["kmeans"],
                    help="comma-separated: kmeans,scan,scan+selflabel,mmdc,twostage (default kmeans)")

