@@ -139,6 +139,8 @@ def main(argv=None) -> None:
     p.add_argument("--subset", type=int, default=1000, help="images of the resolution study (0 = skip it)")
     p.add_argument("--resolutions", default="224,128,96,64")
     p.add_argument("--skip-all", action="store_true", help="skip k-means on the pixels of all 70,000 images")
+    p.add_argument("--parts", default="study,main,all", help="which of the three parts to run (comma-separated)")
+    p.add_argument("--methods", default="kmeans,scan", help="methods of the main part (kmeans k=10,15; scan k=10)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", default="/tmp/sscb-real-data")
     args = p.parse_args(argv)
@@ -150,7 +152,8 @@ def main(argv=None) -> None:
     lite = load_card("efficientnet-lite0")
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at start")
 
-    if args.subset:
+    parts = set(args.parts.split(","))
+    if args.subset and "study" in parts:
         rows, rates = [], {}
         for size in [int(s) for s in args.resolutions.split(",")]:
             entry, rates[size] = extract(at_resolution(lite, size), args.data_root, "test", args.subset, cache,
@@ -165,12 +168,28 @@ def main(argv=None) -> None:
         print(f"\n## 1. Resolution study: EfficientNet-Lite0, first {args.subset} test images, k-means k=10\n")
         print(fmt(study))
 
+    if "main" in parts:
+        run_main(args, cache, log_csv, out, seeds)
+    if not args.skip_all and "all" in parts:
+        entry, _ = extract(load_card("pixels"), args.data_root, "all", None, cache, log_csv)
+        df = clustered(out, f"all-pixels-{entry.count}-kmeans", entry.features, entry.labels, seeds,
+                       overcluster=(1.0, 1.5))
+        table = summarize(df.assign(backbone="pixels", n=entry.count), ["backbone", "method", "n_clusters", "n"])
+        print(f"\n## 3. k-means on the raw pixels of all {entry.count} images, {args.seeds} seeds "
+              f"(published: ACC {PUBLISHED['acc']}, NMI {PUBLISHED['nmi']})\n")
+        print(fmt(table))
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end; tables and extraction speeds kept in {out}")
+
+
+def run_main(args, cache, log_csv, out, seeds) -> None:
     # every extraction first, then k-means, then SCAN (the slowest): an interrupted run has the cheap tables
     entries, speeds = {}, {}
     for card in (load_card("pixels"), load_card("random-resnet18"), load_card("efficientnet-lite0-96")):
         entries[card.id], speeds[card.id] = extract(card, args.data_root, "test", args.limit, cache, log_csv)
     results = []
-    for method, overcluster in (("kmeans", (1.0, 1.5)), ("scan", (1.0,))):
+    overclusters = {"kmeans": (1.0, 1.5), "scan": (1.0,)}
+    for method in args.methods.split(","):
+        overcluster = overclusters[method]
         for name, entry in entries.items():
             df = clustered(out, f"test-{name}-{entry.count}-{method}", entry.features, entry.labels, seeds,
                            methods=(method,), overcluster=overcluster)
@@ -180,16 +199,6 @@ def main(argv=None) -> None:
     main_table["extract_img_per_s"] = [speeds[b] for b in main_table.backbone]
     print(f"\n## 2. Fashion-MNIST test split, {args.seeds} seeds\n")
     print(fmt(main_table))
-
-    if not args.skip_all:
-        entry, _ = extract(load_card("pixels"), args.data_root, "all", None, cache, log_csv)
-        df = clustered(out, f"all-pixels-{entry.count}-kmeans", entry.features, entry.labels, seeds,
-                       overcluster=(1.0, 1.5))
-        table = summarize(df.assign(backbone="pixels", n=entry.count), ["backbone", "method", "n_clusters", "n"])
-        print(f"\n## 3. k-means on the raw pixels of all {entry.count} images, {args.seeds} seeds "
-              f"(published: ACC {PUBLISHED['acc']}, NMI {PUBLISHED['nmi']})\n")
-        print(fmt(table))
-    print(f"\nload average {os.getloadavg()[0]:.1f} at the end; tables and extraction speeds kept in {out}")
 
 
 if __name__ == "__main__":
