@@ -3,7 +3,6 @@ real EfficientNet-Lite0 weights classifying scikit-learn's two bundled photos.""
 from __future__ import annotations
 
 import importlib
-import sys
 import textwrap
 
 import numpy as np
