@@ -575,7 +575,7 @@ class FeatureCache:
         try:
             entry = CacheEntry(path, _load_manifest(path))
             if full:
-                entry.check(full=True, progress=True)
+                entry.check(full=True)
                 return EntryStatus(path.name, "ok", "sha256 verified now", entry, entry.nbytes)
             stats = entry.check_structure()
             verified = _stamp_matches(path, entry.manifest, stats)
@@ -822,8 +822,10 @@ class ChunkWriter:
         _check_features(features.astype(np.float32, copy=False), f"chunk {i}")
         tmp = None
         try:
+            # a unique name (O_EXCL): two jobs or hosts never write into the same temporary file
             fd, tmp = tempfile.mkstemp(prefix=f".chunk-{i:06d}.{os.getpid()}.", suffix=".tmp", dir=self.chunks_dir)
-            with open(fd, "wb") as f:
+            os.close(fd)
+            with open(tmp, "wb") as f:
                 np.savez(f, features=features.astype(np.float16), labels=np.asarray(labels, dtype=np.int64),
                          indices=np.asarray(indices, dtype=np.int64),
                          skipped=np.asarray(list(skipped_ids), dtype=str))
