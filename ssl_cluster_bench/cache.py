@@ -449,6 +449,16 @@ class EntryStatus:
     nbytes: int = 0
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def _dir_bytes(path: Path) -> int:
     total = 0
     for p in path.rglob("*"):
@@ -608,6 +618,11 @@ class FeatureCache:
         return EntryStatus(path.name, "partial", detail, nbytes=_dir_bytes(path))
 
     def _leftover_status(self, path: Path) -> EntryStatus:
+        # Temporary folders are named .<entry>.tmp-<pid>-…: a live pid on this host may still be writing it.
+        match = re.search(r"\.tmp-(\d+)-", path.name)
+        if match and _pid_alive(int(match.group(1))):
+            return EntryStatus(path.name, "leftover", f"probably being written by process {match.group(1)} on "
+                               "this host; if not, `sscb cache --remove` deletes it", nbytes=_dir_bytes(path))
         return EntryStatus(path.name, "leftover", "temporary folder of an interrupted write; "
                            f"`sscb cache --remove {path.name}` deletes it", nbytes=_dir_bytes(path))
 

@@ -94,7 +94,10 @@ class FileLock:
         self.release()
 
     def __del__(self):
-        self.release()
+        try:
+            self.release()
+        except Exception:
+            pass  # interpreter shutdown
 
 
 # What ran out (or broke), by errno; anything else is described by the system's own message.
