@@ -23,11 +23,12 @@ __all__ = ["COLUMNS", "METRICS", "append_rows", "read_leaderboard", "aggregate",
 # Identity of a configuration: rows sharing all of these differ only by seed.
 CONFIG_COLUMNS = [
     "backbone", "weights", "dataset", "split", "protocol", "method", "n_classes", "n_clusters",
-    "overcluster", "pca_dim", "whiten", "l2_normalize", "backend",
+    "overcluster", "pca_dim", "whiten", "l2_normalize", "backend", "n_init", "kmeans_iter",
+    "max_points_per_centroid", "protocol_hash",
 ]
 METRICS = ["acc", "nmi", "ami", "ari", "top5", "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"]
 COLUMNS = CONFIG_COLUMNS + ["seed", "n_samples"] + METRICS + [
-    "flag", "seconds", "cache_key", "versions", "timestamp",
+    "score", "flag", "seconds", "run_id", "cache_key", "versions", "timestamp",
 ]
 
 
