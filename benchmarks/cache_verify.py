@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the entry (a re-run reuses it)")
     parser.add_argument("--quick", action="store_true", help="100,000 × 256 smoke run")
     parser.add_argument("--repeats", type=int, default=2, help="timings per cell (the median is reported)")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.dim, args.classes = 100_000, 256, 100
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_root = workdir / "sscb-verify-cache"
     features = GaussianMixtureFeatures(args.n, args.dim, args.classes, seed=0)
     try:
-        entry, gen_seconds = generate_entry(features, cache_root, progress=True)
+        entry, gen_seconds = generate_entry(features, cache_root, progress=not args.no_progress)
         cache, key = FeatureCache(cache_root), entry.key
         size = entry.nbytes
         print(f"entry {entry.path.name}: {entry.count} × {entry.feature_dim} float16, {gib(size):.2f} GiB "
