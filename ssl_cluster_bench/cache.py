@@ -51,6 +51,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import InterfaceError, option, spell
 from .safeio import FileLock, write_error
 
 __all__ = ["CacheIntegrityError", "CacheKey", "CacheEntry", "ChunkWriter", "EntryStatus", "FeatureCache",
@@ -64,7 +65,7 @@ STAMP = ".verified.json"
 _HASH_BLOCK = 16 << 20
 
 
-class CacheIntegrityError(RuntimeError):
+class CacheIntegrityError(InterfaceError, RuntimeError):
     """An entry's files disagree with its manifest or cannot be read: it must not be used."""
 
 
@@ -135,8 +136,8 @@ def _check_features(block: np.ndarray, where: str) -> None:
 
 
 def _fix_hint(name: str) -> str:
-    return (f"Rebuild it: `sscb cache --remove {name}`, then re-run the same command to extract it again "
-            "(`sscb cache --verify` checks every entry).")
+    return (f"Rebuild it: {option('cache_remove', name)}, then re-run the same command to extract it again "
+            f"({option('cache_verify')} checks every entry).")
 
 
 # -- .npy files read and written without memory maps ------------------------------------------------------
@@ -444,9 +445,13 @@ class EntryStatus:
 
     name: str
     state: str  # "ok", "unverified", "damaged", "incomplete", "partial", "leftover"
-    detail: str = ""
+    detail: str = ""  # with option placeholders: read it through describe()
     entry: CacheEntry | None = None
     nbytes: int = 0
+
+    def describe(self, interface: str = "api") -> str:
+        """``detail`` with the commands it names spelled for ``interface`` ("api" or "cli")."""
+        return spell(self.detail, interface)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -576,7 +581,8 @@ class FeatureCache:
                 out.append(self._leftover_status(path))
             elif not (path / "manifest.json").exists():
                 out.append(EntryStatus(path.name, "incomplete", "no manifest.json (not an entry; a new extraction "
-                                       f"replaces it): `sscb cache --remove {path.name}`", nbytes=_dir_bytes(path)))
+                                       f"replaces it): {option('cache_remove', path.name)}",
+                                       nbytes=_dir_bytes(path)))
             else:
                 out.append(self._entry_status(path, full))
         return out
@@ -590,10 +596,10 @@ class FeatureCache:
             stats = entry.check_structure()
             verified = _stamp_matches(path, entry.manifest, stats)
             return EntryStatus(path.name, "ok" if verified else "unverified",
-                               "" if verified else "hashed on first use, or now with `sscb cache --verify`",
+                               "" if verified else f"hashed on first use, or now with {option('cache_verify')}",
                                entry, entry.nbytes)
         except CacheIntegrityError as e:
-            return EntryStatus(path.name, "damaged", str(e), nbytes=_dir_bytes(path))
+            return EntryStatus(path.name, "damaged", Exception.__str__(e), nbytes=_dir_bytes(path))
 
     def _partial_status(self, path: Path) -> EntryStatus:
         entry_id = path.name[: -len(".partial")]
@@ -609,12 +615,12 @@ class FeatureCache:
                 done, total = got, n
         progress = f"{done}/{total} chunks done" if total else "no finished chunk"
         if (self.root / entry_id / "manifest.json").is_file():
-            detail = f"{progress}; left over beside the complete entry: `sscb cache --remove {entry_id}.partial`"
+            detail = f"{progress}; left over beside the complete entry: {option('cache_remove', path.name)}"
         elif self._in_progress(entry_id):
             detail = f"{progress}; an extraction is running"
         else:
             detail = (f"{progress}; no process is working on it (a killed run): re-run the same extraction to "
-                      f"resume, or `sscb cache --remove {entry_id}`")
+                      f"resume, or {option('cache_remove', entry_id)}")
         return EntryStatus(path.name, "partial", detail, nbytes=_dir_bytes(path))
 
     def _leftover_status(self, path: Path) -> EntryStatus:
@@ -622,9 +628,10 @@ class FeatureCache:
         match = re.search(r"\.tmp-(\d+)-", path.name)
         if match and _pid_alive(int(match.group(1))):
             return EntryStatus(path.name, "leftover", f"probably being written by process {match.group(1)} on "
-                               "this host; if not, `sscb cache --remove` deletes it", nbytes=_dir_bytes(path))
+                               f"this host; if not, {option('cache_remove', path.name)} deletes it",
+                               nbytes=_dir_bytes(path))
         return EntryStatus(path.name, "leftover", "temporary folder of an interrupted write; "
-                           f"`sscb cache --remove {path.name}` deletes it", nbytes=_dir_bytes(path))
+                           f"{option('cache_remove', path.name)} deletes it", nbytes=_dir_bytes(path))
 
     def _in_progress(self, entry_id: str) -> bool:
         lock = FileLock(self.root / ".locks" / f"{entry_id}.active.lock")

@@ -411,7 +411,8 @@ def _cmd_cache(args):
     for s in rows:
         shape = f"  {tuple(s.entry.manifest['shape'])}  skipped={s.entry.manifest['skipped']['count']}" \
             if s.entry is not None else ""
-        print(f"{s.name}  {s.state}  {s.nbytes / 2**20:.1f} MiB{shape}" + (f"\n    {s.detail}" if s.detail else ""))
+        print(f"{s.name}  {s.state}  {s.nbytes / 2**20:.1f} MiB{shape}"
+              + (f"\n    {s.describe('cli')}" if s.detail else ""))
     bad = [s for s in rows if s.state == "damaged"]
     if args.verify:
         n_ok = sum(s.state == "ok" for s in rows)

@@ -28,6 +28,7 @@ import ssl_cluster_bench.leaderboard as leaderboard_mod
 from ssl_cluster_bench.cache import CacheIntegrityError, CacheKey, FeatureCache
 from ssl_cluster_bench.cli import main
 from ssl_cluster_bench.data import get_dataset
+from ssl_cluster_bench.errors import message_for
 from ssl_cluster_bench.extraction import extract_features
 from ssl_cluster_bench.leaderboard import append_rows
 
@@ -155,7 +156,7 @@ def test_a_claim_dies_with_its_job(tmp_path):
             assert mine is not None and w.claim(0) is None  # a claim excludes even this process's next ask
             mine.release()
         [partial] = cache.status()
-        assert partial.state == "partial" and "running" in partial.detail
+        assert partial.state == "partial" and "running" in partial.describe()
         with pytest.raises(RuntimeError, match="running right now"):
             cache.remove(partial.name)
     finally:
@@ -166,7 +167,7 @@ def test_a_claim_dies_with_its_job(tmp_path):
         assert lock is not None
         lock.release()
     [partial] = cache.status()
-    assert "no process is working on it" in partial.detail and "--remove" in partial.detail
+    assert "no process is working on it" in partial.describe("cli") and "--remove" in partial.describe("cli")
 
 
 # -- 2. integrity -------------------------------------------------------------------------------------------
@@ -190,7 +191,8 @@ def test_flipped_byte_is_an_error_before_any_use(tmp_path, capsys):
     assert main(["-q", "run", "--backbones", "mine", "--dataset", "toy", "--cache-dir", str(tmp_path / "c"),
                  "--seeds", "1", "--results", str(results)]) == 1
     err = capsys.readouterr().err
-    assert f"{entry.path.name} is damaged" in err and "sha256" in err and f"sscb cache --remove {entry.path.name}" in err
+    assert f"{entry.path.name} is damaged" in err and "sha256" in err
+    assert f"sscb cache --remove {entry.path.name}" in err
     assert "Traceback" not in err and not results.exists()  # nothing was clustered, no row appended
     with pytest.raises(CacheIntegrityError, match="does not match the sha256"):
         FeatureCache(tmp_path / "c").get(entry.key)
@@ -240,7 +242,9 @@ def test_damaged_entries_are_messages_not_tracebacks(tmp_path, capsys, damage, m
         (entry.path / "features.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(CacheIntegrityError, match=message) as info:
         cache.get(_key())
-    assert entry.path.name in str(info.value) and f"sscb cache --remove {entry.path.name}" in str(info.value)
+    # the fix is spelled for the interface in use: Python for str(), sscb flags on the command line
+    assert f"FeatureCache(cache_dir).remove('{entry.path.name}')" in str(info.value)
+    assert f"`sscb cache --remove {entry.path.name}`" in message_for(info.value, "cli")
     assert [e.key.dataset for e in cache.entries()] == (["other"] if damage == "manifest" else ["ds", "other"])
     capsys.readouterr()
     assert main(["cache", "--cache-dir", str(tmp_path)]) == 0  # the listing shows it, it does not crash
