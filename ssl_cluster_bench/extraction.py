@@ -6,9 +6,10 @@ Entry point:
 The dataset is processed in chunks of ``chunk_size`` positions; each finished chunk is written atomically,
 so a killed run resumes with the unfinished chunks only, and memory stays flat whatever the dataset size.
 Under ``torchrun`` every rank extracts the chunks ``i`` with ``i % world_size == rank`` (no padded
-duplicates) and rank 0 assembles the entry. Unreadable images are skipped, counted and listed in the
-manifest. Optionally, ``views=V`` stores V seeded strongly-augmented views per image in a separate entry
-(for self-labeling heads).
+duplicates) and rank 0 assembles the entry. Independent jobs asking for the same entry at once share its
+chunks: each claims the next chunk no one holds and waits for the rest (see :mod:`.cache`). Unreadable
+images are skipped, counted and listed in the manifest. Optionally, ``views=V`` stores V seeded
+strongly-augmented views per image in a separate entry (for self-labeling heads).
 """
 from __future__ import annotations
 
@@ -196,6 +197,7 @@ def extract_features(backbone, dataset, cache: FeatureCache | None = None, *, ba
     with cache.writer(key, n, chunk_size) as writer:
         mine = [i for i in range(writer.n_chunks) if i % world == rank]
         sources, bar, start, counts = None, None, time.perf_counter(), [0, 0]  # [chunks, images] computed here
+        off_bar: set[int] = set()
         try:
             # Other jobs may be extracting the same entry: take chunks one by one as they are free, then wait
             # for the ones others hold (retaking any whose holder died) until every chunk is done.
@@ -210,7 +212,7 @@ def extract_features(backbone, dataset, cache: FeatureCache | None = None, *, ba
                                desc=f"extract {backbone.card.id} on {dataset.name}/{dataset.split}"
                                     + (f" ({views} views)" if views else ""))
                 if _extract_pass(writer, pending, sources, batch_size, loader_options, run_model, bar, dataset,
-                                 counts) == 0:
+                                 counts, off_bar) == 0:
                     waiting = next((i for i in pending if not writer.is_done(i)), None)
                     if waiting is not None:
                         bar.set_postfix_str(f"waiting for chunk {waiting} (another job computes it)")
@@ -251,9 +253,10 @@ class _ClaimingBatches:
     (chunk, view, is_last) for every yielded batch, consumed in order by the caller (the DataLoader keeps order).
     """
 
-    def __init__(self, writer, chunks, n_sources: int, n: int, batch_size: int, bar):
+    def __init__(self, writer, chunks, n_sources: int, n: int, batch_size: int, bar, off_bar: set):
         self.writer, self.chunks, self.n_sources, self.n, self.batch_size, self.bar = \
             writer, chunks, n_sources, n, batch_size, bar
+        self.off_bar = off_bar  # chunks taken off the bar's total (shared across passes)
         self.plan = collections.deque()
         self.claims = {}
 
@@ -261,9 +264,11 @@ class _ClaimingBatches:
         for i in self.chunks:
             r = self.writer.chunk_range(i)
             claim = self.writer.claim(i)
-            if claim is None:
-                self.bar.total -= len(r) * self.n_sources
+            if (claim is None) != (i in self.off_bar):  # skipped now, or taken over from a job that died
+                self.bar.total += (-1 if claim is None else 1) * len(r) * self.n_sources
                 self.bar.refresh()
+                (self.off_bar.add if claim is None else self.off_bar.discard)(i)
+            if claim is None:
                 continue
             self.claims[i] = claim
             for v in range(self.n_sources):
@@ -280,11 +285,12 @@ class _ClaimingBatches:
         self.claims.clear()
 
 
-def _extract_pass(writer, pending, sources, batch_size, loader_options, run_model, bar, dataset, counts) -> int:
+def _extract_pass(writer, pending, sources, batch_size, loader_options, run_model, bar, dataset, counts,
+                  off_bar) -> int:
     """Compute and write every pending chunk no other job holds; returns how many chunks this pass claimed.
 
     ``counts`` ([chunks, images] computed by this process) is updated in place."""
-    sampler = _ClaimingBatches(writer, pending, len(sources), len(dataset), batch_size, bar)
+    sampler = _ClaimingBatches(writer, pending, len(sources), len(dataset), batch_size, bar, off_bar)
     loader = torch.utils.data.DataLoader(_Sources(sources), batch_sampler=sampler, **loader_options)
     parts = [[] for _ in sources]
     claimed = 0
