@@ -123,3 +123,15 @@ def test_metrics_scale_small_agrees_with_sklearn(tmp_path):
     acc = result["rows"][0]["acc"]
     # 60% of each class kept together + the random 40% that lands in the right cluster by chance
     assert acc == pytest.approx(0.6 + 0.4 / 100, abs=0.015)
+
+
+def test_cache_verify_smoke(tmp_path):
+    out_json = tmp_path / "verify.json"
+    out = _run("cache_verify.py", "--n", 3000, "--dim", 16, "--classes", 10, "--repeats", 1,
+               "--workdir", tmp_path, "--json", out_json)
+    rows = json.loads(out_json.read_text())["rows"]
+    assert len(rows) == 10 and "full sha256 check" in out
+    fast = [r for r in rows if "fast path" in r["step"]]
+    assert all(r["seconds"] < 1.0 for r in fast)
+    assert not (tmp_path / "sscb-verify-cache").exists()  # deleted without --keep
+
