@@ -84,8 +84,8 @@ def extract(card, data_root, split, limit, cache, log_csv: Path):
     key = cache_key_for(backbone, dataset)
     name = f"{card.id}|{dataset.split}"
     if cache.get(key) is None:
-        writer = cache.writer(key, len(dataset), CHUNK)
-        todo = len(dataset) - sum(len(writer.chunk_range(i)) for i in writer.done_chunks())
+        with cache.writer(key, len(dataset), CHUNK) as writer:  # only to count the chunks already done
+            todo = len(dataset) - sum(len(writer.chunk_range(i)) for i in writer.done_chunks())
         t0, cpu0 = time.perf_counter(), time.process_time()
         entry = extract_features(backbone, dataset, cache, chunk_size=CHUNK, device="cpu", num_workers=0)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
