@@ -61,13 +61,19 @@ def _faiss_blas_blocks(query_rows: int = 16384):
 # Defaults, chosen by label-free measurements (inertia, seed-to-seed agreement, time) in
 # benchmarks/kmeans_defaults.py; the numbers are in benchmarks/README.md.
 DEFAULT_N_ITER = 20
-DEFAULT_MAX_POINTS_PER_CENTROID = 256
+DEFAULT_MAX_POINTS_PER_CENTROID = 256  # faiss's own default
 DEFAULT_MAX_RESTARTS = 10
-# n_init="auto": as many restarts (up to DEFAULT_MAX_RESTARTS) as fit in this many multiply-adds of training
-# work (sample rows × k × dim per Lloyd iteration, summed over restarts). One k = 1000 restart at ImageNet
-# size already exceeds it, so large problems get one restart; small ones (digits, CIFAR, k <= 100) get all.
-AUTO_RESTART_WORK = 2e10
-INITS = ("k-means++", "random")
+MIN_N_ITER = 10
+MIN_POINTS_PER_CENTROID = 64
+# Training budget of the automatic settings, in multiply-adds (sample rows × k × dim × Lloyd iterations,
+# summed over restarts): 10 iterations on 64 points per centroid at k = 1000, d = 256. Small problems spend
+# it on restarts (up to DEFAULT_MAX_RESTARTS); a problem whose single restart exceeds it trains with fewer
+# iterations (down to MIN_N_ITER) and then a smaller sample (down to MIN_POINTS_PER_CENTROID per cluster).
+# It is the most training that keeps the ImageNet-size pipeline >= 20x faster than the reference protocol.
+TRAIN_BUDGET = 64 * 1000 * 1000 * 256 * 10
+INITS = ("auto", "k-means++", "random")
+# Below this many multiply-adds per pass over the training sample (rows × k × dim), faiss runs single-threaded.
+SINGLE_THREAD_WORK = 5e7
 
 
 def kmeans_plusplus(X: np.ndarray, n_clusters: int, random_state=0, growth: float = 0.25) -> np.ndarray:
@@ -114,6 +120,26 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, random_state=0, growth: floa
         n_chosen += batch
 
 
+@contextmanager
+def _faiss_single_thread(enabled: bool):
+    """Run faiss on one OpenMP thread (restored on exit) when every call is too small to share out.
+
+    On small problems each faiss call takes milliseconds and OpenMP's fork/barrier overhead dominates; on a
+    machine whose cores are busy, the barriers wait whole scheduler slices: 10 restarts at k = 20 on
+    5,000 × 64 rows took 46 s with 2 threads and 3.2 s with 1 on the shared 2-core machine.
+    """
+    import faiss
+
+    previous = faiss.omp_get_max_threads()
+    if enabled:
+        faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        if enabled:
+            faiss.omp_set_num_threads(previous)
+
+
 class KMeans:
     """k-means with interchangeable backends and one ``random_state``.
 
@@ -122,31 +148,37 @@ class KMeans:
     n_clusters : int
     backend : {"faiss", "sklearn"}
     n_init : int or "auto"
-        Restarts; the one with the lowest inertia on the training sample is kept. "auto" (faiss): as many as
-        fit in a fixed training budget (``AUTO_RESTART_WORK``), at most ``DEFAULT_MAX_RESTARTS``: all of them
-        for small problems, one at k = 1000 on ImageNet-size data, where the seed-to-seed spread over 1000
-        clusters is already small. "auto" with the sklearn backend is 1 (the reference protocol).
-    init : {"k-means++", "random"}
+        Restarts; the one with the lowest inertia on the training sample is kept (no labels involved).
+        "auto" (faiss): as many as fit in ``TRAIN_BUDGET`` (at most ``DEFAULT_MAX_RESTARTS``): 10 for
+        digits, CIFAR or Fashion-MNIST sizes, 1 for k = 1000 on ImageNet-size data, where the spread over
+        1000 clusters already averages out. "auto" with the sklearn backend is 1 (the reference protocol).
+    init : {"auto", "k-means++", "random"}
         Seeding of each faiss restart: batched k-means++ (:func:`kmeans_plusplus`) or faiss's random rows.
+        "auto": k-means++ when there are several restarts (small problems: on digits it gives the
+        highest seed-to-seed agreement), random with a single restart (large k: on the 100- and 1000-class
+        synthetic features k-means++ seeds ended with higher inertia, and they cost a pass over the sample).
     n_iter : int or None
-        Lloyd iterations per restart (faiss, default ``DEFAULT_N_ITER``) or epochs of ``partial_fit``
-        (sklearn, default 60 as in the reference protocol).
+        Lloyd iterations per restart (faiss, default ``DEFAULT_N_ITER``, lowered towards ``MIN_N_ITER`` when
+        one restart exceeds ``TRAIN_BUDGET``) or epochs of ``partial_fit`` (sklearn, default 60 as in the
+        reference protocol).
     batch_size : int or None
         Mini-batch size of the sklearn backend, default max(2048, 3·n_clusters) (k-means++ initialises on
         the first batch, which needs several points per cluster).
     max_points_per_centroid : int or None
-        faiss trains on at most this many sampled rows per cluster (all rows are still assigned);
-        default ``DEFAULT_MAX_POINTS_PER_CENTROID``.
+        faiss trains on at most this many sampled rows per cluster (all rows are still assigned); default
+        ``DEFAULT_MAX_POINTS_PER_CENTROID``, lowered towards ``MIN_POINTS_PER_CENTROID`` when one restart at
+        ``MIN_N_ITER`` iterations still exceeds ``TRAIN_BUDGET``. Explicit values are used as given.
     gpu : "auto" | bool
         Use faiss on GPU when available ("auto") or insist on it (True).
     random_state : int
 
     Attributes: ``cluster_centers_`` (k × d float32), ``labels_`` (int64), ``inertia_`` (sum of squared
-    distances of all rows to their centre), ``n_iter_``, ``n_init_`` (restarts run),
-    ``max_points_per_centroid_`` (cap used), ``train_inertias_`` (training inertia of each restart).
+    distances of all rows to their centre), and what was actually run: ``n_iter_``, ``n_init_``,
+    ``max_points_per_centroid_`` (None for sklearn), ``inits_`` (seeding of each restart),
+    ``train_inertias_`` (training-sample inertia of each restart; NaN with one restart, nothing to compare).
     """
 
-    def __init__(self, n_clusters: int, backend: str = "faiss", n_init="auto", init: str = "k-means++",
+    def __init__(self, n_clusters: int, backend: str = "faiss", n_init="auto", init: str = "auto",
                  n_iter: int | None = None, batch_size: int | None = None,
                  max_points_per_centroid: int | None = None, gpu="auto", random_state: int = 0,
                  progress: bool = True):
@@ -181,53 +213,61 @@ class KMeans:
             raise RuntimeError("gpu=True but faiss sees no GPU (install faiss-gpu and check CUDA)")
         return X
 
-    def _resolve_n_init(self, n_train: int, dim: int, n_iter: int) -> int:
-        if self.n_init != "auto":
-            return int(self.n_init)
+    def _plan(self, n: int, dim: int) -> tuple[int | None, int, int]:
+        """(points per centroid, iterations, restarts) for n rows of ``dim`` (see ``TRAIN_BUDGET``)."""
+        k = int(self.n_clusters)
         if self.backend == "sklearn":
-            return 1
-        work = float(n_train) * int(self.n_clusters) * dim * n_iter
-        return int(max(1, min(DEFAULT_MAX_RESTARTS, AUTO_RESTART_WORK // max(work, 1.0))))
+            return None, self.n_iter or 60, 1 if self.n_init == "auto" else int(self.n_init)
+        cap = self.max_points_per_centroid or DEFAULT_MAX_POINTS_PER_CENTROID
+        n_iter = self.n_iter or DEFAULT_N_ITER
+        per_iter = lambda cap: float(min(n, cap * k)) * k * dim  # noqa: E731
+        if self.n_iter is None and per_iter(cap) * n_iter > TRAIN_BUDGET:
+            n_iter = max(MIN_N_ITER, int(TRAIN_BUDGET // per_iter(cap)))
+        if self.max_points_per_centroid is None and per_iter(cap) * n_iter > TRAIN_BUDGET:
+            cap = max(MIN_POINTS_PER_CENTROID, int(TRAIN_BUDGET // (float(k) * k * dim * n_iter)))
+        if self.n_init != "auto":
+            return cap, n_iter, int(self.n_init)
+        return cap, n_iter, int(max(1, min(DEFAULT_MAX_RESTARTS, TRAIN_BUDGET // (per_iter(cap) * n_iter))))
+
+    def _inits(self, n_init: int) -> list[str]:
+        if self.init != "auto":
+            return [self.init] * n_init
+        return ["k-means++" if n_init > 1 else "random"] * n_init
 
     def fit(self, X, y=None) -> "KMeans":
         X = self._validate(X)
         rng = np.random.default_rng(self.random_state)
         k = int(self.n_clusters)
-        with _faiss_blas_blocks():
-            if self.backend == "faiss":
-                cap = self.max_points_per_centroid or DEFAULT_MAX_POINTS_PER_CENTROID
-                self.max_points_per_centroid_ = cap
-                if X.shape[0] > cap * k:  # sorted rows read the array front to back
-                    train = X[np.sort(rng.choice(X.shape[0], cap * k, replace=False))]
-                else:
-                    train = X
-                n_iter = self.n_iter or DEFAULT_N_ITER
-            else:
-                self.max_points_per_centroid_ = None
-                train, n_iter = X, self.n_iter or 60
-            n_init = self._resolve_n_init(train.shape[0], X.shape[1], n_iter)
-            best, self.train_inertias_ = None, []
+        cap, n_iter, n_init = self._plan(X.shape[0], X.shape[1])
+        if cap is not None and X.shape[0] > cap * k:  # sorted rows read the array front to back
+            train = X[np.sort(rng.choice(X.shape[0], cap * k, replace=False))]
+        else:
+            train = X
+        inits = self._inits(n_init) if self.backend == "faiss" else ["k-means++"] * n_init
+        best, self.train_inertias_ = None, []
+        small = float(train.shape[0]) * k * X.shape[1] < SINGLE_THREAD_WORK
+        with _faiss_blas_blocks(), _faiss_single_thread(small):
             restarts = tqdm(total=n_init, desc=f"k-means k={k} restarts", unit="restart",
                             disable=not self.progress or n_init == 1, leave=False)
-            for seed in rng.integers(2**31 - 1, size=n_init):
+            for init, seed in zip(inits, rng.integers(2**31 - 1, size=n_init)):
                 if self.backend == "faiss":
-                    centers = self._fit_faiss(train, int(seed), n_iter)
+                    centers = self._fit_faiss(train, int(seed), n_iter, init)
                 else:
                     centers = self._fit_sklearn(train, int(seed), n_iter)
                 inertia = (float(_nearest(train, centers, self.gpu)[1].sum(dtype=np.float64))
-                           if n_init > 1 else float("nan"))  # one restart: nothing to compare
+                           if n_init > 1 else float("nan"))
                 self.train_inertias_.append(inertia)
                 if best is None or inertia < best[0]:
                     best = (inertia, centers)
                 restarts.update(1)
             restarts.close()
             self.cluster_centers_ = best[1]
-            self.n_iter_, self.n_init_ = n_iter, n_init
             self.labels_, dist = self._assign(X)
+        self.n_iter_, self.n_init_, self.max_points_per_centroid_, self.inits_ = n_iter, n_init, cap, inits
         self.inertia_ = float(dist.sum(dtype=np.float64))
         return self
 
-    def _fit_faiss(self, X: np.ndarray, seed: int, n_iter: int) -> np.ndarray:
+    def _fit_faiss(self, X: np.ndarray, seed: int, n_iter: int, init: str) -> np.ndarray:
         import faiss
 
         k = int(self.n_clusters)
@@ -236,7 +276,7 @@ class KMeans:
         km = faiss.Kmeans(X.shape[1], k, niter=n_iter, seed=seed % (2**31 - 1) + 1, gpu=use_gpu,
                           max_points_per_centroid=-(-X.shape[0] // k) + 1, min_points_per_centroid=1,
                           verbose=False)
-        if self.init == "k-means++":
+        if init == "k-means++":
             km.train(X, init_centroids=X[kmeans_plusplus(X, k, random_state=seed)])
         else:
             km.train(X)

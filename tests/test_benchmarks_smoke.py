@@ -102,7 +102,7 @@ def test_reference_vs_ours_small_prints_ratio(tmp_path):
     assert "wall-time ratio reference / ours" in stdout
     result = json.loads(out.read_text())
     names = [r["pipeline"] for r in result["rows"]]
-    fast = "ours (n_iter=10, max_points_per_centroid=64)"
+    fast = "ours (n_init=1, init=random, n_iter=10, max_points_per_centroid=64)"
     assert names == [fast, "reference", fast]
     for r in result["rows"]:
         assert 0.3 < r["acc"] <= 1.0 and r["n"] == 5000 and r["k"] == 20 and r["total_s"] > 0
