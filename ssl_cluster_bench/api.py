@@ -118,7 +118,8 @@ def cluster_features(features, labels, *, n_classes: int | None = None, overclus
                      n_clusters: Sequence[int] | None = None,
                      seeds: Iterable[int] = range(5), methods: Sequence[str] = ("kmeans",),
                      pca_dim: int | None = 256, whiten: bool = False, l2_normalize: bool = False,
-                     backend: str = "faiss", kmeans_iter: int | None = None, progress: bool = True,
+                     backend: str = "faiss", kmeans_iter: int | None = None, n_init="auto",
+                     max_points_per_centroid: int | None = None, progress: bool = True,
                      scan_options: dict | None = None, augmented=None) -> pd.DataFrame:
     """The clustering protocol on a feature matrix: PCA once, then every method × k × seed; one row each.
 
@@ -170,13 +171,17 @@ def cluster_features(features, labels, *, n_classes: int | None = None, overclus
                 t0 = time.perf_counter()
                 flag, probs = "", None
                 if method == "kmeans":
-                    km = KMeans(k, backend=backend, n_iter=kmeans_iter, random_state=seed, progress=progress)
+                    km = KMeans(k, backend=backend, n_iter=kmeans_iter, n_init=n_init,
+                                max_points_per_centroid=max_points_per_centroid, random_state=seed,
+                                progress=progress)
                     pred = km.fit(reduced).labels_
                     empty = k - np.unique(pred).size
                     if empty:
                         flag = f"empty_clusters={empty}"
+                    # what ran (the automatic settings resolved), so every row says how it was made
                     config = {"backend": backend, "pca_dim": reduced.shape[1], "whiten": whiten,
-                              "l2_normalize": l2_normalize}
+                              "l2_normalize": l2_normalize, "n_init": km.n_init_, "kmeans_iter": km.n_iter_,
+                              "max_points_per_centroid": km.max_points_per_centroid_}
                     seconds = time.perf_counter() - t0 + pca_seconds / max(1, len(ks) * len(seeds))
                 else:
                     # Heads see the cached features themselves: they standardise internally, and doing so on
@@ -290,6 +295,7 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
         methods: Sequence[str] = ("kmeans",), overcluster: Sequence[float] = (1.0, 1.5),
         n_clusters: Sequence[int] | None = None, seeds: int = 5,
         pca_dim: int | None = 256, whiten: bool = False, l2_normalize: bool = False, backend: str = "faiss",
+        n_init="auto", kmeans_iter: int | None = None, max_points_per_centroid: int | None = None,
         batch_size: int = 128, num_workers=None, device: str = "auto", progress: bool = True,
         scan_options: dict | None = None) -> pd.DataFrame:
     """Extract what is missing, run the clustering protocol, append to the leaderboard, write markdown.
@@ -313,6 +319,7 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
         entry = _entry_for(backbone, dataset, data_root, split, cache, extract_options)
         df = cluster_entry(entry, overcluster=overcluster, n_clusters=n_clusters, seeds=range(seeds), methods=methods,
                            pca_dim=pca_dim, whiten=whiten, l2_normalize=l2_normalize, backend=backend,
+                           n_init=n_init, kmeans_iter=kmeans_iter, max_points_per_centroid=max_points_per_centroid,
                            progress=progress, scan_options=scan_options)
         append_rows(results, df.to_dict("records"))
         frames.append(df)

@@ -29,6 +29,20 @@ def _pca_dim(text: str):
         raise argparse.ArgumentTypeError(f"--pca-dim takes an integer or 'none', got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _n_init(text: str):
+    return "auto" if text == "auto" else _positive(text)
+
+
 def _add_data(p, dataset_default="digits", required=False):
     p.add_argument("--dataset", default=None if required else dataset_default, required=required,
                    help="dataset name (see `sscb datasets`)" + ("" if required else f"; default {dataset_default}"))
@@ -68,7 +82,20 @@ def _add_protocol(p):
     p.add_argument("--l2-normalize", action="store_true", help="L2-normalise the reduced features")
     p.add_argument("--backend", choices=["faiss", "sklearn"], default="faiss",
                    help="k-means backend (sklearn = the reference MiniBatchKMeans protocol)")
+    p.add_argument("--n-init", type=_n_init, default="auto",
+                   help="k-means restarts, lowest inertia kept, or 'auto': as many as the training budget allows "
+                        "(10 on small data, 1 at ImageNet size; default auto)")
+    p.add_argument("--kmeans-iter", type=_positive, default=None,
+                   help="Lloyd iterations per restart (default 20, fewer on ImageNet-size data)")
+    p.add_argument("--max-points-per-centroid", type=_positive, default=None,
+                   help="k-means trains on at most this many sampled rows per cluster (default 256, fewer on "
+                        "ImageNet-size data)")
     p.add_argument("--results", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
+
+
+def _kmeans_options(args) -> dict:
+    return {"n_init": args.n_init, "kmeans_iter": args.kmeans_iter,
+            "max_points_per_centroid": args.max_points_per_centroid}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,9 +149,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all")
     p.add_argument("--cache-dir", default=None)
 
-    p = sub.add_parser("leaderboard", help="print the aggregated leaderboard (mean ± std over seeds)")
+    p = sub.add_parser("leaderboard", help="print the aggregated leaderboard (mean ± std over seeds; best per "
+                                           "dataset × method × k in bold, rows within one std of it in italics)")
     p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
     p.add_argument("--dataset", default=None, help="only this dataset")
+    p.add_argument("--intervals", action="store_true",
+                   help="also print 95%% intervals for ACC / NMI (bootstrap over images with each clustering fixed, "
+                        "plus the spread over seeds; needs the stored predictions and the feature cache)")
+    p.add_argument("--no-mark", action="store_true", help="no bold / italic marking of the best rows")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the images (default 200)")
+    p.add_argument("--cache-dir", default=None, help="feature cache the rows were made from (for the labels)")
+
+    p = sub.add_parser("compare", help="do two backbones differ beyond seed and sample noise on a dataset?")
+    p.add_argument("backbone_a")
+    p.add_argument("backbone_b")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", default="kmeans")
+    p.add_argument("--k", type=int, default=None, help="number of clusters (default: the number of classes)")
+    p.add_argument("--results", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the images (default 200)")
+    p.add_argument("--cache-dir", default=None, help="feature cache the rows were made from (for the labels)")
 
     p = sub.add_parser("objectnet", help="ObjectNet: direct clustering and ImageNet -> ObjectNet transfer")
     p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
@@ -154,7 +200,7 @@ def _cmd_run(args):
                  overcluster=args.overcluster, seeds=args.seeds, pca_dim=args.pca_dim, whiten=args.whiten,
                  l2_normalize=args.l2_normalize, backend=args.backend, batch_size=args.batch_size,
                  num_workers=args.workers, device=args.device, progress=not args.quiet,
-                 **_checkpoint_options(args))
+                 **_kmeans_options(args), **_checkpoint_options(args))
     from .leaderboard import aggregate, default_results_path, to_markdown
 
     print(to_markdown(aggregate(df)))
@@ -181,7 +227,8 @@ def _cmd_scan(args):
                  n_clusters=[args.k] if args.k else None, overcluster=args.overcluster, seeds=args.seeds,
                  pca_dim=args.pca_dim, whiten=args.whiten, l2_normalize=args.l2_normalize, backend=args.backend,
                  batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                 progress=not args.quiet, scan_options=scan_options, **_checkpoint_options(args))
+                 progress=not args.quiet, scan_options=scan_options, **_kmeans_options(args),
+                 **_checkpoint_options(args))
     print(to_markdown(aggregate(df)))
 
 
@@ -208,12 +255,39 @@ def _cmd_import(args):
 def _cmd_leaderboard(args):
     from .leaderboard import aggregate, default_results_path, read_leaderboard, to_markdown
 
-    df = read_leaderboard(args.csv or default_results_path())
+    path = args.csv or default_results_path()
+    df = read_leaderboard(path)
     if args.dataset:
         df = df[df["dataset"] == args.dataset]
         if df.empty:
             raise ValueError(f"no rows for dataset {args.dataset!r}")
-    print(to_markdown(aggregate(df)))
+    intervals = None
+    if args.intervals:
+        from .significance import leaderboard_intervals
+
+        intervals = leaderboard_intervals(df, path, args.cache_dir, level=args.level, n_boot=args.n_boot,
+                                          progress=not args.quiet)
+    print(to_markdown(aggregate(df), mark=not args.no_mark, intervals=intervals))
+    if intervals is not None:
+        missing = intervals[intervals["interval_note"] != ""]["interval_note"]
+        for note in sorted(set(missing)):
+            print(f"no interval for {int((missing == note).sum())} configuration(s): {note}", file=sys.stderr)
+
+
+def _cmd_compare(args):
+    from .leaderboard import default_results_path, read_leaderboard
+    from .significance import compare_backbones
+
+    path = args.results or default_results_path()
+    results = compare_backbones(read_leaderboard(path), path, args.backbone_a, args.backbone_b, args.dataset,
+                                args.cache_dir, method=args.method, n_clusters=args.k, level=args.level,
+                                n_boot=args.n_boot)
+    print(f"{args.backbone_a} (A) vs {args.backbone_b} (B) on {args.dataset}, {args.method}; "
+          f"{results[0].level:.0%} intervals of A - B from seed noise and a paired bootstrap over images")
+    for c in results:
+        verdict = "A better" if c.low > 0 else "B better" if c.high < 0 else "no difference beyond noise"
+        print(f"{c.metric.upper():4s} A {100 * c.mean_a:5.1f}  B {100 * c.mean_b:5.1f}  A - B {100 * c.diff:+5.1f} "
+              f"[{100 * c.low:+.1f}, {100 * c.high:+.1f}]  p = {c.p_value:.3g}  -> {verdict}")
 
 
 def _cmd_objectnet(args):
@@ -257,7 +331,7 @@ def _cmd_cache(args):
 
 
 COMMANDS = {"run": _cmd_run, "scan": _cmd_scan, "extract": _cmd_extract, "import-features": _cmd_import,
-            "leaderboard": _cmd_leaderboard, "objectnet": _cmd_objectnet, "models": _cmd_models, "datasets": _cmd_datasets, "cache": _cmd_cache}
+            "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "objectnet": _cmd_objectnet, "models": _cmd_models, "datasets": _cmd_datasets, "cache": _cmd_cache}
 
 
 def main(argv=None) -> int:

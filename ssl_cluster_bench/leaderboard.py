@@ -22,7 +22,8 @@ __all__ = ["COLUMNS", "METRICS", "aggregate", "append_rows", "default_results_pa
 # Identity of a configuration: rows sharing all of these differ only by seed.
 CONFIG_COLUMNS = [
     "backbone", "weights", "dataset", "split", "protocol", "method", "n_classes", "n_clusters",
-    "overcluster", "pca_dim", "whiten", "l2_normalize", "backend",
+    "overcluster", "pca_dim", "whiten", "l2_normalize", "backend", "n_init", "kmeans_iter",
+    "max_points_per_centroid",
 ]
 METRICS = ["acc", "nmi", "ami", "ari", "top5", "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"]
 COLUMNS = CONFIG_COLUMNS + ["seed", "n_samples"] + METRICS + [

@@ -3,6 +3,8 @@
 Entry points (plain arrays in, numbers out; the leaderboard and ``sscb compare`` load the arrays):
     metric_interval(y_true, predictions, metric="acc") -> Interval      95 % interval of the mean over seeds
     compare_predictions(y_true, predictions_a, predictions_b) -> Comparison   A - B, paired over images
+    leaderboard_intervals(df, results_csv, cache) -> frame aligned with aggregate(df): {metric}_low/_high
+    compare_backbones(df, results_csv, "a", "b", dataset, cache) -> [Comparison per metric]
 
 A reported number is the mean over seeds of a metric on one finite image set. Two noises move it: the seed
 (which local optimum k-means or a head lands in) and the sample (which images the dataset happens to hold).
@@ -21,7 +23,8 @@ from scipy import stats
 
 from .metrics import _match, _nmi_from_confusion, confusion_matrix
 
-__all__ = ["Comparison", "Interval", "compare_predictions", "metric_interval"]
+__all__ = ["Comparison", "Interval", "compare_backbones", "compare_predictions", "leaderboard_intervals",
+           "metric_interval"]
 
 
 def _acc(confusion: np.ndarray) -> float:
@@ -183,3 +186,107 @@ def compare_predictions(y_true, predictions_a: Sequence, predictions_b: Sequence
     p_value = float(2 * stats.t.sf(abs(diff) / se, df)) if se > 0 else float(diff == 0)
     return Comparison(metric, float(per_a.mean()), float(per_b.mean()), diff, diff - half, diff + half, se, float(df),
                       p_value, level, bool(diff - half > 0 or diff + half < 0))
+
+
+# --- on a leaderboard: predictions from the predictions store, labels from the feature cache -----------------
+def _labels_for(cache_key: str, cache, entries: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, dataset indices) of the cache entry a row was clustered from."""
+    from .cache import FeatureCache
+
+    if cache_key not in entries:
+        root = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+        entries.update({e.path.name: e for e in root.entries()})
+    if cache_key not in entries:
+        raise FileNotFoundError(f"cache entry {cache_key!r} (the rows' cache_key) is not in the feature cache; "
+                                f"pass --cache-dir with the cache the rows were made from")
+    entry = entries[cache_key]
+    return np.asarray(entry.labels), np.asarray(entry.indices)
+
+
+def _seed_predictions(rows, results_csv) -> list[np.ndarray]:
+    from .predictions import load_predictions
+
+    if "run_id" not in rows.columns or rows["run_id"].isna().any():
+        raise FileNotFoundError("these rows have no run_id: they were written before predictions were kept; "
+                                "re-run the configuration to get intervals")
+    return [load_predictions(results_csv, run_id) for run_id in rows.sort_values("seed")["run_id"]]
+
+
+def leaderboard_intervals(df, results_csv, cache=None, metrics=("acc", "nmi"), *, level: float = 0.95,
+                          n_boot: int = 200, progress: bool = True):
+    """Intervals (:func:`metric_interval`) for every configuration of a leaderboard frame.
+
+    Returns a frame aligned row by row with ``leaderboard.aggregate(df)``, with ``{metric}_low`` and
+    ``{metric}_high`` (NaN where a configuration's predictions or cache entry are missing; the reason is in
+    ``interval_note``). Only labelled images (label >= 0) count, as in the rows' own scores.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .leaderboard import CONFIG_COLUMNS, aggregate
+
+    keys = [c for c in CONFIG_COLUMNS if c in df.columns]
+    agg = aggregate(df)
+    entries: dict = {}
+    out = pd.DataFrame(index=agg.index, columns=[f"{m}_{s}" for m in metrics for s in ("low", "high")],
+                       dtype=float)
+    out["interval_note"] = ""
+    for i in tqdm(agg.index, desc="intervals", unit="config", disable=not progress, leave=False):
+        match = np.ones(len(df), dtype=bool)
+        for key in keys:
+            value = agg.at[i, key]
+            match &= (df[key].isna() if pd.isna(value) else df[key] == value).to_numpy()
+        rows = df[match]
+        try:
+            labels, _ = _labels_for(rows["cache_key"].iloc[0], cache, entries)
+            predictions = _seed_predictions(rows, results_csv)
+            labelled = labels >= 0
+            if any(p.shape != labels.shape for p in predictions):
+                raise ValueError("the stored assignments do not cover the rows' cache entry (e.g. transfer rows)")
+            for m in metrics:
+                iv = metric_interval(labels[labelled], [p[labelled] for p in predictions], m, level=level,
+                                     n_boot=n_boot)
+                out.at[i, f"{m}_low"], out.at[i, f"{m}_high"] = iv.low, iv.high
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            out.at[i, "interval_note"] = str(e).split(";")[0]
+    out.attrs["level"] = level
+    return out
+
+
+def compare_backbones(df, results_csv, backbone_a: str, backbone_b: str, dataset: str, cache=None, *,
+                      method: str = "kmeans", n_clusters: int | None = None, metrics=("acc", "nmi"),
+                      level: float = 0.95, n_boot: int = 200) -> list[Comparison]:
+    """:func:`compare_predictions` for two backbones' rows on ``dataset`` (one configuration each).
+
+    ``n_clusters`` defaults to the number of classes. Both are scored on the images both entries hold
+    (matched by dataset index), labelled ones only.
+    """
+    picked = []
+    for backbone in (backbone_a, backbone_b):
+        rows = df[(df["backbone"] == backbone) & (df["dataset"] == dataset) & (df["method"] == method)]
+        if rows.empty:
+            raise ValueError(f"no {method} rows for backbone {backbone!r} on {dataset!r} in {results_csv}")
+        k = n_clusters or int(rows["n_classes"].iloc[0])
+        rows = rows[rows["n_clusters"] == k]
+        if "run_id" in rows.columns:
+            rows = rows[rows["run_id"].notna()]
+        if rows.empty:
+            raise ValueError(f"no {method} rows with k={k} and stored predictions for {backbone!r} on {dataset!r}; "
+                             f"pass --k or re-run that configuration")
+        # the most recent configuration (its protocol) when the backbone was run several ways
+        config = "protocol_hash" if "protocol_hash" in rows.columns and rows["protocol_hash"].notna().all() \
+            else "cache_key"
+        latest = rows.sort_values("timestamp")[config].iloc[-1] if "timestamp" in rows.columns \
+            else rows[config].iloc[-1]
+        rows = rows[rows[config] == latest].drop_duplicates("seed", keep="last")
+        picked.append(rows)
+    entries: dict = {}
+    (labels_a, index_a), (labels_b, index_b) = (_labels_for(r["cache_key"].iloc[0], cache, entries) for r in picked)
+    common, pos_a, pos_b = np.intersect1d(index_a, index_b, return_indices=True)
+    if common.size == 0:
+        raise ValueError(f"{backbone_a!r} and {backbone_b!r} share no images on {dataset!r}")
+    keep = labels_a[pos_a] >= 0
+    pos_a, pos_b = pos_a[keep], pos_b[keep]
+    preds_a = [p[pos_a] for p in _seed_predictions(picked[0], results_csv)]
+    preds_b = [p[pos_b] for p in _seed_predictions(picked[1], results_csv)]
+    return [compare_predictions(labels_a[pos_a], preds_a, preds_b, m, level=level, n_boot=n_boot) for m in metrics]
