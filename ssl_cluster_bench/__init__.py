@@ -6,6 +6,9 @@ Pipeline (one module per stage): data -> backbones -> extract (feature cache) ->
 __version__ = "0.1.0"
 
 from .api import cluster_entry, cluster_features, extract, import_features, run  # noqa: E402
+from .methods import get_method, list_methods, register_method  # noqa: E402
 from .metrics import cluster_accuracy, evaluate  # noqa: E402
+from .protocol import KMeansSettings, Protocol  # noqa: E402
 
-__all__ = ["cluster_accuracy", "cluster_entry", "cluster_features", "evaluate", "extract", "import_features", "run"]
+__all__ = ["KMeansSettings", "Protocol", "cluster_accuracy", "cluster_entry", "cluster_features", "evaluate",
+           "extract", "get_method", "import_features", "list_methods", "register_method", "run"]

@@ -2,11 +2,12 @@
 
     import ssl_cluster_bench as sscb
     entry = sscb.extract("dino-vits16", "cifar10", data_root="~/data/cifar")     # -> cache entry
-    rows = sscb.cluster_entry(entry, seeds=5, overcluster=(1.0, 1.5))            # -> DataFrame (one row/seed)
-    sscb.run(backbones=["pixels", "random-resnet18"])                           # the embedded default
+    rows = sscb.cluster_entry(entry, sscb.Protocol(seeds=5, methods=("kmeans", "scan")))  # -> DataFrame
+    sscb.run(backbones=["pixels", "random-resnet18"], protocol="my_protocol.yaml")  # extract + cluster + append
 
 Stages talk through the feature cache and plain arrays: extract() writes an entry, cluster_entry() reads
-features from it, reduces them (PCA), clusters them (k-means or a clustering head) and scores them.
+features from it, reduces them (PCA), clusters them (every method of the protocol, looked up in the method
+registry) and scores them. The protocol is one record (:class:`~ssl_cluster_bench.protocol.Protocol`).
 """
 from __future__ import annotations
 
@@ -16,17 +17,18 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import __version__
 from .cache import CacheEntry, CacheKey, FeatureCache
-from .cluster import KMeans
 from .leaderboard import aggregate, append_rows, default_results_path, read_leaderboard, to_markdown
+from .methods import MethodInputs, get_method
 from .metrics import evaluate
-from .reduce import PCA
+from .predictions import make_run_id, save_predictions
+from .protocol import Protocol, resolve_protocol
 
 __all__ = ["DEFAULT_BACKBONES", "cluster_entry", "cluster_features", "extract", "import_features", "run",
            "write_markdown"]
@@ -34,7 +36,6 @@ __all__ = ["DEFAULT_BACKBONES", "cluster_entry", "cluster_features", "extract", 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONES = ("pixels", "random-resnet18")
-METHODS = ("kmeans", "scan", "scan+selflabel", "mmdc", "twostage")
 
 
 def _versions() -> str:
@@ -114,108 +115,66 @@ def import_features(features, labels, backbone: str, dataset: str, split: str = 
     return _resolve_cache(cache).put(key, feats, labs, meta={"imported": True})
 
 
-def cluster_features(features, labels, *, n_classes: int | None = None, overcluster: Sequence[float] = (1.0,),
-                     n_clusters: Sequence[int] | None = None,
-                     seeds: Iterable[int] = range(5), methods: Sequence[str] = ("kmeans",),
-                     pca_dim: int | None = 256, whiten: bool = False, l2_normalize: bool = False,
-                     backend: str = "faiss", kmeans_iter: int | None = None, n_init="auto",
-                     max_points_per_centroid: int | None = None, progress: bool = True,
-                     scan_options: dict | None = None, augmented=None) -> pd.DataFrame:
-    """The clustering protocol on a feature matrix: PCA once, then every method × k × seed; one row each.
+def cluster_features(features, labels, protocol=None, *, n_classes: int | None = None, progress: bool = True,
+                     augmented=None, spaces=None, identity: str = "", **changes) -> pd.DataFrame:
+    """The clustering protocol on a feature matrix: one row per method × k × seed.
 
-    k-means runs on the PCA-reduced features; clustering heads (scan, mmdc, twostage) on the features
-    themselves, with ``augmented`` (views, n, dim) cached augmented views when available.
-    ``n_clusters`` gives explicit k values instead of ``overcluster`` factors (k = round(factor × n_classes)).
-    Rows carry the metrics (acc, nmi, ami, ari, top5 for heads), the effective PCA dim, the flag column
-    (e.g. empty or degenerate clusters) and the fit time. Labels < 0 (unlabelled) are excluded from scoring.
+    ``protocol`` is a :class:`~ssl_cluster_bench.protocol.Protocol` (or a dict / YAML path; None = the
+    defaults); keyword ``changes`` replace its fields (``cluster_features(X, y, seeds=3)``). Each method is
+    looked up in the registry (:mod:`ssl_cluster_bench.methods`); what they share (the PCA, the neighbours) is
+    computed once. ``augmented`` (views, n, dim) are cached augmented views, ``spaces`` aligned feature matrices
+    for multi-space methods. Rows carry the metrics, the method's configuration columns, its label-free
+    ``score``, the flag column, the fit time, ``protocol_hash`` and ``run_id``; the cluster assignments are in
+    ``df.attrs["predictions"]`` (run_id -> labels). Labels < 0 (unlabelled) are excluded from scoring.
     """
+    rows, predictions = _cluster(features, labels, resolve_protocol(protocol, **changes), n_classes=n_classes,
+                                 progress=progress, augmented=augmented, spaces=spaces, identity=identity)
+    df = pd.DataFrame(rows)
+    df.attrs["predictions"] = predictions
+    return df
+
+
+def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=True, augmented=None, spaces=None,
+             identity: str = "") -> tuple[list[dict], dict]:
     labels = np.asarray(labels)
     if features.shape[0] != labels.shape[0]:
         raise ValueError(f"features ({features.shape[0]} rows) and labels ({labels.shape[0]}) differ in length")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    classes = [get_method(m) for m in protocol.methods]  # unknown names fail before any work
     labelled = labels >= 0
     n_classes = n_classes or int(np.unique(labels[labelled]).size)
     if n_classes < 1:
         raise ValueError("no labelled samples: clustering metrics need labels")
-    seeds = list(seeds)
-    if n_clusters:  # explicit k values take precedence over overclustering factors
-        ks = [(round(k / n_classes, 4), int(k)) for k in n_clusters]
+    if protocol.n_clusters:  # explicit k values take precedence over overclustering factors
+        ks = [(round(k / n_classes, 4), int(k)) for k in protocol.n_clusters]
     else:
-        ks = [(f, max(2, int(round(n_classes * f)))) for f in overcluster]
+        ks = [(f, max(2, int(round(n_classes * f)))) for f in protocol.overcluster]
     for f, k in ks:
         if k > features.shape[0]:
             raise ValueError(f"k={k} (overcluster {f} × {n_classes} classes) exceeds the {features.shape[0]} samples")
-        if f <= 0:
-            raise ValueError(f"overcluster factors must be positive, got {f}")
-    n, dim = features.shape
-    reduced, pca_seconds = None, 0.0
-    if "kmeans" in methods:
-        # PCA cannot give more components than samples or dims; at the input dim it is only a rotation
-        eff_dim = None if pca_dim is None or pca_dim >= dim else int(min(pca_dim, n))
-        t0 = time.perf_counter()
-        reduced = PCA(eff_dim, whiten=whiten, l2_normalize=l2_normalize, progress=progress).fit_transform(features)
-        pca_seconds = time.perf_counter() - t0
-    heads = [m for m in methods if m != "kmeans"]
-    neighbors = None
-    if any(m.startswith("scan") for m in heads):
-        # mined once per feature matrix and shared by every SCAN fit (seeds, k, self-labeling)
-        from .heads import mine_neighbors
-
-        neighbors = mine_neighbors(features, int((scan_options or {}).get("n_neighbors", 20)), verbose=progress)
-    rows = []
-    for method in methods:
+    inputs = MethodInputs(features, protocol, augmented=augmented, spaces=spaces, progress=progress)
+    rows, predictions = [], {}
+    for cls in classes:
+        first, prep_before = len(rows), inputs.prep_seconds
+        row_hash = protocol.row_hash(cls.name)
         for f, k in ks:
-            for seed in seeds:
-                t0 = time.perf_counter()
-                flag, probs = "", None
-                if method == "kmeans":
-                    km = KMeans(k, backend=backend, n_iter=kmeans_iter, n_init=n_init,
-                                max_points_per_centroid=max_points_per_centroid, random_state=seed,
-                                progress=progress)
-                    pred = km.fit(reduced).labels_
-                    empty = k - np.unique(pred).size
-                    if empty:
-                        flag = f"empty_clusters={empty}"
-                    # what ran (the automatic settings resolved), so every row says how it was made
-                    config = {"backend": backend, "pca_dim": reduced.shape[1], "whiten": whiten,
-                              "l2_normalize": l2_normalize, "n_init": km.n_init_, "kmeans_iter": km.n_iter_,
-                              "max_points_per_centroid": km.max_points_per_centroid_}
-                    seconds = time.perf_counter() - t0 + pca_seconds / max(1, len(ks) * len(seeds))
-                else:
-                    # Heads see the cached features themselves: they standardise internally, and doing so on
-                    # PCA components would amount to whitening, which costs them accuracy.
-                    pred, probs, flag = _fit_head(method, features, k, seed, scan_options or {}, progress,
-                                                  augmented=augmented, neighbors=neighbors)
-                    config = {"backend": "torch", "pca_dim": dim, "whiten": False, "l2_normalize": False}
-                    seconds = time.perf_counter() - t0
-                scores = evaluate(labels[labelled], pred[labelled],
-                                  probs[labelled] if probs is not None else None)
-                rows.append({"method": method, "n_clusters": k, "overcluster": f, **config, "seed": seed,
-                             "n_classes": n_classes, "n_samples": int(labelled.sum()), **scores, "flag": flag,
-                             "seconds": round(seconds, 3)})
-    return pd.DataFrame(rows)
-
-
-def _fit_head(method: str, features, k: int, seed: int, options: dict, progress: bool, augmented=None,
-              neighbors=None):
-    """Fit the head named ``method``; ``options`` (scan_options) only apply to the SCAN methods."""
-    if method == "mmdc":
-        from .heads.mmdc import MMDC
-
-        est = MMDC(n_clusters=k, random_state=seed, verbose=progress).fit(features, augmented=augmented)
-    elif method == "twostage":
-        from .heads.twostage import TwoStageUC
-
-        est = TwoStageUC(n_clusters=k, random_state=seed, verbose=progress).fit(features, augmented=augmented)
-    else:
-        from .heads import SCAN
-
-        est = SCAN(n_clusters=k, self_label=method == "scan+selflabel", random_state=seed, verbose=progress,
-                   **options).fit(features, augmented=augmented, neighbors=neighbors)
-    flag = "degenerate" if getattr(est, "degenerate_", False) else ""
-    return est.labels_, est.probs_, flag
+            for seed in protocol.seeds:
+                t0, prep0 = time.perf_counter(), inputs.prep_seconds
+                est = cls.from_protocol(protocol, k, seed, verbose=progress).fit(inputs)
+                seconds = time.perf_counter() - t0 - (inputs.prep_seconds - prep0)
+                pred = np.asarray(est.labels_, dtype=np.int64)
+                probs = getattr(est, "probs_", None)
+                scores = evaluate(labels[labelled], pred[labelled], probs[labelled] if probs is not None else None)
+                run_id = make_run_id(identity, cls.name, k, seed, row_hash)
+                predictions[run_id] = pred
+                rows.append({"method": cls.name, "n_clusters": k, "overcluster": f, **est.config_, "seed": seed,
+                             "n_classes": n_classes, "n_samples": int(labelled.sum()), **scores,
+                             "score": getattr(est, "score_", None), "flag": getattr(est, "flag_", ""),
+                             "seconds": seconds, "protocol_hash": row_hash, "run_id": run_id})
+        # what the method's rows derived from the shared inputs (PCA, neighbours) is charged to them evenly
+        share = (inputs.prep_seconds - prep_before) / max(1, len(rows) - first)
+        for row in rows[first:]:
+            row["seconds"] = round(row["seconds"] + share, 3)
+    return rows, predictions
 
 
 def _augmented_views(entry: CacheEntry):
@@ -231,13 +190,19 @@ def _augmented_views(entry: CacheEntry):
     return None
 
 
-def cluster_entry(entry: CacheEntry, **protocol) -> pd.DataFrame:
+def cluster_entry(entry: CacheEntry, protocol=None, *, progress: bool = True, **changes) -> pd.DataFrame:
     """:func:`cluster_features` on a cache entry, with the entry's identity columns filled in."""
+    df, _ = _cluster_entry(entry, resolve_protocol(protocol, **changes), progress=progress)
+    return df
+
+
+def _cluster_entry(entry: CacheEntry, protocol: Protocol, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     if entry.manifest.get("n_views"):
         raise ValueError(f"{entry.path.name} holds augmented views; cluster the plain entry instead")
-    if any(m != "kmeans" for m in protocol.get("methods", ())) and protocol.get("augmented") is None:
-        protocol["augmented"] = _augmented_views(entry)
-    df = cluster_features(entry.features, entry.labels, **protocol)
+    augmented = _augmented_views(entry) if any(m != "kmeans" for m in protocol.methods) else None
+    rows, predictions = _cluster(entry.features, entry.labels, protocol, progress=progress, augmented=augmented,
+                                 identity=entry.path.name)
+    df = pd.DataFrame(rows)
     key = entry.key
     df.insert(0, "backbone", key.backbone)
     df.insert(1, "weights", key.weights)
@@ -247,7 +212,8 @@ def cluster_entry(entry: CacheEntry, **protocol) -> pd.DataFrame:
     df["cache_key"] = entry.path.name
     df["versions"] = _versions()
     df["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return df
+    df.attrs["predictions"] = predictions
+    return df, predictions
 
 
 def _check_writable(path: Path) -> None:
@@ -278,11 +244,26 @@ def _entry_for(backbone, dataset, data_root, split, cache: FeatureCache, extract
     return extract(backbone, dataset, data_root, split, cache, **extract_options)
 
 
+def _reported_section(agg) -> str:
+    """The published-vs-measured section for the markdown (empty when no row has a published counterpart)."""
+    from .backbones.cards import CardError
+    from .reported import section
+
+    try:
+        text = section(agg)
+    except (CardError, FileNotFoundError) as e:  # a broken user card folder must not lose the table itself
+        log.warning("published clustering numbers not shown: %s", e)
+        return ""
+    return "\n\n" + text if text else ""
+
+
 def write_markdown(results_csv, markdown_path=None) -> Path:
     """Aggregate the leaderboard CSV (mean ± std over seeds) into a markdown table next to it."""
     results_csv = Path(results_csv)
     markdown_path = Path(markdown_path) if markdown_path else results_csv.with_suffix(".md")
-    text = to_markdown(aggregate(read_leaderboard(results_csv)))
+    agg = aggregate(read_leaderboard(results_csv))
+    text = to_markdown(agg)
+    text += _reported_section(agg)
     tmp = markdown_path.with_name(f".{markdown_path.name}.tmp")
     tmp.write_text(text + "\n")
     os.replace(tmp, markdown_path)
@@ -290,37 +271,32 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
 
 
 def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_root=None,
-        split: str | None = None, *, results=None, cache=None, checkpoint=None, arch=None, subset=None,
-        weights_only: bool = True, momentum_encoder: bool | None = None, checkpoint_key: str | None = None,
-        methods: Sequence[str] = ("kmeans",), overcluster: Sequence[float] = (1.0, 1.5),
-        n_clusters: Sequence[int] | None = None, seeds: int = 5,
-        pca_dim: int | None = 256, whiten: bool = False, l2_normalize: bool = False, backend: str = "faiss",
-        n_init="auto", kmeans_iter: int | None = None, max_points_per_centroid: int | None = None,
-        batch_size: int = 128, num_workers=None, device: str = "auto", progress: bool = True,
-        scan_options: dict | None = None) -> pd.DataFrame:
+        split: str | None = None, *, protocol=None, results=None, cache=None, progress: bool = True,
+        **extract_options) -> pd.DataFrame:
     """Extract what is missing, run the clustering protocol, append to the leaderboard, write markdown.
 
-    With no arguments: the embedded default (raw pixels and a random-init CNN on digits). Returns the new
-    rows; each backbone's rows are appended as soon as that backbone is done.
+    ``protocol``: a :class:`~ssl_cluster_bench.protocol.Protocol`, dict or YAML path (None = the defaults).
+    ``extract_options`` go to :func:`extract` (checkpoint, arch, subset, weights_only, batch_size, device, ...).
+    With no arguments: the embedded default (:data:`DEFAULT_BACKBONES` on digits). Returns the new rows; each
+    backbone's cluster assignments are saved (:mod:`ssl_cluster_bench.predictions`) and its rows appended as
+    soon as that backbone is done.
     """
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    protocol = resolve_protocol(protocol)
+    for method in protocol.methods:
+        get_method(method)
     results = Path(results) if results else default_results_path()
     _check_writable(results)
     cache = _resolve_cache(cache)
-    if checkpoint:
+    if extract_options.get("checkpoint"):
         backbones = [None]
     backbones = list(backbones or DEFAULT_BACKBONES)
-    extract_options = {"checkpoint": checkpoint, "arch": arch, "subset": subset, "weights_only": weights_only,
-                       "momentum_encoder": momentum_encoder, "checkpoint_key": checkpoint_key, "batch_size": batch_size,
-                       "num_workers": num_workers, "device": device, "progress": progress}
+    extract_options = {"progress": progress, **extract_options}
     frames = []
     for backbone in backbones:
         entry = _entry_for(backbone, dataset, data_root, split, cache, extract_options)
-        df = cluster_entry(entry, overcluster=overcluster, n_clusters=n_clusters, seeds=range(seeds), methods=methods,
-                           pca_dim=pca_dim, whiten=whiten, l2_normalize=l2_normalize, backend=backend,
-                           n_init=n_init, kmeans_iter=kmeans_iter, max_points_per_centroid=max_points_per_centroid,
-                           progress=progress, scan_options=scan_options)
+        df, predictions = _cluster_entry(entry, protocol, progress=progress)
+        for run_id, labels in predictions.items():  # before the rows, so no row names a missing file
+            save_predictions(results, run_id, labels)
         append_rows(results, df.to_dict("records"))
         frames.append(df)
     write_markdown(results)

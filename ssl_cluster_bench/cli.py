@@ -74,28 +74,50 @@ def _add_extract(p):
 
 
 def _add_protocol(p):
-    p.add_argument("--overcluster", type=_floats, default=[1.0, 1.5],
+    # Protocol flags default to SUPPRESS: only the flags given change the protocol (the file given with
+    # --protocol, else Protocol()'s defaults), and `--pca-dim none` stays distinct from "not given".
+    p.add_argument("--protocol", default=None, metavar="YAML",
+                   help="protocol file (a Protocol as YAML); the flags below override its fields")
+    p.add_argument("--overcluster", type=_floats, default=argparse.SUPPRESS,
                    help="k = round(factor × #classes), comma-separated (default 1,1.5)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per configuration (default 5)")
-    p.add_argument("--pca-dim", type=_pca_dim, default=256, help="PCA output dim, or 'none' (default 256)")
-    p.add_argument("--whiten", action="store_true", help="whiten the PCA output")
-    p.add_argument("--l2-normalize", action="store_true", help="L2-normalise the reduced features")
-    p.add_argument("--backend", choices=["faiss", "sklearn"], default="faiss",
-                   help="k-means backend (sklearn = the reference MiniBatchKMeans protocol)")
-    p.add_argument("--n-init", type=_n_init, default="auto",
+    p.add_argument("--seeds", type=int, default=argparse.SUPPRESS, help="seeds per configuration (default 5)")
+    p.add_argument("--pca-dim", type=_pca_dim, default=argparse.SUPPRESS,
+                   help="PCA output dim, or 'none' (default 256)")
+    p.add_argument("--whiten", action="store_true", default=argparse.SUPPRESS, help="whiten the PCA output")
+    p.add_argument("--l2-normalize", action="store_true", default=argparse.SUPPRESS,
+                   help="L2-normalise the reduced features")
+    p.add_argument("--backend", choices=["faiss", "sklearn"], default=argparse.SUPPRESS,
+                   help="k-means backend (sklearn = the reference MiniBatchKMeans protocol; default faiss)")
+    p.add_argument("--n-init", type=_n_init, default=argparse.SUPPRESS,
                    help="k-means restarts, lowest inertia kept, or 'auto': as many as the training budget allows "
                         "(10 on small data, 1 at ImageNet size; default auto)")
-    p.add_argument("--kmeans-iter", type=_positive, default=None,
+    p.add_argument("--kmeans-iter", type=_positive, default=argparse.SUPPRESS,
                    help="Lloyd iterations per restart (default 20, fewer on ImageNet-size data)")
-    p.add_argument("--max-points-per-centroid", type=_positive, default=None,
+    p.add_argument("--max-points-per-centroid", type=_positive, default=argparse.SUPPRESS,
                    help="k-means trains on at most this many sampled rows per cluster (default 256, fewer on "
                         "ImageNet-size data)")
     p.add_argument("--results", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
 
 
-def _kmeans_options(args) -> dict:
-    return {"n_init": args.n_init, "kmeans_iter": args.kmeans_iter,
-            "max_points_per_centroid": args.max_points_per_centroid}
+# argparse dest -> Protocol field, and -> protocol.kmeans field
+_PROTOCOL_FLAGS = {"methods": "methods", "overcluster": "overcluster", "seeds": "seeds", "pca_dim": "pca_dim",
+                   "whiten": "whiten", "l2_normalize": "l2_normalize"}
+_KMEANS_FLAGS = {"backend": "backend", "n_init": "n_init", "kmeans_iter": "n_iter",
+                 "max_points_per_centroid": "max_points_per_centroid"}
+
+
+def _protocol(args, **changes):
+    """The Protocol of this command: --protocol's file (or the defaults), the flags given, then ``changes``."""
+    import dataclasses
+
+    from .protocol import resolve_protocol
+
+    base = resolve_protocol(args.protocol)
+    fields = {field: getattr(args, flag) for flag, field in _PROTOCOL_FLAGS.items() if hasattr(args, flag)}
+    kmeans = {field: getattr(args, flag) for flag, field in _KMEANS_FLAGS.items() if hasattr(args, flag)}
+    if kmeans:
+        fields["kmeans"] = dataclasses.replace(base.kmeans, **kmeans)
+    return base.replace(**{**fields, **changes})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", type=_names, default=None,
                    help="comma-separated model-card ids (default: pixels,random-resnet18)")
     _add_checkpoint(p)
-    p.add_argument("--methods", type=_names, default=["kmeans"],
-                   help="comma-separated: kmeans,scan,scan+selflabel,mmdc,twostage (default kmeans)")
+    p.add_argument("--methods", type=_names, default=argparse.SUPPRESS,
+                   help="comma-separated method names (see `sscb methods`; default kmeans)")
     _add_data(p)
     _add_extract(p)
     _add_protocol(p)
@@ -160,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the images (default 200)")
     p.add_argument("--cache-dir", default=None, help="feature cache the rows were made from (for the labels)")
+    p.add_argument("--reported", action="store_true",
+                   help="also show the published clustering numbers of the model cards next to matching rows")
 
     p = sub.add_parser("compare", help="do two backbones differ beyond seed and sample noise on a dataset?")
     p.add_argument("backbone_a")
@@ -186,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(overcluster=[1.0])
 
     sub.add_parser("models", help="list the model cards")
+    sub.add_parser("methods", help="list the clustering methods (the method registry)")
     sub.add_parser("datasets", help="list the datasets")
     p = sub.add_parser("cache", help="list the feature-cache entries")
     p.add_argument("--cache-dir", default=None)
@@ -194,15 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args):
     from . import api
-
-    df = api.run(args.backbones, args.dataset, args.data_root, args.split, results=args.results,
-                 cache=args.cache_dir, subset=args.subset, methods=args.methods,
-                 overcluster=args.overcluster, seeds=args.seeds, pca_dim=args.pca_dim, whiten=args.whiten,
-                 l2_normalize=args.l2_normalize, backend=args.backend, batch_size=args.batch_size,
-                 num_workers=args.workers, device=args.device, progress=not args.quiet,
-                 **_kmeans_options(args), **_checkpoint_options(args))
     from .leaderboard import aggregate, default_results_path, to_markdown
 
+    df = api.run(args.backbones, args.dataset, args.data_root, args.split, protocol=_protocol(args),
+                 results=args.results, cache=args.cache_dir, subset=args.subset, batch_size=args.batch_size,
+                 num_workers=args.workers, device=args.device, progress=not args.quiet, **_checkpoint_options(args))
     print(to_markdown(aggregate(df)))
     results = Path(args.results) if args.results else default_results_path()
     print(f"\n{len(df)} rows appended to {results}; table: {results.with_suffix('.md')}")
@@ -222,13 +243,13 @@ def _cmd_scan(args):
         scan_options["entropy_weight"] = args.entropy_weight
     if args.epochs is not None:
         scan_options["epochs"] = args.epochs
+    changes = {"methods": tuple(methods), "method_options": {"scan": scan_options, "scan+selflabel": scan_options}}
+    if args.k:
+        changes["n_clusters"] = (args.k,)
     df = api.run([args.backbone] if args.backbone else None, args.dataset, args.data_root, args.split,
-                 results=args.results, cache=args.cache_dir, subset=args.subset, methods=methods,
-                 n_clusters=[args.k] if args.k else None, overcluster=args.overcluster, seeds=args.seeds,
-                 pca_dim=args.pca_dim, whiten=args.whiten, l2_normalize=args.l2_normalize, backend=args.backend,
-                 batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                 progress=not args.quiet, scan_options=scan_options, **_kmeans_options(args),
-                 **_checkpoint_options(args))
+                 protocol=_protocol(args, **changes), results=args.results, cache=args.cache_dir,
+                 subset=args.subset, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                 progress=not args.quiet, **_checkpoint_options(args))
     print(to_markdown(aggregate(df)))
 
 
@@ -261,17 +282,23 @@ def _cmd_leaderboard(args):
         df = df[df["dataset"] == args.dataset]
         if df.empty:
             raise ValueError(f"no rows for dataset {args.dataset!r}")
+    agg = aggregate(df)
     intervals = None
     if args.intervals:
         from .significance import leaderboard_intervals
 
         intervals = leaderboard_intervals(df, path, args.cache_dir, level=args.level, n_boot=args.n_boot,
                                           progress=not args.quiet)
-    print(to_markdown(aggregate(df), mark=not args.no_mark, intervals=intervals))
+    print(to_markdown(agg, mark=not args.no_mark, intervals=intervals))
     if intervals is not None:
         missing = intervals[intervals["interval_note"] != ""]["interval_note"]
         for note in sorted(set(missing)):
             print(f"no interval for {int((missing == note).sum())} configuration(s): {note}", file=sys.stderr)
+    if args.reported:
+        from .reported import section
+
+        print("\n" + (section(agg) or "No measured row matches a published result of the model cards "
+                                      "(`sscb models` lists which cards have them)."))
 
 
 def _cmd_compare(args):
@@ -295,22 +322,40 @@ def _cmd_objectnet(args):
 
     if args.backbone is None and not args.checkpoint:
         raise ValueError("pass --backbone CARD_ID, or --checkpoint PATH with --arch ARCH")
-    if args.whiten or args.l2_normalize:
-        raise ValueError("--whiten / --l2-normalize are not supported by the ObjectNet protocols")
     rows = run_objectnet(args.backbone, args.imagenet_root, args.objectnet_root,
                          imagenet_split=args.imagenet_split, results=args.results, cache=args.cache_dir,
-                         overcluster=args.overcluster, seeds=args.seeds, pca_dim=args.pca_dim,
-                         backend=args.backend, checkpoint=args.checkpoint, arch=args.arch,
+                         protocol=_protocol(args), checkpoint=args.checkpoint, arch=args.arch,
                          batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                          progress=not args.quiet)
     print(summary_table(rows))
 
 
 def _cmd_models(args):
-    from .backbones import list_cards
+    from .backbones import card_dirs, list_cards
+    from .reported import summarize
 
-    for card in list_cards():
-        print(f"{card.id:32s} {card.architecture:28s} {card.pretraining_method:14s} dim={card.feature_dim}")
+    cards = list_cards()
+    if not cards:
+        searched = ", ".join(str(d) for d in card_dirs()) or "no folder (none of them exists)"
+        raise RuntimeError(f"no model cards found (searched: {searched}). The cards shipped with the package are "
+                           f"missing: reinstall it (pip install ssl_cluster_bench, or pip install . from a source "
+                           f"checkout), or point SSCB_MODEL_CARDS at a folder of card YAML files.")
+    for card in cards:
+        published = summarize(card)
+        print(f"{card.id:32s} {card.architecture:24s} {card.pretraining_method:14s} dim={str(card.feature_dim):5s} "
+              f"{card.source:11s}" + (" [unverified URL]" if card.status == "unverified" else "")
+              + (f"  reported {published}" if published else ""))
+    n_reported = sum(1 for c in cards if c.reported_clustering)
+    print(f"\n{len(cards)} cards, {n_reported} with published clustering numbers "
+          f"(compare: sscb leaderboard --reported)")
+
+
+def _cmd_methods(args):
+    from .methods import get_method, list_methods
+
+    for name in list_methods():
+        doc = (get_method(name).__doc__ or "").strip().splitlines()
+        print(f"{name:16s} {doc[0] if doc else ''}")
 
 
 def _cmd_datasets(args):
@@ -331,7 +376,8 @@ def _cmd_cache(args):
 
 
 COMMANDS = {"run": _cmd_run, "scan": _cmd_scan, "extract": _cmd_extract, "import-features": _cmd_import,
-            "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "objectnet": _cmd_objectnet, "models": _cmd_models, "datasets": _cmd_datasets, "cache": _cmd_cache}
+            "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "objectnet": _cmd_objectnet, "models": _cmd_models,
+            "methods": _cmd_methods, "datasets": _cmd_datasets, "cache": _cmd_cache}
 
 
 def main(argv=None) -> int:

@@ -23,11 +23,11 @@ __all__ = ["COLUMNS", "METRICS", "aggregate", "append_rows", "default_results_pa
 CONFIG_COLUMNS = [
     "backbone", "weights", "dataset", "split", "protocol", "method", "n_classes", "n_clusters",
     "overcluster", "pca_dim", "whiten", "l2_normalize", "backend", "n_init", "kmeans_iter",
-    "max_points_per_centroid",
+    "max_points_per_centroid", "protocol_hash",
 ]
 METRICS = ["acc", "nmi", "ami", "ari", "top5", "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"]
 COLUMNS = CONFIG_COLUMNS + ["seed", "n_samples"] + METRICS + [
-    "flag", "seconds", "cache_key", "versions", "timestamp",
+    "score", "flag", "seconds", "run_id", "cache_key", "versions", "timestamp",
 ]
 
 

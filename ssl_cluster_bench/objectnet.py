@@ -41,9 +41,9 @@ from tqdm.auto import tqdm
 
 from . import api
 from .cache import FeatureCache
-from .cluster import KMeans
 from .leaderboard import aggregate, append_rows, default_results_path
 from .metrics import evaluate, match_clusters
+from .protocol import KMeansSettings, Protocol, resolve_protocol
 from .reduce import PCA
 
 __all__ = [
@@ -409,11 +409,11 @@ def _fit_pca(features, pca_dim, whiten: bool, l2_normalize: bool, progress: bool
 
 
 def _row(protocol: str, *, n_classes: int, k: int, factor: float, pca_dim: int, whiten: bool,
-         l2_normalize: bool, backend: str, seed: int, n_samples: int, scores: dict, flag: str,
+         l2_normalize: bool, kmeans: dict, seed: int, n_samples: int, scores: dict, flag: str,
          seconds: float) -> dict:
     row = {"protocol": protocol, "method": "kmeans", "n_classes": n_classes, "n_clusters": k,
            "overcluster": factor, "pca_dim": pca_dim, "whiten": whiten, "l2_normalize": l2_normalize,
-           "backend": backend, "seed": seed, "n_samples": n_samples}
+           **kmeans, "seed": seed, "n_samples": n_samples}
     row.update({m: float(scores.get(m, np.nan)) for m in _ROW_METRICS})
     row.update({"flag": flag, "seconds": round(seconds, 3)})
     return row
@@ -422,7 +422,7 @@ def _row(protocol: str, *, n_classes: int, k: int, factor: float, pca_dim: int, 
 def direct_protocol(features, labels, overlap_classes, *, n_clusters=None,
                     overcluster: Sequence[float] | None = None, seeds: Iterable[int] | int = range(5),
                     pca_dim: int | None = 256, whiten: bool = False, l2_normalize: bool = False,
-                    backend: str = "faiss", kmeans_iter: int | None = None, progress: bool = True) -> pd.DataFrame:
+                    kmeans: KMeansSettings | None = None, progress: bool = True) -> pd.DataFrame:
     """``objectnet-direct``: PCA + k-means on ObjectNet features, scored by :func:`direct_scores`.
 
     ``features`` (n x d, any row-sliceable array such as a cache memmap) and ``labels`` (n ObjectNet class
@@ -438,6 +438,7 @@ def direct_protocol(features, labels, overlap_classes, *, n_clusters=None,
     n_classes = int(np.unique(labels).size)
     ks = _cluster_counts(n_clusters, overcluster, n_classes, labels.size, "ObjectNet")
     seeds = _seed_list(seeds)
+    kmeans = kmeans or KMeansSettings()
     overlap = _overlap_ids(overlap_classes, labels)
     pca, pca_seconds = _fit_pca(features, pca_dim, whiten, l2_normalize, progress)
     reduced = pca.transform(features)
@@ -445,11 +446,11 @@ def direct_protocol(features, labels, overlap_classes, *, n_clusters=None,
     runs = [(f, k, s) for f, k in ks for s in seeds]
     for factor, k, seed in tqdm(runs, desc=PROTOCOL_DIRECT, unit="run", disable=not progress, leave=False):
         t0 = time.perf_counter()
-        km = KMeans(k, backend=backend, n_iter=kmeans_iter, random_state=seed, progress=progress).fit(reduced)
+        km = kmeans.make(k, seed, progress=progress).fit(reduced)
         empty = k - np.unique(km.labels_).size
         scores = direct_scores(labels, km.labels_, overlap)
         rows.append(_row(PROTOCOL_DIRECT, n_classes=n_classes, k=k, factor=factor, pca_dim=reduced.shape[1],
-                         whiten=whiten, l2_normalize=l2_normalize, backend=backend, seed=seed,
+                         whiten=whiten, l2_normalize=l2_normalize, kmeans=kmeans.columns(km), seed=seed,
                          n_samples=int(labels.size), scores=scores,
                          flag=f"empty_clusters={empty}" if empty else "",
                          seconds=time.perf_counter() - t0 + pca_seconds / len(runs)))
@@ -459,7 +460,7 @@ def direct_protocol(features, labels, overlap_classes, *, n_clusters=None,
 def transfer_protocol(imnet_features, imnet_labels, on_features, on_labels, on_to_in: Mapping[int, Iterable[int]],
                       n_clusters=None, *, overcluster: Sequence[float] | None = None,
                       seeds: Iterable[int] | int = range(5), pca_dim: int | None = 256, whiten: bool = False,
-                      l2_normalize: bool = False, backend: str = "faiss", kmeans_iter: int | None = None,
+                      l2_normalize: bool = False, kmeans: KMeansSettings | None = None,
                       progress: bool = True) -> pd.DataFrame:
     """``objectnet-transfer``: PCA + k-means fitted on ImageNet, ObjectNet assigned to those clusters.
 
@@ -484,6 +485,7 @@ def transfer_protocol(imnet_features, imnet_labels, on_features, on_labels, on_t
         raise ValueError("imnet_labels has no labelled sample (all < 0): acc_tr needs ImageNet labels")
     ks = _cluster_counts(n_clusters, overcluster, n_imnet_classes, imnet_labels.size, "ImageNet")
     seeds = _seed_list(seeds)
+    kmeans = kmeans or KMeansSettings()
     rows_on = np.flatnonzero(np.isin(on_labels, np.fromiter(on_to_in, dtype=np.int64)))
     if rows_on.size == 0:
         raise ValueError("no ObjectNet sample belongs to a class of on_to_in: nothing to evaluate")
@@ -496,12 +498,12 @@ def transfer_protocol(imnet_features, imnet_labels, on_features, on_labels, on_t
     runs = [(f, k, s) for f, k in ks for s in seeds]
     for factor, k, seed in tqdm(runs, desc=PROTOCOL_TRANSFER, unit="run", disable=not progress, leave=False):
         t0 = time.perf_counter()
-        km = KMeans(k, backend=backend, n_iter=kmeans_iter, random_state=seed, progress=progress).fit(z_in)
+        km = kmeans.make(k, seed, progress=progress).fit(z_in)
         empty = k - np.unique(km.labels_).size
         scores = transfer_scores(imnet_labels, km.labels_, y_on, km.predict(z_on), on_to_in)
         rows.append(_row(PROTOCOL_TRANSFER, n_classes=scores["n_classes"], k=k, factor=factor,
-                         pca_dim=z_in.shape[1], whiten=whiten, l2_normalize=l2_normalize, backend=backend,
-                         seed=seed, n_samples=scores["n_samples"], scores=scores,
+                         pca_dim=z_in.shape[1], whiten=whiten, l2_normalize=l2_normalize,
+                         kmeans=kmeans.columns(km), seed=seed, n_samples=scores["n_samples"], scores=scores,
                          flag=f"empty_clusters={empty}" if empty else "",
                          seconds=time.perf_counter() - t0 + pca_seconds / len(runs)))
     return pd.DataFrame(rows)
@@ -534,13 +536,14 @@ def _check_entry_labels(entry, n_classes: int, what: str) -> None:
         )
 
 
-def _identity(df: pd.DataFrame, entry, cache_key: str) -> pd.DataFrame:
+def _identity(df: pd.DataFrame, entry, cache_key: str, row_hash: str = "") -> pd.DataFrame:
     key = entry.key
     df.insert(0, "backbone", key.backbone)
     df.insert(1, "weights", key.weights)
     df.insert(2, "dataset", key.dataset)
     df.insert(3, "split", key.split)
     df["cache_key"] = cache_key
+    df["protocol_hash"] = row_hash
     df["versions"] = api._versions()
     df["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return df
@@ -548,8 +551,7 @@ def _identity(df: pd.DataFrame, entry, cache_key: str) -> pd.DataFrame:
 
 def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, objectnet_root: str | os.PathLike, *,
                   imagenet_split: str = "train", results: str | os.PathLike | None = None,
-                  cache: str | os.PathLike | FeatureCache | None = None, overcluster: Sequence[float] = (1.0,),
-                  seeds: int = 5, pca_dim: int | None = 256, backend: str = "faiss", kmeans_iter: int | None = None,
+                  cache: str | os.PathLike | FeatureCache | None = None, protocol=None,
                   checkpoint: str | os.PathLike | None = None, arch: str | None = None, batch_size: int = 128,
                   num_workers: int | None = None, device: str = "auto", progress: bool = True) -> pd.DataFrame:
     """Run both ObjectNet protocols for one backbone and append their rows to the leaderboard CSV.
@@ -557,17 +559,18 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
     ``backbone`` is a model-card id / card path (or None with ``arch`` + ``checkpoint``). Features of ObjectNet
     (``objectnet_root``, with ``objectnet-1.0/{images,mappings}``) and of ImageNet ``imagenet_split``
     (``imagenet_root/<split>/<wnid>/``) come from :func:`ssl_cluster_bench.api.extract` (feature cache).
-    ``kmeans_iter`` is the number of Lloyd iterations (faiss) or epochs (sklearn), None for the defaults of
-    :class:`~ssl_cluster_bench.cluster.KMeans`. The direct rows are appended as soon as they exist, then the
-    transfer rows; the markdown next to ``results`` is rewritten. Returns all new rows (see
-    :func:`summary_table` to display them).
+    ``protocol`` (:class:`~ssl_cluster_bench.protocol.Protocol`, dict or YAML path; default: k-means at
+    k = #classes, 5 seeds, PCA 256) gives k, seeds, the PCA dim and the k-means settings; both protocols are
+    k-means protocols, so other methods, whitening and L2 normalisation are refused. The direct rows are
+    appended as soon as they exist, then the transfer rows; the markdown next to ``results`` is rewritten.
+    Returns all new rows (see :func:`summary_table` to display them).
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
-    if not list(overcluster) or any(not f > 0 for f in overcluster):
-        raise ValueError(f"overcluster must be a non-empty list of positive factors, got {list(overcluster)}")
-    if pca_dim is not None and int(pca_dim) < 1:
-        raise ValueError(f"pca_dim must be a positive integer or None, got {pca_dim!r}")
+    protocol = resolve_protocol(protocol if protocol is not None else Protocol(overcluster=(1.0,)))
+    if protocol.methods != ("kmeans",):
+        raise ValueError(f"the ObjectNet protocols cluster with k-means only, not {list(protocol.methods)}")
+    if protocol.whiten or protocol.l2_normalize:
+        raise ValueError("whitening / L2 normalisation (--whiten / --l2-normalize) are not supported by the "
+                         "ObjectNet protocols")
     results = Path(results) if results else default_results_path()
     api._check_writable(results)
     cache = api._resolve_cache(cache)
@@ -590,14 +593,17 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
 
     options = {"checkpoint": checkpoint, "arch": arch, "batch_size": batch_size, "num_workers": num_workers,
                "device": device, "progress": progress}
-    protocol = {"seeds": range(seeds), "pca_dim": pca_dim, "backend": backend, "kmeans_iter": kmeans_iter,
-                "progress": progress, "overcluster": tuple(overcluster)}
+    row_hash = protocol.row_hash("kmeans")
+    ks = ({"n_clusters": list(protocol.n_clusters)} if protocol.n_clusters
+          else {"overcluster": protocol.overcluster})
+    protocol_args = {"seeds": protocol.seeds, **ks, "pca_dim": protocol.pca_dim, "kmeans": protocol.kmeans,
+                     "progress": progress}
     frames = []
 
     on_entry = api.extract(backbone, "objectnet", objectnet_root, "test", cache, **options)
     _check_entry_labels(on_entry, len(on_dataset.classes), "ObjectNet")
-    direct = direct_protocol(on_entry.features, on_entry.labels, sorted(on_to_in), **protocol)
-    direct = _identity(direct, on_entry, on_entry.path.name)
+    direct = direct_protocol(on_entry.features, on_entry.labels, sorted(on_to_in), **protocol_args)
+    direct = _identity(direct, on_entry, on_entry.path.name, row_hash)
     append_rows(results, direct.to_dict("records"))
     frames.append(direct)
 
@@ -607,8 +613,8 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
         raise RuntimeError(f"ImageNet features ({in_entry.path.name}) have dim {in_entry.feature_dim} but ObjectNet "
                            f"features ({on_entry.path.name}) have dim {on_entry.feature_dim}")
     transfer = transfer_protocol(in_entry.features, in_entry.labels, on_entry.features, on_entry.labels,
-                                 on_to_in, **protocol)
-    transfer = _identity(transfer, on_entry, f"{in_entry.path.name}+{on_entry.path.name}")
+                                 on_to_in, **protocol_args)
+    transfer = _identity(transfer, on_entry, f"{in_entry.path.name}+{on_entry.path.name}", row_hash)
     append_rows(results, transfer.to_dict("records"))
     frames.append(transfer)
 

@@ -35,14 +35,15 @@ def test_run_on_imported_features_appends_and_writes_markdown(tmp_path, digits_n
     cache = tmp_path / "c"
     sscb.import_features(*digits_npy, backbone="pix", dataset="digits-npy", cache=cache)
     results = tmp_path / "res" / "lb.csv"
-    df = sscb.run(["pix"], "digits-npy", results=results, cache=cache, seeds=2, overcluster=(1.0,),
-                  progress=False)
+    df = sscb.run(["pix"], "digits-npy", results=results, cache=cache,
+                  protocol=sscb.Protocol(seeds=2, overcluster=(1.0,)), progress=False)
     assert len(df) == 2
     lb = read_leaderboard(results)
     assert len(lb) == 2 and lb.backbone.tolist() == ["pix", "pix"]
     md = (tmp_path / "res" / "lb.md").read_text()
     assert "| pix " in md and "±" in md
-    sscb.run(["pix"], "digits-npy", results=results, cache=cache, seeds=1, overcluster=(1.5,), progress=False)
+    sscb.run(["pix"], "digits-npy", results=results, cache=cache, protocol={"seeds": 1, "overcluster": [1.5]},
+             progress=False)
     assert len(read_leaderboard(results)) == 3
 
 
@@ -56,7 +57,8 @@ def test_bad_inputs_write_nothing(tmp_path, digits_npy):
     assert cache.entries() == []
     entry = sscb.import_features(np.random.rand(5, 3), np.arange(5), "x", "d", cache=cache)
     with pytest.raises(ValueError, match="exceeds"):
-        sscb.run(["x"], "d", results=results, cache=cache, overcluster=(2.0,), progress=False)
+        sscb.run(["x"], "d", results=results, cache=cache, protocol=sscb.Protocol(overcluster=(2.0,)),
+                 progress=False)
     assert not results.exists()
     with pytest.raises(ValueError, match="unknown dataset"):
         sscb.run(["pixels"], "not-a-dataset", results=results, cache=cache, progress=False)

@@ -111,8 +111,12 @@ def test_card_resolves_to_its_declared_architecture(card: ModelCard):
         assert weights in list(torchvision.models.get_model_weights(card.model))
     if card.source == "hub":
         assert ":" in card.repo and card.entrypoint and card.arch
-    if card.source in ("url", "hub"):
-        assert parse_arch(card.arch)[0] in ("timm", "torchvision")
+    if card.source in ("url", "hub", "manual"):
+        assert parse_arch(card.arch)[0] in ("timm", "torchvision", "sscb")
+    if card.source == "manual":
+        # no stable PyTorch URL: the card must say where the official weights are and how to convert them
+        assert card.filename and "://" in card.obtain
+    assert card.status in ("verified", "unverified")
     # the output width of the architecture built on the meta device (no weights, no memory)
     assert probe_feature_dim(card.build_arch, card.model_kwargs) == card.feature_dim
     # every published number carries its source
@@ -134,7 +138,8 @@ def test_card_transforms_produce_the_declared_input_size():
 
 
 @pytest.mark.parametrize("card_id", ["supervised-resnet50", "dino-vits16", "dinov2-vits14", "clip-vitb16",
-                                     "mocov3-vits16", "ig-resnext101-32x48d"])
+                                     "mocov3-vits16", "ig-resnext101-32x48d", "simclrv2-resnet152-sk",
+                                     "simclr-resnet50-4x", "infomin-resnext152"])
 def test_forward_output_matches_the_declared_dim(card_id):
     """A forward pass on the meta device gives exactly the card's feature width (one card per family)."""
     card = load_card(card_id)
@@ -554,3 +559,156 @@ def test_adhoc_random_arch_and_argument_errors():
         create_backbone("dino-vits16", arch="resnet18")
     with pytest.raises(ValueError, match="device"):
         create_backbone("pixels", device="gpu0")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The seed paper's backbones: manual weights, our own architectures, their checkpoint layouts
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_seed_paper_cards_exist_with_their_architectures():
+    cards = {c.id: c for c in list_cards()}
+    for card_id in ("infomin-resnet50", "infomin-resnext152", "simclr-resnet50", "simclr-resnet50-4x",
+                    "simclrv2-resnet50", "simclrv2-resnet152-sk", "simclrv2-resnet152-3x-sk", "byol-resnet50",
+                    "ibot-vits16", "ibot-vitb16", "ibot-vitl16", "msn-vits16", "msn-vitb16", "msn-vitl16",
+                    "supervised-resnet152s-gluon"):
+        assert card_id in cards
+    with torch.device("meta"):
+        rx152 = build_arch(cards["infomin-resnext152"].build_arch, cards["infomin-resnext152"].model_kwargs)
+        sk3x = build_arch(cards["simclrv2-resnet152-3x-sk"].build_arch, cards["simclrv2-resnet152-3x-sk"].model_kwargs)
+    assert [len(getattr(rx152, f"layer{i}")) for i in range(1, 5)] == [3, 8, 36, 3]
+    assert rx152.layer1[0].conv2.groups == 32 and rx152.layer1[0].conv2.out_channels == 128  # 32x4d
+    assert [len(stage.blocks) for stage in list(sk3x.net)[1:]] == [3, 8, 36, 3]
+    assert sum(p.numel() for p in sk3x.parameters()) == pytest.approx(795e6, rel=0.01)  # README: 795M
+
+
+def test_manual_card_without_its_file_says_how_to_obtain_it(offline_caches):
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError) as info:
+        create_backbone("simclrv2-resnet152-sk")
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert "Separius/SimCLRv2-Pytorch" in message and "r152_1x_sk1" in message
+    assert str(offline_caches / "torch_hub" / "checkpoints") in message and "--checkpoint" in message
+
+
+def test_pycontrast_infomin_layout_loads_from_the_cache(offline_caches, tmp_path):
+    """PyContrast saves {"model": {"module.encoder.*", "module.head.*", "module.jigsaw.*"}, "model_ema": ...}."""
+    encoder, ema = _tv_resnet18(31), _tv_resnet18(32)
+    model_sd = {f"module.encoder.{k}": v for k, v in encoder.state_dict().items() if not k.startswith("fc.")}
+    model_sd.update({"module.head.mlp.0.weight": torch.randn(512, 512), "module.jigsaw.0.weight": torch.randn(8, 8)})
+    ema_sd = {f"encoder.{k}": v for k, v in ema.state_dict().items() if not k.startswith("fc.")}
+    target = offline_caches / "torch_hub" / "checkpoints" / "InfoMin_test.pth"
+    target.parent.mkdir(parents=True)
+    torch.save({"model": model_sd, "model_ema": ema_sd, "epoch": 800}, target)
+    _write_card(tmp_path / "cards", id="infomin-test", source="manual", filename="InfoMin_test.pth",
+                arch="torchvision:resnet18", checkpoint_key="model", prefix="module.encoder.",
+                obtain="download it from https://example.org/share")
+    backbone = create_backbone(load_card("infomin-test", cards_dir=tmp_path / "cards"))
+    encoder.fc = nn.Identity()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(_reference(backbone.model, x), _reference(encoder, x), atol=1e-6)
+    assert backbone.weights_id.startswith("file:") and backbone.weights_id.endswith("#InfoMin_test.pth")
+
+
+def test_simclrv2_conversion_layout_loads_into_our_architecture(offline_caches, tmp_path):
+    """Separius/SimCLRv2-Pytorch writes {"resnet": ResNet state dict incl. the supervised fc, "head": ...}."""
+    from ssl_cluster_bench.backbones.archs import SimCLRv2ResNet
+
+    torch.manual_seed(33)
+    reference = SimCLRv2ResNet(depth=50, width=1, sk_ratio=0.0625)
+    for m in reference.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    state = {**reference.state_dict(), "fc.weight": torch.randn(1000, 2048), "fc.bias": torch.randn(1000)}
+    path = offline_caches / "torch_hub" / "checkpoints" / "r50_1x_sk1.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"resnet": state, "head": {"layers.0.weight": torch.randn(2048, 2048)}}, path)
+    raw = yaml.safe_load((CARDS_DIR / "simclrv2-resnet50.yaml").read_text())
+    _write_card(tmp_path / "cards", **{**raw, "id": "simclrv2-r50-sk-test", "filename": "r50_1x_sk1.pth",
+                                       "model_kwargs": {"depth": 50, "width": 1, "sk_ratio": 0.0625}})
+    backbone = create_backbone(load_card("simclrv2-r50-sk-test", cards_dir=tmp_path / "cards"))
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(_reference(backbone.model, x), _reference(reference, x), atol=1e-5)
+    assert backbone.feature_dim == 2048
+    # passed by hand (--checkpoint) the file is searched and found under its "resnet" key
+    card = load_card("simclrv2-r50-sk-test", cards_dir=tmp_path / "cards")
+    by_hand = create_backbone(card, checkpoint=path)
+    assert torch.allclose(_reference(by_hand.model, x), _reference(reference, x), atol=1e-5)
+    with pytest.raises(RuntimeError, match="wrong shape|refusing to run with random weights"):
+        create_backbone("simclrv2-resnet50", checkpoint=path)  # the SK file into the plain ResNet-50
+    with pytest.raises(ValueError, match="preprocessing block"):
+        create_backbone(None, arch="sscb:simclrv2_resnet", checkpoint=path)
+
+
+def test_simclrv2_selective_kernel_and_shortcut_semantics():
+    """Zero mixing logits average the two branches; the SK shortcut pools zero-padded 2x2 windows, stride 1 too."""
+    from ssl_cluster_bench.backbones.archs import _Projection, _SelectiveKernel
+
+    torch.manual_seed(34)
+    sk = _SelectiveKernel(4, 4, stride=1, sk_ratio=0.0625).eval()
+    nn.init.zeros_(sk.mixing_conv[2].weight)
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        a, b = torch.chunk(sk.main_conv(x), 2, dim=1)
+        assert torch.allclose(sk(x), (a + b) / 2, atol=1e-6)
+    proj = _Projection(1, 1, stride=1, sk_ratio=0.0625).eval()
+    nn.init.ones_(proj.shortcut[2].weight)
+    image = torch.arange(9.0).reshape(1, 1, 3, 3)
+    with torch.no_grad():
+        out = proj.shortcut(image)[0, 0]
+    expected = torch.tensor([[(0 + 1 + 3 + 4) / 4, (1 + 2 + 4 + 5) / 4, (2 + 5) / 4],
+                             [(3 + 4 + 6 + 7) / 4, (4 + 5 + 7 + 8) / 4, (5 + 8) / 4],
+                             [(6 + 7) / 4, (7 + 8) / 4, 8 / 4]])
+    assert torch.allclose(out, expected)
+
+
+def test_simclr_wide_resnet50_keeps_torchvision_keys():
+    """tonylins/simclr-converter files use torchvision's names with every width (stem included) x4."""
+    with torch.device("meta"):
+        wide = build_arch("sscb:simclr_wide_resnet50", {"width": 4})
+        plain = torchvision.models.resnet50()
+    wide_sd, plain_sd = wide.state_dict(), {k: v for k, v in plain.state_dict().items() if not k.startswith("fc.")}
+    assert set(wide_sd) == set(plain_sd)
+    assert wide_sd["conv1.weight"].shape == (256, 3, 7, 7)
+    assert wide_sd["layer4.2.conv3.weight"].shape == (8192, 2048, 1, 1)
+    assert all(wide_sd[k].numel() == 16 * plain_sd[k].numel() for k in plain_sd if k.endswith("conv2.weight"))
+    assert probe_feature_dim("sscb:simclr_wide_resnet50", {"width": 4}) == 8192
+    with pytest.raises(ValueError, match="no sscb architecture 'simclrv2_resnet5'.*close matches: simclrv2_resnet"):
+        parse_arch("sscb:simclrv2_resnet5")
+
+
+def test_msn_target_encoder_layout(tmp_path):
+    """MSN: {"target_encoder": {"module.*", "module.fc.*" projection head}, "encoder": ..., "prototypes": ...}."""
+    torch.manual_seed(35)
+    kwargs = dict(img_size=32, depth=2)
+    target, online = (timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs) for _ in range(2))
+    head = {"module.fc.fc1.weight": torch.randn(64, 192), "module.fc.bn1.weight": torch.randn(64)}
+    path = tmp_path / "msn_test.pth.tar"
+    torch.save({"target_encoder": {**{f"module.{k}": v for k, v in target.state_dict().items()}, **head},
+                "encoder": {f"module.{k}": v for k, v in online.state_dict().items()},
+                "prototypes": torch.randn(1024, 64), "epoch": 600}, path)
+    _write_card(tmp_path / "cards", id="msn-test", source="url", url=path.as_uri(), arch="timm:vit_tiny_patch16_224",
+                model_kwargs=kwargs, checkpoint_key="target_encoder", prefix="module.",
+                feature={"description": "cls", "dim": 192})
+    backbone = create_backbone(load_card("msn-test", cards_dir=tmp_path / "cards"))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(_reference(backbone.model, x), _reference(target, x), atol=1e-5)
+    assert not torch.allclose(_reference(backbone.model, x), _reference(online, x), atol=1e-3)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"source": "manual", "arch": "torchvision:resnet18", "obtain": "x"}, "filename"),
+    ({"source": "manual", "arch": "torchvision:resnet18", "filename": "a/b.pth", "obtain": "x"}, "filename"),
+    ({"source": "manual", "arch": "torchvision:resnet18", "filename": "b.pth"}, "obtain"),
+    ({"status": "maybe"}, "status"),
+    ({"source": "url", "url": "https://x/y.pth", "arch": "sscb:simclrv2_resnet", "preprocessing": None},
+     "preprocessing"),
+    ({"arch": "keras:resnet50"}, "arch"),
+])
+def test_new_card_fields_are_validated(tmp_path, change, field):
+    path = _write_card(tmp_path, **{"id": "broken", "source": "timm", "model": "resnet18", **change})
+    with pytest.raises(CardError) as info:
+        load_card(path)
+    assert str(path) in str(info.value) and repr(field) in str(info.value)

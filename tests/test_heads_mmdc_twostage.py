@@ -187,7 +187,8 @@ def test_twostage_with_cached_views(digits):
 
 def test_cluster_features_rows_for_new_methods(digits):
     X, y = digits
-    df = cluster_features(X[:600], y[:600], seeds=[0], methods=("mmdc", "twostage"), progress=False)
+    df = cluster_features(X[:600], y[:600], seeds=[0], overcluster=(1.0,), methods=("mmdc", "twostage"),
+                          progress=False)
     assert df.method.tolist() == ["mmdc", "twostage"]
     # measured 0.71 (mmdc) and 0.68 (twostage) on these 600 samples
     assert (df.acc > 0.55).all() and (df.top5 >= df.acc).all()

@@ -10,6 +10,7 @@ from ssl_cluster_bench import api
 from ssl_cluster_bench import objectnet as on
 from ssl_cluster_bench.cache import FeatureCache
 from ssl_cluster_bench.leaderboard import COLUMNS, read_leaderboard
+from ssl_cluster_bench.protocol import KMeansSettings, Protocol
 
 # Real ImageNet-1k wnids (PyTorch index in brackets) so the standard wnid order resolves them.
 ANALOG, BACKPACK, DIGITAL, BANANA = "n02708093", "n02769748", "n03196217", "n07753592"  # 409, 414, 530, 954
@@ -166,8 +167,8 @@ def test_transfer_protocol_on_blobs():
     imnet = _embed(CENTERS[imnet_labels], rng)
     on_labels, on_points = _objectnet_points()
     df = on.transfer_protocol(imnet, imnet_labels, _embed(on_points, rng), on_labels, ON_TO_IN,
-                              overcluster=(1.0, 2.0), seeds=range(2), pca_dim=2, backend="sklearn", kmeans_iter=3,
-                              progress=False)
+                              overcluster=(1.0, 2.0), seeds=range(2), pca_dim=2,
+                              kmeans=KMeansSettings(backend="sklearn", n_iter=3), progress=False)
     assert df.n_clusters.tolist() == [4, 4, 8, 8] and df.overcluster.tolist() == [1.0, 1.0, 2.0, 2.0]
     assert set(df.columns) <= set(COLUMNS) and (df.protocol == "objectnet-transfer").all()
     assert (df.pca_dim == 2).all() and (df.n_samples == 16).all() and (df.n_classes == 3).all()
@@ -186,7 +187,7 @@ def test_direct_protocol_on_blobs():
     labels = np.array([0, 0, 0, 0, 1] + [1] * 4 + [2, 2, 2, 3, 3])
     points = np.array([CENTERS[0]] * 5 + [CENTERS[1]] * 4 + [CENTERS[2]] * 5)
     df = on.direct_protocol(_embed(points, rng), labels, [1, 2, 3], n_clusters=3, seeds=[3, 4], pca_dim=4,
-                            backend="sklearn", kmeans_iter=3, progress=False)
+                            kmeans=KMeansSettings(backend="sklearn", n_iter=3), progress=False)
     assert df.seed.tolist() == [3, 4] and (df.n_clusters == 3).all() and (df.overcluster == 0.75).all()
     assert (df.protocol == "objectnet-direct").all() and (df.n_classes == 4).all() and (df.pca_dim == 4).all()
     # 3 clusters < 4 classes, one-to-one: P->AF 4, Q->Alarm 4, R->Backpack 3; Banana never right.
@@ -261,8 +262,9 @@ def test_run_objectnet_end_to_end_with_pixels(tmp_path, trees, monkeypatch):
 
     monkeypatch.setattr(api, "extract", recording_extract)
     results = tmp_path / "res" / "lb.csv"
-    df = on.run_objectnet("pixels", imagenet, objectnet, results=results, cache=tmp_path / "cache", seeds=2,
-                          pca_dim=2, backend="sklearn", kmeans_iter=3, num_workers=0, device="cpu", progress=False)
+    df = on.run_objectnet("pixels", imagenet, objectnet, results=results, cache=tmp_path / "cache",
+                          protocol=Protocol(overcluster=(1.0,), seeds=2, pca_dim=2,
+                                            kmeans=KMeansSettings(backend="sklearn", n_iter=3)), num_workers=0, device="cpu", progress=False)
     assert calls == [("pixels", "objectnet", "test"), ("pixels", "imagenet", "train")]
     assert df.protocol.tolist() == ["objectnet-direct"] * 2 + ["objectnet-transfer"] * 2
     assert (df.backbone == "pixels").all() and (df.dataset == "objectnet").all() and (df.split == "test").all()
@@ -313,6 +315,10 @@ def test_run_objectnet_checks_before_extracting(tmp_path, trees, monkeypatch):
     with pytest.raises(FileNotFoundError, match="imagenet_to_label_2012_v2' is missing"):
         on.run_objectnet("pixels", imagenet, objectnet, results=tmp_path / "lb.csv", cache=tmp_path / "c",
                          progress=False)
-    with pytest.raises(ValueError, match="seeds must be an integer >= 1"):
-        on.run_objectnet("pixels", imagenet, objectnet, seeds=0, results=tmp_path / "lb.csv", progress=False)
+    with pytest.raises(ValueError, match="seeds must be a count >= 1"):
+        on.run_objectnet("pixels", imagenet, objectnet, protocol={"seeds": 0}, results=tmp_path / "lb.csv",
+                         progress=False)
+    with pytest.raises(ValueError, match="k-means only"):
+        on.run_objectnet("pixels", imagenet, objectnet, protocol={"methods": ["scan"]}, results=tmp_path / "lb.csv",
+                         progress=False)
     assert calls == [] and not (tmp_path / "lb.csv").exists()

@@ -7,8 +7,9 @@ a card into (model, transform, feature dim). Entry points:
     load_card(name_or_path, cards_dir=None) -> ModelCard
 
 Search path: the ``cards_dir`` argument (a folder or a list of folders), then the folders in the environment
-variable ``SSCB_MODEL_CARDS`` (``os.pathsep``-separated), then the repository's ``model_cards/`` (and a
-``model_cards/`` inside the installed package, if any). When two folders hold the same id, the earlier one
+variable ``SSCB_MODEL_CARDS`` (``os.pathsep``-separated), then the shipped cards: the repository's
+``model_cards/`` in a source checkout, or the same files installed as package data
+(``ssl_cluster_bench/model_cards/``, see setup.py). When two folders hold the same id, the earlier one
 wins, so a user folder can override a shipped card.
 
 Card schema (YAML mapping; ``*`` = required)::
@@ -16,7 +17,7 @@ Card schema (YAML mapping; ``*`` = required)::
     id*            unique short name, lowercase [a-z0-9._-] (CLI name and feature-cache key)
     name*          human-readable name
     architecture*  human-readable architecture, e.g. "ResNet-50", "ViT-S/16"
-    source*        where the weights come from, one of timm | torchvision | hub | url | builtin:
+    source*        where the weights come from, one of timm | torchvision | hub | url | manual | builtin:
       timm         model*  timm model name with its pretrained tag, e.g. "vit_small_patch16_224.dino"
       torchvision  model*  builder name, e.g. "resnet50"; weights* enum, e.g. "ResNet50_Weights.IMAGENET1K_V2"
       hub          repo* "owner/name:ref"; entrypoint*; arch (timm/torchvision architecture with the same
@@ -24,8 +25,13 @@ Card schema (YAML mapping; ``*`` = required)::
                    the entrypoint downloads, so the cache can be checked without running hub code)
       url          url*; arch*; checkpoint_key (key of the state dict inside the file); prefix (key prefix to
                    strip); momentum_encoder (bool, load a MoCo-style momentum encoder instead of the query one)
+      manual       filename*; arch*; obtain* (how to get the file: the official download and the conversion
+                   command); checkpoint_key; prefix. For weights published only as TensorFlow/JAX files or
+                   behind a share page: the file is looked up as <torch hub dir>/checkpoints/<filename>, else
+                   the error repeats ``obtain`` (or pass --checkpoint PATH)
       builtin      model*  "pixels" (flattened raw pixels, no weights)
-    arch           "timm:<name>" or "torchvision:<name>" (a bare name is looked up in timm, then torchvision)
+    arch           "timm:<name>", "torchvision:<name>" or "sscb:<name>" (our own, see backbones/archs.py);
+                   a bare name is looked up in timm, then torchvision
     model_kwargs   extra keyword arguments for the architecture builder, e.g. {img_size: 224}
     pretrained     true (default); false = random init seeded with ``seed`` (default 0)
     pretraining*   {method*: str, data*: str, supervised*: bool, epochs: int}
@@ -41,8 +47,22 @@ Card schema (YAML mapping; ``*`` = required)::
                    grayscale   null (RGB), 1 or 3 output channels
                    scale_to_unit  true (default): pixels / 255; false: raw 0..255 values as float
     reported       published numbers only, each with its source (paper + table, or README), else null:
-                   {linear_probe_top1, linear_probe_source, knn_top1, knn_source, top1, top1_source,
-                    clustering: [{dataset, method, metric, value, source}]}   (ImageNet-1k top-1 in %)
+                   {linear_probe_top1, linear_probe_source, knn_top1, knn_source, top1, top1_source}
+                   (ImageNet-1k top-1 in %), and
+                   clustering: list of published clustering results, one per protocol:
+                     dataset*   dataset name as in the leaderboard (imagenet, objectnet, cifar10, ...)
+                     split*     the split the metrics are computed on (val, test, ...)
+                     protocol   leaderboard protocol column: direct (default), objectnet-direct, objectnet-transfer
+                     classes    number of classes (e.g. 50 for an ImageNet-50 subset); matched when given
+                     method*    clustering method (kmeans, scan, ...)
+                     k | overcluster   exactly one: number of clusters, or factor x classes
+                     acc, nmi, ami, ari, top5, acc_tr, acc_val, acc_overlap, acc_nonoverlap: in %, each a
+                                number, "mean ± std" or [mean, std] (at least one)
+                     source*    paper + table;  notes  protocol differences worth knowing
+                   (the older form {dataset, method, metric, value, source} is still read, but names no split
+                   or k, so it is never compared with measured rows)
+    status         verified (default) | unverified: the weights' URL could not be confirmed from the official
+                   repository (shown by `sscb models`)
     notes          free text
 """
 from __future__ import annotations
@@ -58,11 +78,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-__all__ = ["ModelCard", "Preprocessing", "CardError", "card_dirs", "list_cards", "load_card", "SOURCES"]
+__all__ = ["ModelCard", "Preprocessing", "CardError", "card_dirs", "list_cards", "load_card", "SOURCES", "STATUSES"]
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("timm", "torchvision", "hub", "url", "builtin")
+SOURCES = ("timm", "torchvision", "hub", "url", "manual", "builtin")
+STATUSES = ("verified", "unverified")
 BUILTIN_MODELS = ("pixels",)
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 ENV_CARDS = "SSCB_MODEL_CARDS"
@@ -73,19 +94,25 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _TOP_KEYS = {
     "id", "name", "architecture", "source", "model", "weights", "repo", "entrypoint", "url", "arch",
     "weights_url", "checkpoint_key", "prefix", "momentum_encoder", "model_kwargs", "pretrained", "seed",
-    "pretraining", "feature", "preprocessing", "reported", "notes",
+    "pretraining", "feature", "preprocessing", "reported", "notes", "filename", "obtain", "status",
 }
 _REQUIRED_BY_SOURCE = {
     "timm": ("model",),
     "torchvision": ("model", "weights"),
     "hub": ("repo", "entrypoint"),
     "url": ("url", "arch"),
+    "manual": ("filename", "arch", "obtain"),
     "builtin": ("model",),
 }
 _PP_KEYS = {"input_size", "resize", "crop", "interpolation", "mean", "std", "grayscale", "scale_to_unit"}
 _REPORTED_KEYS = {"linear_probe_top1", "linear_probe_source", "knn_top1", "knn_source", "top1", "top1_source",
                   "clustering"}
-_CLUSTERING_KEYS = {"dataset", "method", "metric", "value", "source"}
+# published clustering results: one entry per (dataset, split, protocol, method, k); metrics in %
+_CLUSTERING_METRICS = ("acc", "nmi", "ami", "ari", "top5", "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap")
+_CLUSTERING_KEYS = {"dataset", "split", "protocol", "classes", "method", "k", "overcluster", "source", "notes",
+                    *_CLUSTERING_METRICS}
+_LEGACY_CLUSTERING_KEYS = {"dataset", "method", "metric", "value", "source"}
+_PLUS_MINUS = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*(?:±|\+-|\+/-)\s*(\d+(?:\.\d*)?)\s*$")
 
 
 class CardError(ValueError):
@@ -279,7 +306,15 @@ class ModelCard:
     seed: int = 0
     reported: Mapping[str, Any] = field(default_factory=dict)
     notes: str | None = None
+    filename: str | None = None
+    obtain: str | None = None
+    status: str = "verified"
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def reported_clustering(self) -> list[dict]:
+        """The published clustering results (validated entries, metrics as {name: (mean, std or None)})."""
+        return list(self.reported.get("clustering") or [])
 
     @property
     def pretraining_method(self) -> str:
@@ -328,7 +363,7 @@ class ModelCard:
             if not isinstance(raw.get(key), str) or not raw[key].strip():
                 raise _fail(where, key, f"is required for source {source!r} and must be a non-empty string")
         for key in ("model", "weights", "repo", "entrypoint", "url", "arch", "weights_url", "checkpoint_key",
-                    "prefix", "notes"):
+                    "prefix", "notes", "filename", "obtain", "status"):
             if raw.get(key) is not None and not isinstance(raw[key], str):
                 raise _fail(where, key, f"must be a string, got {type(raw[key]).__name__}")
         if source == "builtin" and raw["model"] not in BUILTIN_MODELS:
@@ -342,9 +377,15 @@ class ModelCard:
                 raise _fail(where, key, f"must be an http(s):// or file:// URL, got {raw[key]!r}")
         if raw.get("arch") is not None:
             lib, sep, name = raw["arch"].partition(":")
-            if sep and (lib not in ("timm", "torchvision") or not name):
-                raise _fail(where, "arch", f"must be '<name>', 'timm:<name>' or 'torchvision:<name>', "
-                                           f"got {raw['arch']!r}")
+            if sep and (lib not in ("timm", "torchvision", "sscb") or not name):
+                raise _fail(where, "arch", f"must be '<name>', 'timm:<name>', 'torchvision:<name>' or "
+                                           f"'sscb:<name>', got {raw['arch']!r}")
+        if raw.get("filename") is not None and (not raw["filename"].strip() or re.search(r"[/\\]", raw["filename"])):
+            raise _fail(where, "filename", f"must be a bare file name (no folders), got {raw['filename']!r}")
+        status = raw.get("status", "verified")
+        if status not in STATUSES:
+            raise _fail(where, "status", f"must be one of {', '.join(STATUSES)} (unverified: the weights' URL "
+                                         f"could not be confirmed from the official source), got {status!r}")
         model_kwargs = raw.get("model_kwargs") or {}
         if not isinstance(model_kwargs, Mapping) or not all(isinstance(k, str) for k in model_kwargs):
             raise _fail(where, "model_kwargs", "must be a mapping of keyword arguments")
@@ -387,6 +428,8 @@ class ModelCard:
             # everything else falls back to the pretrained config of its architecture (timm / torchvision)
             raise _fail(where, "preprocessing", f"is required for source {source!r}"
                         + (" without an arch" if source == "hub" else ""))
+        elif str(raw.get("arch") or "").startswith("sscb:"):
+            raise _fail(where, "preprocessing", "is required for an 'sscb:' arch (it has no pretrained config)")
 
         reported = _validate_reported(raw.get("reported") or {}, where)
         return cls(
@@ -397,7 +440,8 @@ class ModelCard:
             weights_url=raw.get("weights_url"), checkpoint_key=raw.get("checkpoint_key"),
             prefix=raw.get("prefix"), momentum_encoder=bool(raw.get("momentum_encoder", False)),
             model_kwargs=dict(model_kwargs), pretrained=bool(raw.get("pretrained", True)), seed=seed,
-            reported=reported, notes=raw.get("notes"), path=path,
+            reported=reported, notes=raw.get("notes"), filename=raw.get("filename"), obtain=raw.get("obtain"),
+            status=status, path=path,
         )
 
 
@@ -426,17 +470,70 @@ def _validate_reported(reported: Any, where: str) -> dict:
         out[metric], out[source_key] = value, source
     clustering = reported.get("clustering") or []
     if not isinstance(clustering, list):
-        raise _fail(where, "reported.clustering", "must be a list of {dataset, method, metric, value, source}")
-    rows = []
-    for i, row in enumerate(clustering):
-        name = f"reported.clustering[{i}]"
-        if not isinstance(row, Mapping) or set(row) != _CLUSTERING_KEYS:
-            raise _fail(where, name, f"must have exactly the keys {sorted(_CLUSTERING_KEYS)}")
-        if not all(isinstance(row[k], str) and row[k].strip() for k in ("dataset", "method", "metric", "source")):
-            raise _fail(where, name, "dataset, method, metric and source must be non-empty strings")
-        rows.append({**row, "value": _percent(row["value"], where, f"{name}.value")})
-    out["clustering"] = rows
+        raise _fail(where, "reported.clustering", "must be a list of entries {dataset, split, method, k or "
+                                                  "overcluster, metrics, source}")
+    out["clustering"] = [_clustering_entry(row, where, f"reported.clustering[{i}]") for i, row in enumerate(clustering)]
     return out
+
+
+def _metric_value(value, where: str, name: str) -> tuple[float, float | None]:
+    """A published metric: ``23.09``, ``"23.09 ± 0.16"`` (also ``+-``) or ``[23.09, 0.16]`` -> (mean, std)."""
+    if isinstance(value, str):
+        m = _PLUS_MINUS.match(value)
+        if m is None:
+            raise _fail(where, name, f"must be a number, 'mean ± std' or [mean, std], got {value!r}")
+        mean, std = float(m.group(1)), float(m.group(2))
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        mean, std = value
+    else:
+        mean, std = value, None
+    mean = _percent(mean, where, name)
+    if mean is None:
+        raise _fail(where, name, "must not be null (leave the metric out instead)")
+    if std is not None and (isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 <= std <= 100):
+        raise _fail(where, name, f"std must be a number in [0, 100], got {std!r}")
+    return mean, None if std is None else float(std)
+
+
+def _clustering_entry(row: Any, where: str, name: str) -> dict:
+    """Validate one published clustering result into {dataset, split, protocol, classes, method, k, overcluster,
+    metrics: {name: (mean %, std % or None)}, source, notes}."""
+    legacy = isinstance(row, Mapping) and set(row) == _LEGACY_CLUSTERING_KEYS
+    if legacy:
+        # the earlier one-metric-per-entry form; it names no split or k, so it is listed but never compared
+        row = {"dataset": row["dataset"], "method": row["method"], str(row["metric"]).lower(): row["value"],
+               "source": row["source"]}
+    if not isinstance(row, Mapping):
+        raise _fail(where, name, f"must be a mapping, got {type(row).__name__}")
+    unknown = set(row) - _CLUSTERING_KEYS
+    if unknown:
+        raise _fail(where, name, f"unknown key(s) {sorted(map(str, unknown))}; allowed: dataset, split, protocol, "
+                                 f"classes, method, k or overcluster, source, notes and the metrics "
+                                 f"{', '.join(_CLUSTERING_METRICS)}")
+    for key in ("dataset", "method", "source"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise _fail(where, f"{name}.{key}", "is required and must be a non-empty string")
+    for key in ("split", "protocol", "notes"):
+        if row.get(key) is not None and (not isinstance(row[key], str) or not row[key].strip()):
+            raise _fail(where, f"{name}.{key}", f"must be a non-empty string, got {row[key]!r}")
+    if not legacy and row.get("split") is None:
+        raise _fail(where, f"{name}.split", "is required (the split the metrics were computed on, e.g. val)")
+    for key, low in (("classes", 1), ("k", 2)):
+        v = row.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise _fail(where, f"{name}.{key}", f"must be an int >= {low}, got {v!r}")
+    over = row.get("overcluster")
+    if over is not None and (isinstance(over, bool) or not isinstance(over, (int, float)) or over <= 0):
+        raise _fail(where, f"{name}.overcluster", f"must be a positive number (k = overcluster x classes), got {over!r}")
+    if not legacy and (row.get("k") is None) == (over is None):
+        raise _fail(where, name, "give exactly one of k (number of clusters) and overcluster (factor x classes)")
+    metrics = {m: _metric_value(row[m], where, f"{name}.{m}") for m in _CLUSTERING_METRICS if m in row}
+    if not metrics:
+        raise _fail(where, name, f"has no metric; give at least one of {', '.join(_CLUSTERING_METRICS)} (in %)")
+    return {"dataset": row["dataset"].strip(), "split": row.get("split"), "protocol": row.get("protocol") or "direct",
+            "classes": row.get("classes"), "method": row["method"].strip(), "k": row.get("k"),
+            "overcluster": None if over is None else float(over), "metrics": metrics,
+            "source": row["source"].strip(), "notes": row.get("notes")}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -445,9 +542,16 @@ def _validate_reported(reported: Any, where: str) -> dict:
 
 
 def _default_dirs() -> list[Path]:
-    here = Path(__file__).resolve()
-    # the repository's model_cards/ (source checkout), then one shipped inside the package (installed wheel)
-    return [p for p in (here.parents[2] / "model_cards", here.parents[1] / "model_cards") if p.is_dir()]
+    """The shipped cards: ``model_cards/`` of a source checkout (also what an editable install sees), else the
+    same folder installed as package data ``ssl_cluster_bench/model_cards/`` (setup.py maps it there)."""
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent
+    dirs = []
+    if (checkout / "pyproject.toml").is_file() and (checkout / "model_cards").is_dir():
+        dirs.append(checkout / "model_cards")
+    if (package / "model_cards").is_dir():
+        dirs.append(package / "model_cards")
+    return dirs
 
 
 def card_dirs(cards_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> list[Path]:

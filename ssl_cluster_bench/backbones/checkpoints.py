@@ -6,7 +6,9 @@ Entry point:
 
 SSL checkpoints wrap the backbone in many ways: MoCo ``{"state_dict": {"module.encoder_q.conv1.weight": ...}}``,
 MoCo v3 ``module.base_encoder.`` / ``module.momentum_encoder.``, DINO ``{"teacher": {"backbone.*", "head.*"}}``,
-MSN ``{"target_encoder": {"module.*"}}``, SimSiam ``module.encoder.*``, or a bare state dict. The loader
+MSN ``{"target_encoder": {"module.*"}}``, SimSiam ``module.encoder.*``, PyContrast (InfoMin)
+``{"model": {"module.encoder.*"}}``, the SimCLRv2 PyTorch conversion ``{"resnet": ..., "head": ...}``, or a bare
+state dict. The loader
 finds the state dict, picks the key prefix that matches the most model parameters, drops projection /
 prediction / classifier heads, then loads with ``strict=False`` and checks the result: any shape mismatch,
 or more than half of the model's tensors missing, raises instead of running with random weights.
@@ -32,7 +34,7 @@ __all__ = ["LoadReport", "load_checkpoint", "read_checkpoint", "find_state_dict"
 log = logging.getLogger(__name__)
 
 # where training scripts keep the weights, in the order they are tried (DINO: teacher before student)
-STATE_DICT_KEYS = ("state_dict", "model", "teacher", "student", "target_encoder")
+STATE_DICT_KEYS = ("state_dict", "model", "teacher", "student", "target_encoder", "resnet")
 # wrapper module names that may precede the backbone's own keys, possibly nested ("module.encoder_q.")
 PREFIX_PARTS = ("module", "backbone", "encoder", "encoder_q", "base_encoder", "momentum_encoder", "encoder_k",
                 "model", "target_encoder")

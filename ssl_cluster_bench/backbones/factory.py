@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from . import downloads
+from . import archs, downloads
 from .cards import ModelCard, Preprocessing, load_card
 from .checkpoints import file_digest, load_checkpoint
 
@@ -65,7 +65,8 @@ class Backbone:
 
 
 def parse_arch(spec: str) -> tuple[str, str]:
-    """("timm" | "torchvision", name) for "timm:<name>", "torchvision:<name>", or a bare name (timm first)."""
+    """("timm" | "torchvision" | "sscb", name) for "timm:<name>", "torchvision:<name>", "sscb:<name>" (our own
+    :mod:`.archs`), or a bare name (timm first, then torchvision)."""
     import timm
     import torchvision.models as tvm
 
@@ -73,6 +74,12 @@ def parse_arch(spec: str) -> tuple[str, str]:
         raise ValueError(f"arch must be a non-empty string like 'resnet50' or 'timm:vit_small_patch16_224', "
                          f"got {spec!r}")
     lib, sep, name = spec.partition(":")
+    if sep and lib == "sscb":
+        try:
+            archs.get_arch(name)
+        except ValueError as e:
+            raise ValueError(f"arch {spec!r}: {e}") from None
+        return "sscb", name
     if sep:
         if lib == "timm":
             if not timm.is_model(name):
@@ -83,7 +90,7 @@ def parse_arch(spec: str) -> tuple[str, str]:
                 raise ValueError(f"arch {spec!r}: torchvision has no builder {name!r}"
                                  f"{_close(name, tvm.list_models())}")
             return "torchvision", name
-        raise ValueError(f"arch {spec!r}: the prefix must be 'timm:' or 'torchvision:'")
+        raise ValueError(f"arch {spec!r}: the prefix must be 'timm:', 'torchvision:' or 'sscb:'")
     if timm.is_model(spec):
         return "timm", spec
     if spec in tvm.list_models():
@@ -126,6 +133,9 @@ def _build(spec: str, model_kwargs: Mapping[str, Any] | None = None, *, weights=
     """(features-only model, its output width)."""
     lib, name = parse_arch(spec)
     kwargs = dict(model_kwargs or {})
+    if lib == "sscb":
+        model = archs.get_arch(name)(**kwargs)
+        return model, int(model.num_features)
     if lib == "timm":
         import timm
 
@@ -189,6 +199,9 @@ def _forward_dim(model: nn.Module, pp: Preprocessing) -> int:
 def arch_preprocessing(spec: str) -> Preprocessing:
     """The eval preprocessing of an architecture's pretrained config (timm cfg; torchvision default weights)."""
     lib, name = parse_arch(spec)
+    if lib == "sscb":
+        raise ValueError(f"arch {spec!r} has no pretrained config to take the preprocessing from; write a model "
+                         f"card with a preprocessing block")
     if lib == "timm":
         import timm
 
@@ -311,6 +324,21 @@ def _load_url(card: ModelCard, weights_only: bool, momentum_encoder: bool) -> tu
     prefix = None if momentum_encoder else card.prefix
     load_checkpoint(model, path, card.checkpoint_key, prefix, momentum_encoder, weights_only)
     return model, f"url:{card.url}" + ("#momentum_encoder" if momentum_encoder else "")
+
+
+def _load_manual(card: ModelCard, weights_only: bool, momentum_encoder: bool) -> tuple[nn.Module, str]:
+    """Weights published only in a form a script has to convert (or behind a share page): the file is looked
+    up under its card ``filename`` in the torch hub checkpoints dir; without it, say how to obtain it."""
+    path = downloads.hub_dir() / "checkpoints" / card.filename
+    if not path.is_file():
+        raise RuntimeError(
+            f"Weights for {_where(card)} cannot be downloaded automatically: they are not published as a PyTorch "
+            f"file at a stable URL.\nTo obtain them: {card.obtain.strip()}\nThen either:\n"
+            f"  * put the file {card.filename} into {path.parent}\n{_checkpoint_hint(card)}")
+    model = _seeded_build(card.arch, card.model_kwargs, card.seed)
+    prefix = None if momentum_encoder else card.prefix
+    load_checkpoint(model, path, card.checkpoint_key, prefix, momentum_encoder, weights_only)
+    return model, f"file:{file_digest(path)}#{card.filename}" + ("#momentum_encoder" if momentum_encoder else "")
 
 
 def _load_hub(card: ModelCard, weights_only: bool) -> tuple[nn.Module, str, bool]:
@@ -474,6 +502,8 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
         model, weights_id = _load_torchvision(card)
     elif card.source == "url":
         model, weights_id = _load_url(card, weights_only, momentum)
+    elif card.source == "manual":
+        model, weights_id = _load_manual(card, weights_only, momentum)
     else:
         model, weights_id, built_from_arch = _load_hub(card, weights_only)
 

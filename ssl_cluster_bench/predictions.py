@@ -1,0 +1,61 @@
+"""Predictions: the cluster assignment of every leaderboard row, kept so that plots, confusion matrices and
+bootstrap intervals are drawn later without clustering again.
+
+Entry points:
+    predictions_dir(results_csv) -> Path          ``<results dir>/predictions/``
+    save_predictions(results_csv, run_id, labels) -> Path   compact .npy (int16 when k allows), atomic
+    load_predictions(results_csv, run_id) -> (n,) int64
+
+Rows name their file by ``run_id``: a digest of (cache entry, method, k, seed, row protocol hash), so the same
+configuration run again writes the same file with the same content.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_predictions", "make_run_id", "predictions_dir", "save_predictions"]
+
+_RUN_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def make_run_id(*parts) -> str:
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def predictions_dir(results_csv) -> Path:
+    return Path(results_csv).parent / "predictions"
+
+
+def _path(results_csv, run_id: str) -> Path:
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ValueError(f"run_id must be 16 hex characters, got {run_id!r}")
+    return predictions_dir(results_csv) / f"{run_id}.npy"
+
+
+def save_predictions(results_csv, run_id: str, labels) -> Path:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    dtype = np.int16 if labels.size == 0 or (labels.min() >= -1 and labels.max() < 2 ** 15) else np.int32
+    path = _path(results_csv, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    try:
+        np.save(tmp, labels.astype(dtype))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_predictions(results_csv, run_id: str) -> np.ndarray:
+    path = _path(results_csv, run_id)
+    if not path.is_file():
+        raise FileNotFoundError(f"no predictions for run {run_id} under {path.parent} (rows written before "
+                                f"predictions were kept have none: re-run that configuration)")
+    return np.load(path).astype(np.int64)

@@ -1,0 +1,214 @@
+"""Protocol: the whole clustering protocol as one record (what is clustered, and how).
+
+Entry points:
+    Protocol(methods=("kmeans",), overcluster=(1.0, 1.5), seeds=5, pca_dim=256, ...)   frozen dataclass
+    Protocol.from_yaml(path) / .to_yaml(path=None) / .from_dict(d) / .to_dict() / .replace(**changes)
+    Protocol.hash                    12 hex chars of the canonical JSON: names the whole record
+    Protocol.row_hash(method)        what one leaderboard row depends on (stored as ``protocol_hash``)
+    resolve_protocol(protocol=None, **changes) -> Protocol   (None, a Protocol, a dict or a YAML path)
+
+The CLI, the Python API and suite files all build this record and pass it down whole, so a run can be saved,
+diffed and shared, and rows made under different protocols are never averaged together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["KMeansSettings", "Protocol", "resolve_protocol"]
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    """How k-means runs (see :class:`ssl_cluster_bench.cluster.KMeans` for what each field does).
+
+    ``n_init="auto"``, ``n_iter=None`` and ``max_points_per_centroid=None`` are the automatic settings of
+    :class:`~ssl_cluster_bench.cluster.KMeans` (restarts and training sample sized by a fixed training budget);
+    the rows record what they resolved to.
+    """
+
+    backend: str = "faiss"
+    n_init: int | str = "auto"
+    n_iter: int | None = None
+    max_points_per_centroid: int | None = None
+
+    def __post_init__(self):
+        if self.backend not in ("faiss", "sklearn"):
+            raise ValueError(f"kmeans backend must be 'faiss' or 'sklearn', got {self.backend!r}")
+        if self.n_init != "auto" and (not _is_int(self.n_init) or self.n_init < 1):
+            raise ValueError(f"kmeans n_init must be an integer >= 1 or 'auto', got {self.n_init!r}")
+        for name in ("n_iter", "max_points_per_centroid"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"kmeans {name} must be an integer >= 1 or None (automatic), got {value!r}")
+
+    def make(self, n_clusters: int, random_state: int = 0, progress: bool = False):
+        """The :class:`~ssl_cluster_bench.cluster.KMeans` estimator these settings describe."""
+        from .cluster import KMeans
+
+        return KMeans(n_clusters, backend=self.backend, n_init=self.n_init, n_iter=self.n_iter,
+                      max_points_per_centroid=self.max_points_per_centroid, random_state=random_state,
+                      progress=progress)
+
+    def columns(self, fitted) -> dict:
+        """Leaderboard columns saying how a fitted KMeans was made (the automatic settings as resolved)."""
+        return {"backend": self.backend, "n_init": fitted.n_init_, "kmeans_iter": fitted.n_iter_,
+                "max_points_per_centroid": fitted.max_points_per_centroid_}
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# Fields that list which rows to make; each row depends only on its own method, k and seed, so these are left
+# out of a row's hash (adding a seed or a method to a run does not change the rows it already made).
+_RUN_LIST_FIELDS = ("methods", "overcluster", "n_clusters", "seeds")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What is clustered and how.
+
+    methods : method names from the registry (:func:`ssl_cluster_bench.methods.list_methods`).
+    overcluster : k = round(factor × #classes) for each factor; ignored when ``n_clusters`` is given.
+    n_clusters : explicit k values.
+    seeds : an int n (seeds 0..n-1) or explicit seeds.
+    pca_dim, whiten, l2_normalize : the reduction k-means runs on (None = no PCA).
+    kmeans : :class:`KMeansSettings` (a dict is accepted).
+    method_options : per-method keyword options, e.g. ``{"scan": {"n_neighbors": 20}}``.
+    """
+
+    methods: tuple[str, ...] = ("kmeans",)
+    overcluster: tuple[float, ...] = (1.0, 1.5)
+    n_clusters: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    pca_dim: int | None = 256
+    whiten: bool = False
+    l2_normalize: bool = False
+    kmeans: KMeansSettings = field(default_factory=KMeansSettings)
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
+        if not methods or not all(isinstance(m, str) and m for m in methods):
+            raise ValueError(f"methods must be a non-empty list of method names, got {self.methods!r}")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods lists a method twice: {list(methods)}")
+        set_("methods", methods)
+        try:
+            overcluster = tuple(float(f) for f in self.overcluster)
+        except (TypeError, ValueError):
+            raise ValueError(f"overcluster must be a list of numbers, got {self.overcluster!r}") from None
+        if not overcluster or any(not f > 0 for f in overcluster):
+            raise ValueError(f"overcluster factors must be positive numbers, got {list(overcluster)}")
+        set_("overcluster", overcluster)
+        if self.n_clusters is not None:
+            ks = tuple(self.n_clusters)
+            if not ks or not all(_is_int(k) and k >= 2 for k in ks):
+                raise ValueError(f"n_clusters must be a list of integers >= 2, got {list(ks)}")
+            set_("n_clusters", ks)
+        seeds = tuple(range(self.seeds)) if _is_int(self.seeds) else tuple(self.seeds)
+        if not seeds or not all(_is_int(s) for s in seeds):
+            raise ValueError(f"seeds must be a count >= 1 or a list of integers, got {self.seeds!r}")
+        set_("seeds", seeds)
+        if self.pca_dim is not None and (not _is_int(self.pca_dim) or self.pca_dim < 1):
+            raise ValueError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
+        if isinstance(self.kmeans, Mapping):
+            set_("kmeans", KMeansSettings(**self.kmeans))
+        elif not isinstance(self.kmeans, KMeansSettings):
+            raise ValueError(f"kmeans must be KMeansSettings or a dict, got {type(self.kmeans).__name__}")
+        if not isinstance(self.method_options, Mapping) or not all(
+                isinstance(v, Mapping) for v in self.method_options.values()):
+            raise ValueError("method_options must map a method name to a dict of its options")
+        set_("method_options", {str(k): dict(v) for k, v in self.method_options.items()})
+
+    # --- conversions ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["methods"], d["overcluster"] = list(self.methods), list(self.overcluster)
+        d["n_clusters"] = list(self.n_clusters) if self.n_clusters is not None else None
+        d["seeds"] = len(self.seeds) if self.seeds == tuple(range(len(self.seeds))) else list(self.seeds)
+        d["method_options"] = {k: dict(v) for k, v in sorted(self.method_options.items())}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Protocol":
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a protocol must be a mapping of its fields, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown protocol field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    def to_yaml(self, path=None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path) -> "Protocol":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"protocol file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"protocol file {path} is not valid YAML: {e}") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"protocol file {path}: {e}") from None
+
+    def replace(self, **changes) -> "Protocol":
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown protocol field(s) {unknown}; known fields: {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    # --- identity -------------------------------------------------------------------------------------------
+    @property
+    def hash(self) -> str:
+        return _digest(self.to_dict())
+
+    def row_hash(self, method: str) -> str:
+        """Hash of what a row of ``method`` depends on: the reduction, and only that method's settings."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _RUN_LIST_FIELDS}
+        d["method_options"] = d["method_options"].get(method, {})
+        if method != "kmeans":
+            d.pop("kmeans")
+        return _digest({"method": method, **d})
+
+    def options_for(self, method: str) -> dict:
+        return dict(self.method_options.get(method, {}))
+
+
+def _digest(d: Mapping) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resolve_protocol(protocol=None, **changes) -> Protocol:
+    """A :class:`Protocol` from None (the defaults), a Protocol, a dict or a YAML path, with ``changes`` applied."""
+    if protocol is None:
+        base = Protocol()
+    elif isinstance(protocol, Protocol):
+        base = protocol
+    elif isinstance(protocol, Mapping):
+        base = Protocol.from_dict(protocol)
+    elif isinstance(protocol, (str, os.PathLike)):
+        base = Protocol.from_yaml(protocol)
+    else:
+        raise ValueError(f"protocol must be a Protocol, a dict or a YAML path, got {type(protocol).__name__}")
+    return base.replace(**changes) if changes else base
