@@ -85,3 +85,32 @@ def test_compare_paired():
     c = compare_predictions(y, good, same, n_boot=100)
     assert not c.significant and c.low < 0 < c.high and c.p_value > 0.05
     assert compare_predictions(y, bad, good, metric="nmi", n_boot=50).diff < 0
+
+
+def test_cli_intervals_and_compare_from_stored_predictions(tmp_path, capsys):
+    from ssl_cluster_bench import api
+    from ssl_cluster_bench.cli import main
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 100)
+    centres = rng.normal(size=(4, 8)) * 4
+    for name, noise in (("sharp", 1.0), ("blurry", 3.5)):
+        x = (centres[y] + noise * rng.normal(size=(400, 8))).astype(np.float32)
+        api.import_features(x, y, name, "toy", cache=tmp_path / "cache")
+    results = tmp_path / "lb.csv"
+    common = ["--cache-dir", str(tmp_path / "cache"), "--results", str(results)]
+    assert main(["-q", "run", "--backbones", "sharp,blurry", "--dataset", "toy", "--split", "all", "--seeds", "3",
+                 "--overcluster", "1", "--n-init", "2", "--kmeans-iter", "15", *common]) == 0
+    from ssl_cluster_bench.leaderboard import read_leaderboard
+
+    lb = read_leaderboard(results)
+    assert (lb.n_init == 2).all() and (lb.kmeans_iter == 15).all() and (lb.max_points_per_centroid == 256).all()
+    capsys.readouterr()
+    assert main(["-q", "leaderboard", str(results), "--intervals", "--n-boot", "40",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    sharp = next(line for line in out.splitlines() if line.startswith("| sharp"))
+    assert sharp.count("[") == 2 and "**" in sharp  # ACC and NMI intervals; the best row is bold
+    assert main(["compare", "sharp", "blurry", "--dataset", "toy", "--n-boot", "40", *common]) == 0
+    out = capsys.readouterr().out
+    assert "ACC" in out and "-> A better" in out
