@@ -9,6 +9,9 @@ from .api import cluster_entry, cluster_features, extract, import_features, run 
 from .methods import get_method, list_methods, register_method  # noqa: E402
 from .metrics import cluster_accuracy, evaluate  # noqa: E402
 from .protocol import KMeansSettings, Protocol  # noqa: E402
+from .report import write_report  # noqa: E402
+from .suite import load_suite, run_suite  # noqa: E402
 
 __all__ = ["KMeansSettings", "Protocol", "cluster_accuracy", "cluster_entry", "cluster_features", "evaluate",
-           "extract", "get_method", "import_features", "list_methods", "register_method", "run"]
+           "extract", "get_method", "import_features", "list_methods", "load_suite", "register_method", "run",
+           "run_suite", "write_report"]

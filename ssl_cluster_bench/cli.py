@@ -209,6 +209,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol(p)
     p.set_defaults(overcluster=[1.0])
 
+    p = sub.add_parser("suite", help="run a benchmark suite over backbones or a new checkpoint and write the report",
+                       description="Run a suite (shipped: standard, local; or a suite YAML file). Datasets whose "
+                                   "data root is not given are listed in the report as not run, with the reason.")
+    p.add_argument("suite", help="shipped suite name (see `sscb suites`) or the path of a suite YAML file")
+    p.add_argument("--backbones", type=_names, default=None, help="comma-separated model-card ids "
+                                                                  "(default: the suite's)")
+    _add_checkpoint(p)
+    p.add_argument("--data-root", action="append", default=[], metavar="NAME=PATH",
+                   help="where data-root NAME lives, e.g. imagenet=~/data/imagenet (repeat for each)")
+    p.add_argument("--data-roots", action="append", default=[], metavar="FILE",
+                   help="YAML file of 'NAME: PATH' lines (--data-root wins where both name a root)")
+    p.add_argument("--only", type=_names, default=None, help="comma-separated dataset ids of the suite to run")
+    p.add_argument("--sweep", action="store_true", help="also run the suite's PCA-dim and k grids (Figure 2 ablation)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: the suite's)")
+    p.add_argument("--results", default=None, help="leaderboard CSV (default results/leaderboard.csv); the "
+                                                   "report is written next to it")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $SSCB_CACHE_DIR or "
+                                                     "~/.cache/ssl_cluster_bench/features)")
+    p.add_argument("--no-report", action="store_true", help="only append rows; write no report")
+    _add_extract(p)
+
+    p = sub.add_parser("report", help="(re)write report.md and report.html next to a leaderboard")
+    p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
+    p.add_argument("--cache-dir", default=None, help="feature cache the rows came from (for confusion matrices)")
+    p.add_argument("--check", action="store_true",
+                   help="render report.html in headless Chromium and check that every image loads and shows data")
+    p.add_argument("--screenshot", default=None, metavar="PNG", help="with --check: save a full-page screenshot")
+
+    sub.add_parser("suites", help="list the shipped suites")
     sub.add_parser("models", help="list the model cards")
     sub.add_parser("methods", help="list the clustering methods (the method registry)")
     sub.add_parser("datasets", help="list the datasets")
@@ -330,6 +359,75 @@ def _cmd_objectnet(args):
     print(summary_table(rows))
 
 
+def _cmd_suite(args):
+    from .suite import load_suite, parse_data_roots, run_suite
+
+    suite = load_suite(args.suite)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        suite = suite.with_protocol(seeds=args.seeds)
+    roots = parse_data_roots(args.data_root, args.data_roots)
+    results = Path(args.results) if args.results else None
+    state = run_suite(suite, args.backbones, roots, results=results, cache=args.cache_dir, sweep=args.sweep,
+                      only=args.only, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                      progress=not args.quiet, report=not args.no_report, interface="cli",
+                      **_checkpoint_options(args))
+    table = state.status_table()
+    print(table.to_markdown(index=False))
+    from .leaderboard import default_results_path
+
+    where = (results or default_results_path()).parent
+    if not args.no_report:
+        print(f"\nreport: {where / 'report.html'} (markdown: {where / 'report.md'})")
+    failed = table[table.status == "failed"]
+    if len(failed):
+        raise RuntimeError(f"{len(failed)} dataset run(s) failed (listed above with the reason); the other rows "
+                           "and the report were written")
+
+
+def _cmd_report(args):
+    from .leaderboard import default_results_path
+    from .report import write_report
+    from .suite import SuiteState
+
+    csv = Path(args.csv) if args.csv else default_results_path()
+    if not csv.is_file():
+        raise FileNotFoundError(f"no leaderboard at {csv}: run `sscb suite` or `sscb run` first, or pass the CSV path")
+    paths = write_report(csv, SuiteState.load(csv), args.cache_dir)
+    print(f"{paths.html}\n{paths.markdown}")
+    if args.check:
+        _check_report(paths.html, args.screenshot)
+
+
+def _check_report(html_path, screenshot=None):
+    import shutil
+
+    from .report import check_images
+
+    if shutil.which("chromium") is None:
+        raise RuntimeError("--check renders the report with headless Chromium, which is not installed: install the "
+                           "chromium package, or drop --check")
+    checks = check_images(html_path, screenshot=screenshot)
+    bad = [c for c in checks if c["blank"] or not c.get("width")]
+    for c in checks:
+        state = "BROKEN" if not c.get("width") else "EMPTY" if c["blank"] else "ok"
+        print(f"  {state:6s} {c['name']} ({c.get('width', 0)}x{c.get('height', 0)} px)")
+    if screenshot:
+        print(f"screenshot: {screenshot}")
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(checks)} report images are broken or empty: "
+                           f"{', '.join(c['name'] for c in bad)}")
+
+
+def _cmd_suites(args):
+    from .suite import list_suites, load_suite
+
+    for name in list_suites():
+        suite = load_suite(name)
+        print(f"{name:12s} {', '.join(e.id for e in suite.entries)}")
+
+
 def _cmd_models(args):
     from .backbones import card_dirs, list_cards
     from .reported import summarize
@@ -376,7 +474,8 @@ def _cmd_cache(args):
 
 
 COMMANDS = {"run": _cmd_run, "scan": _cmd_scan, "extract": _cmd_extract, "import-features": _cmd_import,
-            "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "objectnet": _cmd_objectnet, "models": _cmd_models,
+            "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "objectnet": _cmd_objectnet,
+            "suite": _cmd_suite, "report": _cmd_report, "suites": _cmd_suites, "models": _cmd_models,
             "methods": _cmd_methods, "datasets": _cmd_datasets, "cache": _cmd_cache}
 
 
@@ -396,7 +495,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         if args.verbose:
             raise
-        print(f"sscb {args.command}: error: {e}", file=sys.stderr)
+        from .errors import message_for
+
+        print(f"sscb {args.command}: error: {message_for(e, 'cli')}", file=sys.stderr)
         return 1
     return 0
 

@@ -553,9 +553,9 @@ def test_adhoc_random_arch_and_argument_errors():
     assert backbone.card.preprocessing == Preprocessing.from_timm_config(timm.get_pretrained_cfg("resnet18").to_dict())
     with pytest.raises(ValueError, match="checkpoint"):
         create_backbone(None, arch="resnet18")
-    with pytest.raises(ValueError, match="arch= together with checkpoint="):
+    with pytest.raises(ValueError, match="pass arch=ARCH with checkpoint=PATH"):
         create_backbone(None)
-    with pytest.raises(ValueError, match="only applies with checkpoint="):
+    with pytest.raises(ValueError, match="only applies with checkpoint=PATH"):
         create_backbone("dino-vits16", arch="resnet18")
     with pytest.raises(ValueError, match="device"):
         create_backbone("pixels", device="gpu0")

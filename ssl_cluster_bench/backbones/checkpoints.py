@@ -28,6 +28,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..errors import OptionRuntimeError, option
+
 __all__ = ["LoadReport", "load_checkpoint", "read_checkpoint", "find_state_dict", "match_prefix",
            "apply_state_dict", "file_digest", "STATE_DICT_KEYS", "PREFIX_PARTS", "HEAD_NAMES"]
 
@@ -87,11 +89,10 @@ def read_checkpoint(path: str | os.PathLike, weights_only: bool = True) -> Any:
         if not weights_only:
             raise
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(
-            f"checkpoint {path} stores Python objects besides tensors, so it cannot be loaded with "
-            f"weights_only=True ({first_line}). If you trust where the file comes from, load it with "
-            f"weights_only=False (create_backbone(..., weights_only=False)); unpickling an untrusted file can "
-            f"run arbitrary code."
+        raise OptionRuntimeError(
+            f"checkpoint {path} stores Python objects besides tensors, so it cannot be loaded safely "
+            f"(torch.load with weights_only=True: {first_line}). If you trust where the file comes from, "
+            f"load it with {option('trust_checkpoint')}; unpickling an untrusted file can run arbitrary code."
         ) from None
 
 

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..errors import OptionValueError, option
 from . import archs, downloads
 from .cards import ModelCard, Preprocessing, load_card
 from .checkpoints import file_digest, load_checkpoint
@@ -451,17 +452,18 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
         checkpoint = os.fspath(checkpoint)
     if card is None:
         if arch is None:
-            raise ValueError("create_backbone needs a card (id or YAML path), or arch= together with checkpoint=")
+            raise OptionValueError(f"a checkpoint needs its architecture: pass {option('arch')} with "
+                                   f"{option('checkpoint')} (or a model card instead)")
         if checkpoint is None and pretrained:
-            raise ValueError(f"arch={arch!r} without a card needs checkpoint=PATH (or pretrained=False for a "
-                             f"seeded random init)")
+            raise OptionValueError(f"architecture {arch!r} without a card needs {option('checkpoint')} "
+                                   f"(or pretrained=False for a seeded random init)")
         card = _adhoc_card(arch, checkpoint)
     else:
         if not isinstance(card, ModelCard):
             card = load_card(card)
         if arch is not None and checkpoint is None and pretrained and card.pretrained:
-            raise ValueError(f"arch={arch!r} only applies with checkpoint= (or pretrained=False); the weights of "
-                             f"{_where(card)} belong to its own architecture {card.build_arch}")
+            raise OptionValueError(f"architecture {arch!r} only applies with {option('checkpoint')}; the weights "
+                                   f"of {_where(card)} belong to its own architecture {card.build_arch}")
     pp = resolve_preprocessing(card)
     momentum = card.momentum_encoder if momentum_encoder is None else bool(momentum_encoder)
 
@@ -472,7 +474,8 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
         model, weights_id, built_from_arch = _Pixels(), f"builtin:{card.model}", False
     elif checkpoint is not None:
         if spec is None:
-            raise ValueError(f"{_where(card)} has no arch to load checkpoint {checkpoint!r} into; pass arch=")
+            raise OptionValueError(f"{_where(card)} has no architecture to load checkpoint {checkpoint!r} into; "
+                                   f"pass {option('arch')}")
         if "://" in checkpoint:
             path = downloads.fetch_url(checkpoint, f"Checkpoint {checkpoint}",
                                        "Download it on a connected machine and pass its local path instead.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
+from ..errors import OptionValueError, option
 from .digits import DigitsDataset
 
 # name -> (builder(root, split, transform, **options), needs_root, default split).
@@ -50,7 +51,7 @@ def get_dataset(name: str, root=None, split: str | None = None, transform=None, 
     """Build dataset ``name`` from the local folder ``root`` (no download is ever attempted)."""
     builder, needs_root, split_default = _lookup(name)
     if needs_root and root is None:
-        raise ValueError(f"dataset {name!r} is read from a local folder: pass --data-root / root=PATH")
+        raise OptionValueError(f"dataset {name!r} is read from a local folder: pass {option('data_root')}")
     return builder(root, split or split_default, transform, **options)
 
 

@@ -1,0 +1,565 @@
+"""Benchmark report: a markdown file and one self-contained HTML file written next to the leaderboard.
+
+Entry point:
+    write_report(results_csv, state=None, cache=None) -> ReportPaths(markdown, html, figures)
+
+In: the leaderboard CSV, the saved cluster assignments under ``<results dir>/predictions/`` and, when a suite
+wrote it, the suite state (:class:`ssl_cluster_bench.suite.SuiteState`: the protocols by hash, which dataset
+entries ran or did not run and why, the sweep grids). Out: ``report.md`` (figures as PNG files in
+``report_files/``) and ``report.html`` (the same figures embedded as base64, so the file can be mailed or
+attached alone). Contents: the protocol(s) as YAML, the datasets that did not run and why, one table per
+dataset (mean ± std over seeds, published numbers beside measured where the model cards carry them), bar
+charts of ACC and NMI per backbone × method, ACC and ARI against PCA dimension and against k (the sweep), and
+the confusion matrix of the best configuration per dataset (classes × clusters in matched order).
+
+Rows are only ever averaged within one protocol hash: two protocols that differ in any setting never share
+a table row or a bar.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .leaderboard import aggregate, read_leaderboard
+
+__all__ = ["Figure", "ReportPaths", "build_figures", "check_images", "confusion_figure", "matched_confusion",
+           "published_columns", "select_rows", "write_report"]
+
+log = logging.getLogger(__name__)
+
+# the metrics the plots show, as (column, axis label)
+BAR_METRICS = (("acc", "ACC"), ("nmi", "NMI"))
+SWEEP_METRICS = (("acc", "ACC"), ("ari", "ARI"))
+# at most this many classes get a labelled confusion matrix axis; larger ones are drawn without tick labels
+MAX_TICK_LABELS = 40
+
+
+@dataclass
+class Figure:
+    """One plot: a file-safe name, a caption and the PNG bytes."""
+
+    name: str
+    caption: str
+    png: bytes
+    dataset: str = ""
+
+
+@dataclass
+class ReportPaths:
+    markdown: Path
+    html: Path
+    figures: list[Path] = field(default_factory=list)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; also keeps a headless CI run from picking an interactive backend
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(text)).strip("-") or "x"
+
+
+def _config_label(row) -> str:
+    return f"{row['method']} k={int(row['n_clusters'])}"
+
+
+# --------------------------------------------------------------------------------------------------- plots
+
+
+def bar_figure(agg: pd.DataFrame, dataset: str) -> Figure | None:
+    """ACC and NMI (mean ± std over seeds) per backbone, one bar per method × k."""
+    sub = agg[agg["dataset"] == dataset]
+    if sub.empty:
+        return None
+    plt = _plt()
+    backbones = list(dict.fromkeys(sub["backbone"]))
+    configs = list(dict.fromkeys(_config_label(r) for _, r in sub.sort_values(["method", "n_clusters"]).iterrows()))
+    width = 0.8 / len(configs)
+    x = np.arange(len(backbones))
+    fig, axes = plt.subplots(1, len(BAR_METRICS), figsize=(max(5.0, 1.1 * len(backbones) * max(1, len(configs) / 2) + 2.5)
+                                                           * len(BAR_METRICS) / 2 + 2, 3.8))
+    cmap = plt.get_cmap("tab10" if len(configs) <= 10 else "tab20")
+    for ax, (metric, label) in zip(axes, BAR_METRICS):
+        for j, config in enumerate(configs):
+            rows = sub[[_config_label(r) == config for _, r in sub.iterrows()]].set_index("backbone")
+            mean = rows[f"{metric}_mean"].reindex(backbones).to_numpy(dtype=float) * 100
+            std = rows[f"{metric}_std"].reindex(backbones).fillna(0).to_numpy(dtype=float) * 100
+            ax.bar(x - 0.4 + width * (j + 0.5), mean, width, yerr=std, capsize=2, label=config, color=cmap(j),
+                   error_kw={"elinewidth": 0.8})
+        ax.set_xticks(x, backbones, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(f"{label} (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{dataset}: {label}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return Figure(f"bars-{_slug(dataset)}", f"{dataset}: ACC and NMI per backbone and method "
+                  "(mean ± std over seeds)", _png(fig), dataset)
+
+
+def sweep_figure(rows: pd.DataFrame, dataset: str, axis: str) -> Figure | None:
+    """ACC and ARI against ``axis`` ("pca_dim" or "n_clusters"), one line per backbone (mean ± std over seeds)."""
+    sub = rows[rows["dataset"] == dataset]
+    if "protocol_hash" in sub.columns and not sub.empty:
+        # grid points that land on the same effective value (a PCA dim capped at the feature dim, two factors
+        # rounding to one k) are one point, not one point with its seeds counted twice
+        first = sub.groupby(["backbone", axis])["protocol_hash"].transform("first")
+        sub = sub[sub["protocol_hash"] == first]
+    if sub.empty or sub[axis].nunique() < 2:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(SWEEP_METRICS), figsize=(9.5, 3.6))
+    for ax, (metric, label) in zip(axes, SWEEP_METRICS):
+        for backbone, g in sub.groupby("backbone", sort=False):
+            stats = g.groupby(axis)[metric].agg(["mean", "std"]).sort_index()
+            ax.errorbar(stats.index.to_numpy(dtype=float), stats["mean"] * 100, yerr=stats["std"].fillna(0) * 100,
+                        marker="o", ms=4, capsize=3, label=backbone)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(sub[axis].unique())
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("PCA dimension" if axis == "pca_dim" else "number of clusters k")
+        ax.set_ylabel(f"{label} (%)")
+        ax.set_title(f"{dataset}: {label} vs {'PCA dim' if axis == 'pca_dim' else 'k'}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    what = "PCA dimension (k = #classes)" if axis == "pca_dim" else "number of clusters (suite PCA dim)"
+    return Figure(f"sweep-{axis}-{_slug(dataset)}", f"{dataset}: k-means ACC and ARI against {what}, "
+                  "mean ± std over seeds", _png(fig), dataset)
+
+
+def matched_confusion(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts (classes × clusters) with the clusters in matched order.
+
+    The matching is the one ACC uses (:func:`ssl_cluster_bench.metrics.match_clusters`). Clusters are grouped
+    by the class they are matched to, in class order, and within a class the one holding most of that class
+    comes first; with k = #classes and a one-to-one matching the diagonal is exactly the matched counts.
+    Returns ``(counts, classes, clusters)``: ``counts[i, j]`` = samples of ``classes[i]`` in ``clusters[j]``.
+    Samples with a negative label (unlabelled) are left out.
+    """
+    from .metrics import match_clusters
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    keep = y_true >= 0
+    m = match_clusters(y_true[keep], y_pred[keep])
+    conf = m.confusion.T  # classes × clusters
+    own = conf[m.class_index, np.arange(m.clusters.size)]  # each cluster's count of its matched class
+    order = np.lexsort((-own, m.class_index))
+    return conf[:, order], m.classes, m.clusters[order]
+
+
+def confusion_figure(y_true, y_pred, title: str) -> bytes:
+    """Row-normalised confusion matrix (classes × clusters, matched order) as PNG bytes."""
+    plt = _plt()
+    counts, classes, clusters = matched_confusion(y_true, y_pred)
+    frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n_cls, n_clu = counts.shape
+    fig, ax = plt.subplots(figsize=(min(12, 2.5 + 0.32 * n_clu), min(11, 2.0 + 0.3 * n_cls)))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    if n_cls <= MAX_TICK_LABELS and n_clu <= MAX_TICK_LABELS:
+        ax.set_yticks(range(n_cls), [str(c) for c in classes], fontsize=7)
+        ax.set_xticks(range(n_clu), [str(c) for c in clusters], fontsize=7, rotation=90)
+        if n_cls * n_clu <= 400:  # numbers stay readable up to about 20 × 20
+            for i in range(n_cls):
+                for j in range(n_clu):
+                    if counts[i, j]:
+                        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                                color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xlabel("cluster (matched order)")
+    ax.set_ylabel("class")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of the class")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ------------------------------------------------------------------------------------------------ content
+
+
+def _with_protocol(df: pd.DataFrame) -> pd.DataFrame:
+    if "protocol_hash" not in df.columns:
+        df = df.assign(protocol_hash="")
+    return df.assign(protocol_hash=df["protocol_hash"].fillna("").astype(str))
+
+
+def published_columns(agg: pd.DataFrame, cards=None) -> pd.DataFrame:
+    """Published numbers beside the measured ones: one column per metric that any row has a published value
+    for (``"ACC published"``: ``"23.09 ± 0.16 (Δ +0.40, reproduced)"``), aligned with ``agg``'s rows.
+
+    The figures and the matching (dataset, split, protocol, method, k) come from the model cards' ``reported:``
+    blocks through :func:`ssl_cluster_bench.reported.compare`; a row without a counterpart gets "".
+    """
+    from .reported import compare
+
+    out = pd.DataFrame(index=agg.index)
+    for i in agg.index:
+        for c in compare(agg.loc[[i]], cards).to_dict("records"):
+            std = f" ± {c['reported_std']:.2f}" if c["reported_std"] is not None and pd.notna(c["reported_std"]) else ""
+            column = f"{c['metric'].upper()} published"
+            if column not in out.columns:
+                out[column] = ""
+            out.loc[i, column] = (f"{c['reported']:.2f}{std} (Δ {c['difference']:+.2f}, {c['verdict']}; "
+                                  f"{c['source']})")
+    return out
+
+
+def _table(agg: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
+    cols = ["backbone", "split", "protocol", "method", "n_clusters", "pca_dim"]
+    out = pd.DataFrame({c: agg[c].to_numpy() for c in cols if c in agg.columns})
+    out = out.rename(columns={"n_clusters": "k", "pca_dim": "PCA"})
+    for metric in ("acc", "nmi", "ami", "ari", "top5"):
+        if f"{metric}_mean" in agg.columns and agg[f"{metric}_mean"].notna().any():
+            mean, std = agg[f"{metric}_mean"] * 100, agg[f"{metric}_std"].fillna(0.0) * 100
+            out[metric.upper()] = [f"{a:.1f} ± {b:.1f}" if np.isfinite(a) else "" for a, b in zip(mean, std)]
+    if published is not None:
+        for column in published.columns:  # beside the measured metric it publishes
+            metric = column.split()[0]
+            at = list(out.columns).index(metric) + 1 if metric in out.columns else len(out.columns)
+            out.insert(at, column, published[column].reindex(agg.index).fillna("").to_numpy())
+    out["seeds"] = agg["n_seeds"].to_numpy()
+    if "protocol_hash" in agg.columns:
+        out["protocol"] = [f"{p} ({h})" if h else p for p, h in zip(agg["protocol"], agg["protocol_hash"])]
+    if "flag" in agg.columns and agg["flag"].astype(bool).any():
+        out["flag"] = agg["flag"].to_numpy()
+    return out.reset_index(drop=True)
+
+
+def _best_run(df: pd.DataFrame, agg: pd.DataFrame) -> pd.Series | None:
+    """The best configuration by mean ACC, and in it the seed whose ACC is the median (a typical run)."""
+    if agg.empty or "run_id" not in df.columns:
+        return None
+    best = agg.iloc[0]
+    keys = [c for c in ("backbone", "weights", "dataset", "split", "protocol", "method", "n_clusters", "pca_dim",
+                        "protocol_hash") if c in agg.columns and c in df.columns]
+    rows = df
+    for c in keys:
+        rows = rows[(rows[c] == best[c]) | (rows[c].isna() & pd.isna(best[c]))]
+    rows = rows.dropna(subset=["run_id"]).sort_values("acc", kind="stable")
+    if rows.empty:
+        return None
+    return rows.iloc[(len(rows) - 1) // 2]
+
+
+def _labels_for(row: pd.Series, cache_dir) -> np.ndarray | None:
+    """The true labels of the rows' samples: from the feature-cache entry the row names."""
+    from .cache import FeatureCache
+
+    key = str(row.get("cache_key", ""))
+    if not key or "+" in key:  # transfer rows span two entries: no single confusion matrix
+        return None
+    root = (cache_dir if isinstance(cache_dir, FeatureCache) else FeatureCache(cache_dir)).root
+    path = Path(root) / key / "labels.npy"
+    return np.load(path) if path.is_file() else None
+
+
+def _confusion_for(df: pd.DataFrame, agg: pd.DataFrame, results_csv: Path, dataset: str, cache_dir,
+                   notes: list[str]) -> Figure | None:
+    row = _best_run(df, agg)
+    if row is None:
+        notes.append(f"{dataset}: no confusion matrix (the rows carry no run_id)")
+        return None
+    try:
+        from .predictions import load_predictions
+
+        pred = load_predictions(results_csv, row["run_id"])
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        notes.append(f"{dataset}: no confusion matrix (predictions of run {row['run_id']} not found: {e})")
+        return None
+    labels = _labels_for(row, cache_dir)
+    if labels is None or labels.shape != pred.shape:
+        notes.append(f"{dataset}: no confusion matrix (the labels of cache entry {row.get('cache_key')} are not "
+                     "in the feature cache; pass the cache the suite used)")
+        return None
+    title = (f"{dataset}: {row['backbone']}, {row['method']} k={int(row['n_clusters'])}, seed {int(row['seed'])} "
+             f"(ACC {row['acc'] * 100:.1f}%, median seed of the best configuration)")
+    png = confusion_figure(labels, pred, title)
+    return Figure(f"confusion-{_slug(dataset)}", title, png, dataset)
+
+
+def select_rows(df: pd.DataFrame, state=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(main rows, {sweep axis: rows}): the rows the suite's protocols produced; without a state, every row."""
+    df = _with_protocol(df)
+    if state is None:
+        return df, {}
+    from .suite import rows_of
+
+    main = pd.Series(False, index=df.index)
+    for protocol in state.main_protocols():
+        main |= rows_of(df, protocol)
+    sweeps = {}
+    for axis in state.sweeps:
+        mask = pd.Series(False, index=df.index)
+        for protocol in state.sweep_protocols(axis):
+            mask |= rows_of(df, protocol)
+        sweeps[axis] = df[mask]
+    return df[main], sweeps
+
+
+def build_figures(main: pd.DataFrame, sweeps: dict, results_csv, cache=None) -> tuple[list[Figure], list[str]]:
+    """All figures of the report, and notes on the ones that could not be drawn."""
+    results_csv = Path(results_csv)
+    figures, notes = [], []
+    for dataset in _datasets(pd.concat([main] + list(sweeps.values()))):
+        rows = main[main["dataset"] == dataset]
+        agg = aggregate(rows) if not rows.empty else rows
+        if not rows.empty:
+            fig = bar_figure(agg, dataset)
+            if fig:
+                figures.append(fig)
+        for axis, sweep in sweeps.items():
+            fig = sweep_figure(sweep, dataset, axis)
+            if fig:
+                figures.append(fig)
+        if not rows.empty:
+            fig = _confusion_for(rows, agg, results_csv, dataset, cache, notes)
+            if fig:
+                figures.append(fig)
+    return figures, notes
+
+
+def _datasets(df: pd.DataFrame) -> list[str]:
+    return sorted(df["dataset"].dropna().unique().tolist()) if len(df) else []
+
+
+def _protocols_text(df: pd.DataFrame, state) -> list[tuple[str, str]]:
+    """(title, YAML) for each protocol of the report."""
+    dump = lambda d: yaml.safe_dump(d, sort_keys=False, default_flow_style=None).strip()  # noqa: E731
+    if state is not None:
+        from .protocol import Protocol
+
+        out = []
+        for h, d in state.protocols.items():
+            p = Protocol.from_dict(d)
+            rows = ", ".join(f"{m} {p.row_hash(m)}" for m in p.methods)
+            out.append((f"protocol {h} ({', '.join(state.entries_using(h)) or 'unused'}; the rows' protocol_hash: "
+                        f"{rows})", dump(d)))
+        if state.sweep:
+            out.append(("sweep grids (k-means; each PCA dim at k = #classes, each factor at the sweep protocol's "
+                        "PCA dim)", dump(state.sweep)))
+        return out
+    hashes = sorted(h for h in df["protocol_hash"].unique() if h)
+    return [("protocols", "rows of row-protocol hashes " + ", ".join(hashes) + " (the full protocol records are "
+             "kept in suite.json by `sscb suite`)")] if hashes else []
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class _Content:
+    title: str
+    protocols: list[tuple[str, str]]
+    status: pd.DataFrame | None
+    tables: list[tuple[str, pd.DataFrame]]
+    figures: list[Figure]
+    notes: list[str]
+    leaderboard: Path
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False)
+
+
+def _markdown(c: _Content, fig_paths: dict[str, str]) -> str:
+    lines = [f"# {c.title}", "", f"Leaderboard: `{c.leaderboard.name}` (one row per seed; tables show mean ± std "
+             "over seeds, in %). Rows produced under different protocol hashes are never averaged together.", ""]
+    if c.status is not None and not c.status.empty:
+        lines += ["## Datasets", "", _md_table(c.status), ""]
+    lines += ["## Protocol", ""]
+    for title, text in c.protocols:
+        lines += [f"**{title}**", "", "```yaml", text, "```", ""]
+    by_ds: dict[str, list[Figure]] = {}
+    for f in c.figures:
+        by_ds.setdefault(f.dataset, []).append(f)
+    for dataset, table in c.tables:
+        lines += [f"## {dataset}", "", _md_table(table), ""]
+        for f in by_ds.get(dataset, []):
+            lines += [f"![{f.caption}]({fig_paths[f.name]})", "", f"*{f.caption}*", ""]
+    if c.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in c.notes] + [""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}
+tr:nth-child(even) td{background:#fafafa}
+pre{background:#f6f8fa;padding:0.8em;overflow-x:auto;font-size:12px}
+figure{margin:1em 0}figcaption{font-size:13px;color:#555}img{max-width:100%;height:auto}
+.notrun{color:#a33}
+"""
+
+
+def _html(c: _Content) -> str:
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(c.title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{esc(c.title)}</h1>",
+             f"<p>Leaderboard: <code>{esc(c.leaderboard.name)}</code> (one row per seed; tables show mean ± std over "
+             "seeds, in %). Rows produced under different protocol hashes are never averaged together.</p>"]
+    if c.status is not None and not c.status.empty:
+        parts += ["<h2>Datasets</h2>", c.status.to_html(index=False, escape=True, border=0)]
+    parts.append("<h2>Protocol</h2>")
+    for title, text in c.protocols:
+        parts += [f"<p><b>{esc(title)}</b></p>", f"<pre>{esc(text)}</pre>"]
+    by_ds: dict[str, list[Figure]] = {}
+    for f in c.figures:
+        by_ds.setdefault(f.dataset, []).append(f)
+    for dataset, table in c.tables:
+        parts += [f"<h2>{esc(dataset)}</h2>", table.to_html(index=False, escape=True, border=0)]
+        for f in by_ds.get(dataset, []):
+            data = base64.b64encode(f.png).decode("ascii")
+            parts.append(f'<figure><img alt="{esc(f.caption)}" data-name="{esc(f.name)}" '
+                         f'src="data:image/png;base64,{data}"><figcaption>{esc(f.caption)}</figcaption></figure>')
+    if c.notes:
+        parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{esc(n)}</li>" for n in c.notes] + ["</ul>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: str | None = None) -> ReportPaths:
+    """Write ``report.md`` (+ ``report_files/*.png``) and the self-contained ``report.html``.
+
+    ``results_csv``: the leaderboard; ``state``: a :class:`ssl_cluster_bench.suite.SuiteState` (protocols,
+    dataset status, sweeps) or None for a report over every row of the leaderboard; ``cache``: the feature
+    cache the rows were clustered from (for the true labels of the confusion matrices). The files go to
+    ``out_dir`` (default: the leaderboard's folder).
+    """
+    results_csv = Path(results_csv)
+    out_dir = Path(out_dir) if out_dir else results_csv.parent
+    df = _with_protocol(read_leaderboard(results_csv)) if results_csv.is_file() else None
+    if df is None:
+        df = _with_protocol(pd.DataFrame(columns=["backbone", "dataset", "method", "n_clusters", "seed", "acc"]))
+    main, sweeps = select_rows(df, state)
+    tables, n_published, reported_notes = [], 0, []
+    for dataset in _datasets(main):
+        agg = aggregate(main[main["dataset"] == dataset])
+        try:
+            published = published_columns(agg)
+        except Exception as e:  # a broken card must not cost the whole report
+            published = None
+            reported_notes.append(f"published numbers left out: {e}")
+        n_published += 0 if published is None else int((published != "").any(axis=1).sum())
+        tables.append((dataset, _table(agg, published)))
+    if tables and not n_published and not reported_notes:
+        reported_notes.append("published numbers: no model card publishes a clustering result for these backbones "
+                              "under these datasets, splits, methods and k, so the tables show measured numbers only")
+    figures, notes = build_figures(main, sweeps, results_csv, cache)
+    content = _Content(
+        title=title or (f"sscb suite {state.suite}" if state is not None else "sscb report"),
+        protocols=_protocols_text(main, state), status=state.status_table() if state is not None else None,
+        tables=tables, figures=figures, notes=notes + reported_notes, leaderboard=results_csv)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_dir / "report_files"
+    fig_dir.mkdir(exist_ok=True)
+    fig_paths, written = {}, []
+    for f in figures:
+        p = fig_dir / f"{f.name}.png"
+        _atomic_write(p, f.png)
+        fig_paths[f.name] = f"report_files/{p.name}"
+        written.append(p)
+    for stale in fig_dir.glob("*.png"):  # figures of datasets no longer in the report
+        if stale not in written:
+            stale.unlink()
+    md, ht = out_dir / "report.md", out_dir / "report.html"
+    _atomic_write(md, _markdown(content, fig_paths).encode())
+    _atomic_write(ht, _html(content).encode())
+    return ReportPaths(md, ht, written)
+
+
+# ----------------------------------------------------------------------------------------------- checking
+
+_CHECK_SCRIPT = """<script>window.addEventListener("load", function () {
+  var out = [];
+  document.querySelectorAll("img").forEach(function (img) {
+    out.push({name: img.dataset.name || img.alt, width: img.naturalWidth, height: img.naturalHeight});
+  });
+  var pre = document.createElement("pre"); pre.id = "sscb-image-check"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});</script>"""
+
+
+def _blank(png: bytes) -> bool:
+    """True for a plot with no data drawn: every figure of the report draws its data in colour (bars, lines,
+    the confusion matrix's blues), so an image where under 0.2% of pixels are coloured is empty or only axes."""
+    from PIL import Image
+
+    hsv = np.asarray(Image.open(io.BytesIO(png)).convert("RGB").convert("HSV"), dtype=np.int16)
+    coloured = (hsv[..., 1] > 60) & (hsv[..., 2] > 40)
+    return float(coloured.mean()) < 0.002
+
+
+def check_images(html_path, chromium: str | None = "chromium", screenshot=None, timeout: float = 120) -> list[dict]:
+    """Check every image of a report HTML as a reader would see it; returns one dict per ``<img>``.
+
+    Each embedded PNG is decoded and tested for blankness (``blank``); with ``chromium`` (a headless-capable
+    Chromium binary) the page is also rendered and each image's ``naturalWidth`` / ``naturalHeight`` read back
+    from the browser (0 = a broken image). ``screenshot``: also save a full-page PNG of the rendering there.
+    """
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    text = Path(html_path).read_text()
+    found = re.findall(r'<img[^>]*data-name="([^"]*)"[^>]*src="data:image/png;base64,([^"]*)"', text)
+    checks = []
+    for name, data in found:
+        png = base64.b64decode(data)
+        try:
+            blank = _blank(png)
+        except Exception:  # not a decodable image at all
+            blank = True
+        checks.append({"name": name, "bytes": len(png), "blank": blank})
+    n_img = len(re.findall(r"<img\b", text))
+    if n_img != len(checks):
+        checks.append({"name": "(an <img> without an embedded PNG)", "bytes": 0, "blank": True})
+    binary = shutil.which(chromium) if chromium else None
+    if binary is None:
+        return checks
+    flags = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=5000"]
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.html"
+        probe.write_text(text.replace("</body>", _CHECK_SCRIPT + "</body>"))
+        dom = subprocess.run(flags + ["--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                             timeout=timeout).stdout
+        if screenshot:
+            subprocess.run(flags + ["--window-size=1280,4000", f"--screenshot={Path(screenshot).resolve()}",
+                                    Path(html_path).resolve().as_uri()], capture_output=True, timeout=timeout)
+    m = re.search(r'<pre id="sscb-image-check">(.*?)</pre>', dom, re.S)
+    rendered = json.loads(html.unescape(m.group(1))) if m else []
+    for i, c in enumerate(checks):
+        r = rendered[i] if i < len(rendered) else {}
+        c["width"], c["height"] = r.get("width", 0), r.get("height", 0)
+    return checks
