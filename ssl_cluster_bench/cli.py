@@ -241,8 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the model cards")
     sub.add_parser("methods", help="list the clustering methods (the method registry)")
     sub.add_parser("datasets", help="list the datasets")
-    p = sub.add_parser("cache", help="list the feature-cache entries")
+    p = sub.add_parser("cache", help="list the feature-cache entries (and partial or damaged ones)")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every entry against its manifest; exit 1 if any is damaged")
+    p.add_argument("--remove", metavar="NAME", default=None,
+                   help="delete one entry (name as listed) with its partial extraction")
     return parser
 
 
@@ -466,11 +470,24 @@ def _cmd_cache(args):
     from .cache import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
-    entries = cache.entries()
-    if not entries:
+    if args.remove:
+        for name in cache.remove(args.remove):
+            print(f"removed {cache.root / name}")
+        return 0
+    rows = cache.status(full=args.verify)
+    if not rows:
         print(f"no entries under {cache.root}")
-    for e in entries:
-        print(f"{e.path.name}  {tuple(e.manifest['shape'])}  skipped={e.manifest['skipped']['count']}")
+    for s in rows:
+        shape = f"  {tuple(s.entry.manifest['shape'])}  skipped={s.entry.manifest['skipped']['count']}" \
+            if s.entry is not None else ""
+        print(f"{s.name}  {s.state}  {s.nbytes / 2**20:.1f} MiB{shape}"
+              + (f"\n    {s.describe('cli')}" if s.detail else ""))
+    bad = [s for s in rows if s.state == "damaged"]
+    if args.verify:
+        n_ok = sum(s.state == "ok" for s in rows)
+        print(f"{n_ok} entr{'y' if n_ok == 1 else 'ies'} verified, {len(bad)} damaged under {cache.root}",
+              file=sys.stderr if bad else sys.stdout)
+    return 1 if bad and args.verify else 0
 
 
 COMMANDS = {"run": _cmd_run, "scan": _cmd_scan, "extract": _cmd_extract, "import-features": _cmd_import,
@@ -488,7 +505,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted: finished cache chunks and appended rows are kept; re-run to resume", file=sys.stderr)
         return 130
@@ -499,7 +516,7 @@ def main(argv=None) -> int:
 
         print(f"sscb {args.command}: error: {message_for(e, 'cli')}", file=sys.stderr)
         return 1
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .safeio import write_error
+
 __all__ = ["COLUMNS", "METRICS", "aggregate", "append_rows", "default_results_path", "mark_best", "read_leaderboard",
            "to_markdown"]
 
@@ -90,8 +92,12 @@ def append_rows(path, rows) -> int:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise OSError(f"results path {path} is not writable: {e}") from e
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # report the write error, not the cleanup's
+            raise write_error(e, f"appending {len(new)} row(s) to the leaderboard", path,
+                              f"The leaderboard {path.name} is unchanged (the new rows were not written).") from e
     return len(new)
 
 

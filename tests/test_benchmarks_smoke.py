@@ -152,3 +152,15 @@ def test_kmeans_stability_and_cost_small(tmp_path):
     _run_repo("kmeans_cost.py", "--quick", "--reps", "1", "--json", out)
     result = json.loads(out.read_text())
     assert len(result["rows"]) == 2 and result["ratio_new_over_old"] > 0
+
+
+def test_cache_verify_smoke(tmp_path):
+    out_json = tmp_path / "verify.json"
+    out = _run("cache_verify.py", "--n", 3000, "--dim", 16, "--classes", 10, "--repeats", 1,
+               "--workdir", tmp_path, "--json", out_json)
+    rows = json.loads(out_json.read_text())["rows"]
+    assert len(rows) == 10 and "full sha256 check" in out
+    fast = [r for r in rows if "fast path" in r["step"]]
+    assert all(r["seconds"] < 1.0 for r in fast)
+    assert not (tmp_path / "sscb-verify-cache").exists()  # deleted without --keep
+
