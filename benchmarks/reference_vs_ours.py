@@ -17,7 +17,6 @@ equal-or-better ACC and NMI.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import shutil
 import tempfile
@@ -32,23 +31,21 @@ from ssl_cluster_bench.metrics import evaluate
 from ssl_cluster_bench.reduce import PCA
 
 TARGET_RATIO = 20.0
-_KMEANS_DEFAULTS = inspect.signature(KMeans).parameters
-DEFAULT_MPPC = _KMEANS_DEFAULTS["max_points_per_centroid"].default
 
 
-def _kmeans_setting(text: str) -> tuple[int | None, int]:
+def _kmeans_setting(text: str) -> tuple[int | None, int | None]:
     """'default' or 'N_ITER:MAX_POINTS_PER_CENTROID' (either side may be 'default') -> (n_iter, cap)."""
     if text == "default":
-        return None, DEFAULT_MPPC
+        return None, None
     parts = text.split(":")
     try:
         if len(parts) != 2:
             raise ValueError
         n_iter = None if parts[0] == "default" else int(parts[0])
-        cap = DEFAULT_MPPC if parts[1] == "default" else int(parts[1])
+        cap = None if parts[1] == "default" else int(parts[1])
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'default' or N_ITER:MAX_POINTS_PER_CENTROID, got {text!r}")
-    if (n_iter is not None and n_iter < 1) or cap < 1:
+    if (n_iter is not None and n_iter < 1) or (cap is not None and cap < 1):
         raise argparse.ArgumentTypeError(f"iterations and points per centroid must be positive, got {text!r}")
     return n_iter, cap
 
@@ -61,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=1000, help="mixture classes = k")
     parser.add_argument("--pca-dim", type=int, default=256, help="PCA output dimension")
     parser.add_argument("--epochs", type=int, default=60, help="MiniBatchKMeans partial_fit epochs (reference)")
-    parser.add_argument("--ours", type=_kmeans_setting, nargs="+", default=[(None, DEFAULT_MPPC), (10, 64)],
-                        help="k-means settings to run ours with (default: library defaults and 10:64), 'default' or "
+    parser.add_argument("--ours", type=_kmeans_setting, nargs="+", default=[(None, None)],
+                        help="k-means settings to run ours with (default: the library defaults), 'default' or "
                              "N_ITER:MAX_POINTS_PER_CENTROID; two rows each (before and after the reference)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
@@ -85,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_pipeline(name: str, entry, args: argparse.Namespace, memory: MemoryMonitor,
-                 setting: tuple[int | None, int] = (None, DEFAULT_MPPC)) -> dict:
+                 setting: tuple[int | None, int | None] = (None, None)) -> dict:
     """One pipeline end to end on the entry: PCA, k-means (k = classes), metrics; returns its table row."""
     progress = not args.no_progress
     memory.peak = memory.current()
@@ -108,8 +105,10 @@ def run_pipeline(name: str, entry, args: argparse.Namespace, memory: MemoryMonit
     pred = kmeans.fit(reduced).labels_
     t_kmeans = time.perf_counter()
     if name == "ours":
-        defaults = "defaults: " if setting == (None, DEFAULT_MPPC) else ""
-        name = f"ours ({defaults}n_iter={kmeans.n_iter_}, max_points_per_centroid={kmeans.max_points_per_centroid})"
+        # what ran, including what the defaults resolved to (restarts, seeding, iterations, sample cap)
+        defaults = "defaults: " if setting == (None, None) else ""
+        name = (f"ours ({defaults}n_init={kmeans.n_init_}, init={','.join(sorted(set(kmeans.inits_)))}, "
+                f"n_iter={kmeans.n_iter_}, max_points_per_centroid={kmeans.max_points_per_centroid_})")
     scores = evaluate(labels, pred)
     t_end = time.perf_counter()
     return {"pipeline": name, "n": entry.count, "dim": entry.feature_dim, "k": args.classes,

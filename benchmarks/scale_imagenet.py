@@ -153,7 +153,9 @@ def run(args: argparse.Namespace) -> dict:
                 scores = evaluate(labels, pred)
                 metric_seconds = time.perf_counter() - t0
                 stage(f"metrics k={k}", metric_seconds)
-                results.append({"k": k, "n_iter": km.n_iter_, "kmeans_s": round(fit_seconds, 2),
+                results.append({"k": k, "n_init": km.n_init_, "init": ",".join(sorted(set(km.inits_))),
+                                "n_iter": km.n_iter_, "max_points_per_centroid": km.max_points_per_centroid_,
+                                "kmeans_s": round(fit_seconds, 2),
                                 "metrics_s": round(metric_seconds, 2),
                                 **{m: round(v, 4) for m, v in scores.items()},
                                 "empty_clusters": int(k - np.unique(pred).size)})

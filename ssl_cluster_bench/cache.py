@@ -8,30 +8,65 @@ On-disk format (one directory per entry under the cache root)::
                         open with ``np.load(path, mmap_mode="r")``
         labels.npy      int64, shape (count,); -1 where the dataset has no label
         indices.npy     int64, shape (count,); row -> position in the dataset (skipped files leave gaps)
-    <root>/<entry_id>.partial/      chunks of an extraction in progress (resumed, never read as an entry)
+        .verified.json  verified-stamp: the stat of each file when its bytes last matched the manifest
+    <root>/<entry_id>.partial/chunks-of-<C>/   chunks of an extraction in progress (resumed, never read as an entry)
+    <root>/.locks/                              lock files (empty; never removed, see below)
 
 ``manifest.json`` holds the key (backbone, weights, dataset, split, transform, variant, data fingerprint), ``feature_dim``,
-``count``, ``shape``, ``dtype``, ``checksum`` (sha256 of features then labels bytes), ``skipped`` (count and
-ids of unreadable files), library versions and creation time. Entries are assembled in a temporary
-directory and renamed into place, so a crash never leaves a half-written entry that looks complete.
+``count``, ``shape``, ``dtype``, ``checksum`` (sha256 of features then labels data bytes), ``indices_checksum``,
+``skipped`` (count and ids of unreadable files), library versions and creation time. Entries are assembled in a
+temporary directory and renamed into place, so a crash never leaves a half-written entry that looks complete.
+
+Sharing (many jobs, one cache): every process that asks for a missing entry helps build it. A chunk is
+computed by whoever first takes its lock (``flock``, dropped by the kernel if that job dies) and appears
+only by an atomic rename, so nobody reads a half-written chunk or recomputes one it can see finished; the
+entry is assembled once, under a per-entry lock, by the first process that finds every chunk done, and the
+others return that entry. Where locks do not work (NFS without a lock daemon, see :mod:`.safeio`) the same
+steps stay safe without them — unique temporary names, renames, readers that tolerate the partial folder
+vanishing — and the only cost is that two jobs may compute the same chunk.
+
+Integrity: an entry's files are checked against the manifest before first use in a process (shape, dtype
+and size from the ``.npy`` headers, then sha256). A successful check records each file's size, mtime,
+ctime and inode in ``.verified.json``; a later open whose files still have that stat skips the hash. Any
+write through the filesystem changes mtime/ctime (ctime cannot be set back by users), a truncation
+changes the size and a replaced or copied file has a new inode, so all of these are re-hashed; what the
+stamp cannot see is media corruption after the check that never went through the filesystem (bit rot),
+which ``sscb cache --verify`` (always a full hash) finds. The cost is in benchmarks/README.md.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import socket
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-__all__ = ["CacheKey", "CacheEntry", "ChunkWriter", "FeatureCache", "default_cache_dir"]
+from .errors import InterfaceError, option, spell
+from .safeio import FileLock, write_error
+
+__all__ = ["CacheIntegrityError", "CacheKey", "CacheEntry", "ChunkWriter", "EntryStatus", "FeatureCache",
+           "default_cache_dir"]
+
+log = logging.getLogger(__name__)
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+DATA_FILES = ("features.npy", "labels.npy", "indices.npy")
+STAMP = ".verified.json"
+_HASH_BLOCK = 16 << 20
+
+
+class CacheIntegrityError(InterfaceError, RuntimeError):
+    """An entry's files disagree with its manifest or cannot be read: it must not be used."""
 
 
 def default_cache_dir() -> Path:
@@ -100,12 +135,177 @@ def _check_features(block: np.ndarray, where: str) -> None:
         )
 
 
+def _fix_hint(name: str) -> str:
+    return (f"Rebuild it: {option('cache_remove', name)}, then re-run the same command to extract it again "
+            f"({option('cache_verify')} checks every entry).")
+
+
+# -- .npy files read and written without memory maps ------------------------------------------------------
+def _npy_layout(path: Path) -> tuple[tuple, np.dtype, bool, int]:
+    """(shape, dtype, fortran_order, offset of the data) from a ``.npy`` header; ValueError if unreadable."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+        return tuple(shape), dtype, fortran, f.tell()
+
+
+def _hash_npy_data(path: Path, h, progress=None) -> None:
+    """Feed the data bytes of a C-order ``.npy`` file (no header) to ``h``, streaming (no memory map)."""
+    shape, dtype, _, offset = _npy_layout(path)
+    remaining = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = memoryview(bytearray(min(_HASH_BLOCK, max(remaining, 1))))
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        while remaining:
+            n = f.readinto(buf[:min(len(buf), remaining)])
+            if not n:
+                raise ValueError(f"{path.name} ends {remaining} bytes early")
+            h.update(buf[:n])
+            remaining -= n
+            if progress is not None:
+                progress.update(n)
+
+
+def _checksum(features_path: Path, labels_path: Path, progress=None) -> str:
+    """sha256 of the features' data bytes then the labels' (the manifest's ``checksum``)."""
+    h = hashlib.sha256()
+    _hash_npy_data(Path(features_path), h, progress)
+    _hash_npy_data(Path(labels_path), h, progress)
+    return "sha256:" + h.hexdigest()
+
+
+def _file_checksum(path: Path) -> str:
+    h = hashlib.sha256()
+    _hash_npy_data(Path(path), h)
+    return "sha256:" + h.hexdigest()
+
+
+class _NpyWriter:
+    """A C-order ``.npy`` file filled with plain ``write`` calls at row offsets.
+
+    Plain writes report a full disk as OSError(ENOSPC) at the write; storing through a memory map of a
+    sparse file would instead kill the process with SIGBUS.
+    """
+
+    def __init__(self, path: Path, shape: tuple, dtype=np.float16):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(shape[-1]) * self.dtype.itemsize
+        self.file = open(path, "wb")
+        try:
+            np.lib.format.write_array_header_1_0(self.file, {
+                "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape})
+            self.offset = self.file.tell()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def write_rows(self, flat_row: int, block: np.ndarray) -> None:
+        """Write ``block`` (rows, dim) at row ``flat_row`` of the file seen as (-1, dim)."""
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        self.file.seek(self.offset + flat_row * self.row_bytes)
+        self.file.write(memoryview(data).cast("B"))
+
+    def close(self) -> None:
+        """Flush, fsync and close (the file must be complete)."""
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the write error that brought us here is the one to report
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- verified-stamps -------------------------------------------------------------------------------------
+def _file_stats(path: Path) -> dict:
+    out = {}
+    for name in DATA_FILES:
+        st = os.stat(path / name)
+        out[name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return out
+
+
+# Entries verified by this process (path, stats) -> True: a read-only cache (no stamp) is hashed once per process.
+_verified_here: set[tuple] = set()
+
+
+def _stamp_matches(path: Path, manifest: dict, stats: dict) -> bool:
+    try:
+        stamp = json.loads((path / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(stamp, dict) and stamp.get("checksum") == manifest.get("checksum")
+            and stamp.get("indices_checksum") == manifest.get("indices_checksum") and stamp.get("files") == stats)
+
+
+def _write_stamp(path: Path, manifest: dict, stats: dict) -> None:
+    stamp = {"checksum": manifest.get("checksum"), "indices_checksum": manifest.get("indices_checksum"),
+             "files": stats, "verified": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "by": f"{socket.gethostname()}:{os.getpid()}"}
+    tmp = path / f".verified.{os.getpid()}.{time.time_ns()}.tmp"
+    try:
+        _write_text(tmp, json.dumps(stamp, indent=1))
+        os.replace(tmp, path / STAMP)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        size = sum(s[0] for s in stats.values()) / 2**30
+        log.warning("cannot record that %s was verified (%s): every new process will hash its %.1f GiB again",
+                    path.name, e, size)
+
+
+def _load_manifest(path: Path) -> dict:
+    """The parsed manifest of the entry folder ``path``; CacheIntegrityError if it is missing fields or garbled."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CacheIntegrityError(f"feature cache entry {path} is damaged: its manifest.json cannot be read "
+                                  f"({e}). {_fix_hint(path.name)}") from None
+    missing = [k for k in ("key", "shape", "count", "feature_dim", "checksum") if not isinstance(manifest, dict)
+               or k not in manifest]
+    if missing:
+        raise CacheIntegrityError(f"feature cache entry {path} is damaged: its manifest.json lacks {missing}. "
+                                  f"{_fix_hint(path.name)}")
+    return manifest
+
+
 @dataclass
 class CacheEntry:
-    """A complete cache entry. ``features`` is a read-only float16 memory map (never loaded whole)."""
+    """A complete cache entry. ``features`` is a read-only float16 memory map (never loaded whole).
+
+    The files are checked against the manifest before the first ``features`` / ``labels`` / ``indices``
+    access (:meth:`ensure_verified`); a damaged entry raises :class:`CacheIntegrityError` instead.
+    """
 
     path: Path
     manifest: dict
+    _verified: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
     @property
     def key(self) -> CacheKey:
@@ -113,14 +313,17 @@ class CacheEntry:
 
     @property
     def features(self) -> np.ndarray:
+        self.ensure_verified()
         return np.load(self.path / "features.npy", mmap_mode="r")
 
     @property
     def labels(self) -> np.ndarray:
+        self.ensure_verified()
         return np.load(self.path / "labels.npy")
 
     @property
     def indices(self) -> np.ndarray:
+        self.ensure_verified()
         return np.load(self.path / "indices.npy")
 
     @property
@@ -136,25 +339,139 @@ class CacheEntry:
         labels = self.labels
         return int(np.unique(labels[labels >= 0]).size)
 
+    @property
+    def nbytes(self) -> int:
+        return sum((self.path / n).stat().st_size for n in DATA_FILES if (self.path / n).is_file())
+
     def iter_batches(self, batch_size: int = 65536) -> Iterator[np.ndarray]:
         """float32 blocks of rows, in order; memory use is one block."""
         feats = self.features
         for start in range(0, feats.shape[0], batch_size):
             yield np.asarray(feats[start:start + batch_size], dtype=np.float32)
 
+    # -- integrity ---------------------------------------------------------------------------------------
+    def _damaged(self, what: str) -> CacheIntegrityError:
+        return CacheIntegrityError(f"feature cache entry {self.path} is damaged: {what}. {_fix_hint(self.name)}")
+
+    def check_structure(self) -> dict:
+        """Cheap checks (files present, ``.npy`` headers, sizes) against the manifest; returns the files' stats."""
+        m = self.manifest
+        count = int(m["count"])
+        expected = {"features.npy": (tuple(m["shape"]), np.dtype(m.get("dtype", "float16"))),
+                    "labels.npy": ((count,), np.dtype(np.int64)), "indices.npy": ((count,), np.dtype(np.int64))}
+        for name, (shape, dtype) in expected.items():
+            path = self.path / name
+            if not path.is_file():
+                raise self._damaged(f"{name} is missing")
+            try:
+                got_shape, got_dtype, fortran, offset = _npy_layout(path)
+            except (OSError, ValueError, SyntaxError) as e:
+                raise self._damaged(f"{name} is not a readable .npy file ({e})") from None
+            if got_shape != shape or got_dtype != dtype or fortran:
+                raise self._damaged(f"{name} holds {got_dtype} {got_shape} but the manifest says {dtype} {shape}")
+            size, want = path.stat().st_size, offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if size != want:
+                state = "truncated" if size < want else "longer than its header says"
+                raise self._damaged(f"{name} is {state}: {size} bytes instead of {want}")
+        try:
+            return _file_stats(self.path)
+        except OSError as e:
+            raise self._damaged(f"its files cannot be read ({e})") from None
+
+    def check(self, full: bool = True, progress: bool | None = None) -> None:
+        """Raise :class:`CacheIntegrityError` unless the files match the manifest.
+
+        ``full=True`` always re-hashes (``sscb cache --verify``) and refreshes the stamp; ``full=False``
+        trusts a verified-stamp whose recorded stats still match the files.
+        """
+        stats = self.check_structure()
+        if not full and ((str(self.path), json.dumps(stats)) in _verified_here
+                         or _stamp_matches(self.path, self.manifest, stats)):
+            self._verified = True
+            return
+        # One process hashes a large entry while the others sharing the cache wait for its stamp.
+        lock = FileLock(self.path.parent / ".locks" / f"{self.name}.verify.lock")
+        try:
+            lock.path.parent.mkdir(exist_ok=True)
+        except OSError:
+            pass  # read-only cache: FileLock degrades to no lock
+        with lock:
+            if not full and _stamp_matches(self.path, self.manifest, stats):
+                self._verified = True
+                return
+            self._hash_and_compare(progress)
+            _verified_here.add((str(self.path), json.dumps(stats)))
+            _write_stamp(self.path, self.manifest, stats)
+        self._verified = True
+
+    def _hash_and_compare(self, progress: bool | None) -> None:
+        from tqdm.auto import tqdm
+
+        total = sum((self.path / n).stat().st_size for n in DATA_FILES)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"verify {self.name}", leave=False,
+                   disable=(total < 1 << 30) if progress is None else not progress)
+        try:
+            got = _checksum(self.path / "features.npy", self.path / "labels.npy", bar)
+            if got != self.manifest["checksum"]:
+                raise self._damaged("features.npy or labels.npy does not match the sha256 in its manifest (the "
+                                    "bytes changed after the entry was written: disk error, interrupted copy or "
+                                    "sync, or an edit)")
+            want = self.manifest.get("indices_checksum")
+            if want is not None and _file_checksum(self.path / "indices.npy") != want:
+                raise self._damaged("indices.npy does not match the sha256 in its manifest")
+        except (OSError, ValueError) as e:
+            raise self._damaged(f"its files cannot be read to the end ({e})") from None
+        finally:
+            bar.close()
+
+    def ensure_verified(self) -> "CacheEntry":
+        """Check once per object (fast path: the verified-stamp); raise CacheIntegrityError if damaged."""
+        if not self._verified:
+            self.check(full=False)
+        return self
+
     def verify(self) -> bool:
-        """Recompute the checksum from disk and compare with the manifest."""
-        return _checksum(self.path / "features.npy", self.path / "labels.npy") == self.manifest["checksum"]
+        """Recompute the checksums from disk and compare with the manifest (True = intact)."""
+        try:
+            self.check(full=True)
+        except CacheIntegrityError:
+            return False
+        return True
 
 
-def _checksum(features_path: Path, labels_path: Path) -> str:
-    h = hashlib.sha256()
-    feats = np.load(features_path, mmap_mode="r")
-    flat = feats.reshape(-1, feats.shape[-1]) if feats.ndim > 1 else feats
-    for start in range(0, flat.shape[0], 1 << 16):
-        h.update(np.ascontiguousarray(flat[start:start + (1 << 16)]).tobytes())
-    h.update(np.ascontiguousarray(np.load(labels_path)).tobytes())
-    return "sha256:" + h.hexdigest()
+@dataclass
+class EntryStatus:
+    """One line of ``sscb cache``: an entry folder, a partial extraction or a leftover temporary folder."""
+
+    name: str
+    state: str  # "ok", "unverified", "damaged", "incomplete", "partial", "leftover"
+    detail: str = ""  # with option placeholders: read it through describe()
+    entry: CacheEntry | None = None
+    nbytes: int = 0
+
+    def describe(self, interface: str = "api") -> str:
+        """``detail`` with the commands it names spelled for ``interface`` ("api" or "cli")."""
+        return spell(self.detail, interface)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            total += p.stat().st_size if p.is_file() else 0
+        except OSError:
+            pass
+    return total
 
 
 class FeatureCache:
@@ -170,21 +487,27 @@ class FeatureCache:
         return self.root / key.entry_id
 
     def get(self, key: CacheKey) -> CacheEntry | None:
-        """The complete entry for ``key``, or None (a missing manifest means "not there")."""
-        manifest_path = self.path(key) / "manifest.json"
-        if not manifest_path.is_file():
+        """The complete, verified entry for ``key``, or None (a missing manifest means "not there").
+
+        Raises :class:`CacheIntegrityError` when the entry exists but its files do not match its manifest.
+        """
+        path = self.path(key)
+        if not (path / "manifest.json").is_file():
             return None
-        manifest = json.loads(manifest_path.read_text())
+        manifest = _load_manifest(path)
         if manifest.get("key") != asdict(key):
-            raise RuntimeError(f"cache entry {manifest_path.parent} does not belong to key {key} (hash collision?)")
-        return CacheEntry(self.path(key), manifest)
+            raise RuntimeError(f"cache entry {path} does not belong to key {key} (hash collision?)")
+        return CacheEntry(path, manifest).ensure_verified()
 
     def entries(self) -> list[CacheEntry]:
-        """Every complete entry under the root."""
+        """Every complete entry under the root whose manifest reads (data are verified on first use)."""
         out = []
         if self.root.is_dir():
             for manifest_path in sorted(self.root.glob("*/manifest.json")):
-                out.append(CacheEntry(manifest_path.parent, json.loads(manifest_path.read_text())))
+                try:
+                    out.append(CacheEntry(manifest_path.parent, _load_manifest(manifest_path.parent)))
+                except CacheIntegrityError as e:
+                    log.warning("skipping %s", e)
         return out
 
     def find(self, backbone: str, dataset: str, split: str | None = None, variant: str = "") -> list[CacheEntry]:
@@ -219,77 +542,211 @@ class FeatureCache:
             raise ValueError(f"indices have shape {indices.shape}, expected ({n},)")
         tmp = self._tmp_dir(key)
         try:
-            out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
-                                            shape=features.shape)
-            for start in range(0, n, batch_size):
-                block = np.asarray(features[start:start + batch_size], dtype=np.float32)
-                _check_features(block, f"rows {start}..{start + block.shape[0] - 1}")
-                out[start:start + block.shape[0]] = block
-            out.flush()
-            del out
-            return self._commit(key, tmp, labels.astype(np.int64), indices, meta or {})
+            try:
+                out = _NpyWriter(tmp / "features.npy", features.shape)
+                try:
+                    for start in range(0, n, batch_size):
+                        block = np.asarray(features[start:start + batch_size], dtype=np.float32)
+                        _check_features(block, f"rows {start}..{start + block.shape[0] - 1}")
+                        out.write_rows(start, block)
+                except BaseException:
+                    out.abort()
+                    raise
+                out.close()
+                with self._entry_lock(key.entry_id):
+                    return self._commit(key, tmp, labels.astype(np.int64), indices, meta or {})
+            except OSError as e:
+                raise write_error(e, f"writing feature cache entry {key.entry_id}", tmp,
+                                  "Nothing was stored (the cache holds no partial copy of it).") from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
     def writer(self, key: CacheKey, n_items: int, chunk_size: int) -> "ChunkWriter":
-        """A resumable chunked writer for an extraction of ``n_items`` dataset positions."""
+        """A resumable chunked writer for an extraction of ``n_items`` dataset positions (a context manager)."""
         return ChunkWriter(self, key, n_items, chunk_size)
 
+    # -- listing, checking, removing --------------------------------------------------------------------
+    def status(self, full: bool = False) -> list[EntryStatus]:
+        """Every folder under the root, classified; ``full`` re-hashes every complete entry (``--verify``)."""
+        out: list[EntryStatus] = []
+        if not self.root.is_dir():
+            return out
+        for path in sorted(self.root.iterdir(), key=lambda p: p.name.lstrip(".")):
+            if not path.is_dir() or path.name == ".locks":
+                continue
+            if path.name.endswith(".partial"):
+                out.append(self._partial_status(path))
+            elif path.name.startswith("."):
+                out.append(self._leftover_status(path))
+            elif not (path / "manifest.json").exists():
+                out.append(EntryStatus(path.name, "incomplete", "no manifest.json (not an entry; a new extraction "
+                                       f"replaces it): {option('cache_remove', path.name)}",
+                                       nbytes=_dir_bytes(path)))
+            else:
+                out.append(self._entry_status(path, full))
+        return out
+
+    def _entry_status(self, path: Path, full: bool) -> EntryStatus:
+        try:
+            entry = CacheEntry(path, _load_manifest(path))
+            if full:
+                entry.check(full=True)
+                return EntryStatus(path.name, "ok", "sha256 verified now", entry, entry.nbytes)
+            stats = entry.check_structure()
+            verified = _stamp_matches(path, entry.manifest, stats)
+            return EntryStatus(path.name, "ok" if verified else "unverified",
+                               "" if verified else f"hashed on first use, or now with {option('cache_verify')}",
+                               entry, entry.nbytes)
+        except CacheIntegrityError as e:
+            return EntryStatus(path.name, "damaged", Exception.__str__(e), nbytes=_dir_bytes(path))
+
+    def _partial_status(self, path: Path) -> EntryStatus:
+        entry_id = path.name[: -len(".partial")]
+        done, total = 0, None
+        for chunks in path.glob("chunks-of-*"):
+            try:
+                spec = json.loads((chunks / "spec.json").read_text())
+                n = (spec["n_items"] + spec["chunk_size"] - 1) // spec["chunk_size"]
+            except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+                continue
+            got = len(list(chunks.glob("chunk-*.npz")))
+            if total is None or got / n > done / total:
+                done, total = got, n
+        progress = f"{done}/{total} chunks done" if total else "no finished chunk"
+        if (self.root / entry_id / "manifest.json").is_file():
+            detail = f"{progress}; left over beside the complete entry: {option('cache_remove', path.name)}"
+        elif self._in_progress(entry_id):
+            detail = f"{progress}; an extraction is running"
+        else:
+            detail = (f"{progress}; no process is working on it (a killed run): re-run the same extraction to "
+                      f"resume, or {option('cache_remove', entry_id)}")
+        return EntryStatus(path.name, "partial", detail, nbytes=_dir_bytes(path))
+
+    def _leftover_status(self, path: Path) -> EntryStatus:
+        # Temporary folders are named .<entry>.tmp-<pid>-…: a live pid on this host may still be writing it.
+        match = re.search(r"\.tmp-(\d+)-", path.name)
+        if match and _pid_alive(int(match.group(1))):
+            return EntryStatus(path.name, "leftover", f"probably being written by process {match.group(1)} on "
+                               f"this host; if not, {option('cache_remove', path.name)} deletes it",
+                               nbytes=_dir_bytes(path))
+        return EntryStatus(path.name, "leftover", "temporary folder of an interrupted write; "
+                           f"{option('cache_remove', path.name)} deletes it", nbytes=_dir_bytes(path))
+
+    def _in_progress(self, entry_id: str) -> bool:
+        lock = FileLock(self.root / ".locks" / f"{entry_id}.active.lock")
+        if not lock.path.exists():
+            return False
+        if lock.acquire(blocking=False):
+            held_elsewhere = False
+            lock.release()
+        else:
+            held_elsewhere = True
+        return held_elsewhere
+
+    def remove(self, name: str) -> list[str]:
+        """Delete entry ``name`` (as listed by ``sscb cache``) with its partial extraction; returns what went.
+
+        ``name`` may also be a ``.partial`` or leftover temporary folder. Refuses while an extraction of the
+        entry is running. The folder is renamed away first, so nobody ever sees it half-deleted.
+        """
+        name = name.strip().rstrip("/")
+        entry_id = name[: -len(".partial")] if name.endswith(".partial") else name
+        targets = [self.root / name] if name.startswith(".") else \
+            ([self.root / entry_id] if name == entry_id else []) + [self.root / f"{entry_id}.partial"]
+        targets = [p for p in targets if p.exists()]
+        if not targets or "/" in name or name in ("", ".", "..", ".locks"):
+            known = [s.name for s in self.status()]
+            raise ValueError(f"no cache entry named {name!r} under {self.root}; `sscb cache` lists them"
+                             + (f" ({len(known)} there)" if known else " (the cache is empty)"))
+        if not name.startswith(".") and self._in_progress(entry_id):
+            raise RuntimeError(f"an extraction of {entry_id} is running right now; wait for it (or stop it) "
+                               "before removing the entry")
+        removed = []
+        with self._entry_lock(entry_id):
+            for path in targets:
+                trash = self.root / f".trash-{path.name}-{os.getpid()}-{time.time_ns()}"
+                os.rename(path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                removed.append(path.name)
+        return removed
+
     # -- internals ---------------------------------------------------------------------------------------
+    def _lock_path(self, entry_id: str, kind: str) -> Path:
+        locks = self.root / ".locks"
+        try:
+            locks.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(e, f"creating the feature cache directory {locks}", locks,
+                              "Nothing was written.") from e
+        return locks / f"{entry_id}.{kind}.lock"
+
+    def _entry_lock(self, entry_id: str) -> FileLock:
+        """The lock held while an entry is created, assembled, renamed into place or removed."""
+        return FileLock(self._lock_path(entry_id, "entry"))
+
     def _tmp_dir(self, key: CacheKey) -> Path:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=f".{key.entry_id}.tmp-{os.getpid()}-", dir=self.root))
         except OSError as e:
-            raise OSError(f"cannot create the feature cache directory {self.root}: {e}") from e
-        tmp = self.root / f".{key.entry_id}.tmp-{os.getpid()}-{time.time_ns()}"
-        tmp.mkdir()
-        return tmp
+            raise write_error(e, f"creating a folder in the feature cache {self.root}", self.root,
+                              "Nothing was written.") from e
 
     def _commit(self, key: CacheKey, tmp: Path, labels: np.ndarray, indices: np.ndarray, meta: dict) -> CacheEntry:
-        np.save(tmp / "labels.npy", labels)
-        np.save(tmp / "indices.npy", indices)
-        feats = np.load(tmp / "features.npy", mmap_mode="r")
+        """Finish the entry assembled in ``tmp`` and rename it into place. The caller holds the entry lock."""
+        _save_npy(tmp / "labels.npy", labels)
+        _save_npy(tmp / "indices.npy", indices)
+        shape, _, _, _ = _npy_layout(tmp / "features.npy")
         manifest = {
             "format": 1,
             "key": asdict(key),
-            "feature_dim": int(feats.shape[-1]),
-            "count": int(feats.shape[-2]),
-            "shape": list(feats.shape),
+            "feature_dim": int(shape[-1]),
+            "count": int(shape[-2]),
+            "shape": list(shape),
             "dtype": "float16",
             "checksum": _checksum(tmp / "features.npy", tmp / "labels.npy"),
+            "indices_checksum": _file_checksum(tmp / "indices.npy"),
             "skipped": {"count": 0, "ids": []},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": _versions(),
         }
-        del feats
         manifest.update(meta)
-        for name in ("features.npy", "labels.npy", "indices.npy"):
-            with open(tmp / name, "rb+") as f:
-                os.fsync(f.fileno())
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _write_text(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+        # The bytes were hashed from disk just now: stamp them so the first open does not hash them again.
+        _write_stamp(tmp, manifest, _file_stats(tmp))
         _fsync_dir(tmp)
         final = self.path(key)
+        if (final / "manifest.json").is_file():
+            # Another process (on a filesystem without working locks) finished the same entry first.
+            shutil.rmtree(tmp, ignore_errors=True)
+            return self.get(key)
+        if final.exists():
+            # A folder without a manifest is never an entry (entries appear complete, by rename): replace it.
+            trash = self.root / f".trash-{final.name}-{os.getpid()}-{time.time_ns()}"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
         try:
             os.rename(tmp, final)
-        except OSError:
-            # Another process finished the same entry first (or a stale incomplete dir is in the way).
-            if self.get(key) is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-                return self.get(key)
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(tmp, final)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (final / "manifest.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return self.get(key)
         _fsync_dir(self.root)
-        return CacheEntry(final, manifest)
+        entry = CacheEntry(final, manifest)
+        entry._verified = True
+        return entry
 
 
 class ChunkWriter:
     """Resumable writer: chunk ``i`` holds dataset positions ``[i*chunk_size, (i+1)*chunk_size)``.
 
-    Each chunk is written atomically (temporary file + rename) into ``<entry_id>.partial/``, so after a kill
-    ``done_chunks()`` lists exactly the finished ones and a re-run computes only the rest. ``finalize``
-    assembles the chunks in order into a complete entry and removes the partial directory. Several
-    processes (torchrun ranks) may write disjoint chunks into the same writer.
+    Chunks live in ``<entry_id>.partial/chunks-of-<chunk_size>/``, each written to a unique temporary file and
+    renamed into place, so after a kill ``done_chunks()`` lists exactly the finished ones and a re-run computes
+    only the rest. Any number of processes (torchrun ranks or independent jobs) may share one writer's folder:
+    :meth:`claim` hands chunk ``i`` to one of them at a time, and :meth:`finalize` assembles the entry once.
+    Use as a context manager (or call :meth:`close`): while open, ``sscb cache`` reports the extraction as running.
     """
 
     def __init__(self, cache: FeatureCache, key: CacheKey, n_items: int, chunk_size: int):
@@ -300,19 +757,33 @@ class ChunkWriter:
         self.cache, self.key = cache, key
         self.n_items, self.chunk_size = n_items, chunk_size
         self.dir = cache.root / f"{key.entry_id}.partial"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        spec = {"key": asdict(key), "n_items": n_items, "chunk_size": chunk_size}
-        spec_path = self.dir / "spec.json"
-        if spec_path.is_file():
-            if json.loads(spec_path.read_text()) != spec:
-                # A different layout (e.g. another chunk size): old chunks cannot be reused safely.
-                for old in self.dir.glob("chunk-*.npz"):
-                    old.unlink()
-                spec_path.write_text(json.dumps(spec))
-        else:
-            tmp = self.dir / f".spec.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(spec))
-            os.replace(tmp, spec_path)
+        # One folder per layout: jobs resuming with another chunk size never delete each other's chunks.
+        self.chunks_dir = self.dir / f"chunks-of-{chunk_size}"
+        self._active = FileLock(cache._lock_path(key.entry_id, "active"), shared=True)
+        with cache._entry_lock(key.entry_id):
+            if not self.entry_complete():
+                try:
+                    self.chunks_dir.mkdir(parents=True, exist_ok=True)
+                    spec_path = self.chunks_dir / "spec.json"
+                    if not spec_path.is_file():
+                        fd, tmp = tempfile.mkstemp(prefix=".spec.", suffix=".tmp", dir=self.chunks_dir)
+                        os.close(fd)
+                        _write_text(Path(tmp), json.dumps({"key": asdict(key), "n_items": n_items,
+                                                           "chunk_size": chunk_size}))
+                        os.replace(tmp, spec_path)
+                except OSError as e:
+                    raise write_error(e, f"creating the extraction folder of {key.entry_id}", self.chunks_dir,
+                                      "Nothing was written.") from e
+            self._active.acquire()  # before the entry lock goes, so `remove` cannot slip in between
+
+    def __enter__(self) -> "ChunkWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._active.release()
 
     @property
     def n_chunks(self) -> int:
@@ -322,24 +793,97 @@ class ChunkWriter:
         return range(i * self.chunk_size, min((i + 1) * self.chunk_size, self.n_items))
 
     def _chunk_path(self, i: int) -> Path:
-        return self.dir / f"chunk-{i:06d}.npz"
+        return self.chunks_dir / f"chunk-{i:06d}.npz"
+
+    def entry_complete(self) -> bool:
+        """True once the entry has been assembled (by this or any other process)."""
+        return (self.cache.path(self.key) / "manifest.json").is_file()
 
     def done_chunks(self) -> set[int]:
-        return {int(p.stem.split("-")[1]) for p in self.dir.glob("chunk-*.npz")}
+        return {int(p.stem.split("-")[1]) for p in self.chunks_dir.glob("chunk-*.npz")}
+
+    def is_done(self, i: int) -> bool:
+        return self._chunk_path(i).is_file()
+
+    def claim(self, i: int) -> FileLock | None:
+        """The lock of chunk ``i`` if this process should compute it now; None if it is done, being computed
+        by another process, or the whole entry is finished. Release the lock after :meth:`write_chunk`."""
+        if self.is_done(i) or self.entry_complete():
+            return None
+        lock = FileLock(self.chunks_dir / f"chunk-{i:06d}.lock")
+        try:
+            if not lock.acquire(blocking=False):
+                return None
+        except FileNotFoundError:
+            return self._vanished()
+        # Chunk before entry: the folder is removed only after the entry is renamed into place, so a chunk
+        # that vanished with the folder always shows up here as a complete entry.
+        if self.is_done(i) or self.entry_complete():
+            lock.release()
+            return None
+        return lock
+
+    def wait(self, i: int) -> None:
+        """Block until no other process computes chunk ``i`` (it finished it, or died)."""
+        lock = FileLock(self.chunks_dir / f"chunk-{i:06d}.lock")
+        try:
+            with lock:
+                pass
+        except FileNotFoundError:
+            self._vanished()
+
+    def _vanished(self) -> None:
+        if self.entry_complete():
+            return None
+        raise RuntimeError(f"the extraction folder {self.chunks_dir} was removed while this job was writing into it "
+                           "(`sscb cache --remove` or a manual delete?); re-run the command to start it again")
 
     def write_chunk(self, i: int, features: np.ndarray, labels: np.ndarray, indices: np.ndarray,
                     skipped_ids: list[str] = ()) -> None:
         features = np.asarray(features)
         _check_features(features.astype(np.float32, copy=False), f"chunk {i}")
-        tmp = self.dir / f".chunk-{i:06d}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, features=features.astype(np.float16), labels=np.asarray(labels, dtype=np.int64),
-                 indices=np.asarray(indices, dtype=np.int64), skipped=np.asarray(list(skipped_ids), dtype=str))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self._chunk_path(i))
+        tmp = None
+        try:
+            # a unique name (O_EXCL): two jobs or hosts never write into the same temporary file
+            fd, tmp = tempfile.mkstemp(prefix=f".chunk-{i:06d}.{os.getpid()}.", suffix=".tmp", dir=self.chunks_dir)
+            os.close(fd)
+            with open(tmp, "wb") as f:
+                np.savez(f, features=features.astype(np.float16), labels=np.asarray(labels, dtype=np.int64),
+                         indices=np.asarray(indices, dtype=np.int64),
+                         skipped=np.asarray(list(skipped_ids), dtype=str))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._chunk_path(i))
+        except OSError as e:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            if e.errno == errno.ENOENT and self.entry_complete():
+                return  # another job (without working locks) assembled the entry and removed the folder
+            done = len(self.done_chunks())
+            raise write_error(e, f"writing chunk {i} of feature cache entry {self.key.entry_id}", self.chunks_dir,
+                              f"The {done} finished chunk(s) of {self.n_chunks} are kept (no partial chunk was "
+                              "left) and a re-run computes only the rest.") from e
 
     def finalize(self, meta: dict | None = None) -> CacheEntry:
-        """Assemble all chunks into the cache entry (streaming: one chunk in memory at a time)."""
+        """Assemble all chunks into the cache entry (streaming: one chunk in memory at a time).
+
+        Runs under the entry lock; if another process assembled the entry meanwhile, returns that entry.
+        """
+        with self.cache._entry_lock(self.key.entry_id):
+            if self.entry_complete():
+                shutil.rmtree(self.dir, ignore_errors=True)
+                return self.cache.get(self.key)
+            try:
+                return self._assemble(meta)
+            except FileNotFoundError:
+                if self.entry_complete():  # only without working locks: another host was faster
+                    return self.cache.get(self.key)
+                raise
+
+    def _assemble(self, meta: dict | None) -> CacheEntry:
         missing = sorted(set(range(self.n_chunks)) - self.done_chunks())
         if missing:
             raise RuntimeError(f"cannot finalize {self.key.entry_id}: chunks {missing[:10]} are not written yet")
@@ -359,24 +903,36 @@ class ChunkWriter:
             raise RuntimeError(f"every image of {self.key.dataset}/{self.key.split} was unreadable "
                                f"({len(skipped)} skipped): nothing to cache")
         dim = dims.pop()
+        n_lead = int(np.prod(lead_shape, dtype=np.int64))
         tmp = self.cache._tmp_dir(self.key)
         try:
-            out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
-                                            shape=(*lead_shape, total, dim))
-            labels = np.empty(total, dtype=np.int64)
-            indices = np.empty(total, dtype=np.int64)
-            pos = 0
-            for i, c in enumerate(counts):
-                with np.load(self._chunk_path(i)) as z:
-                    out[..., pos:pos + c, :] = z["features"]
-                    labels[pos:pos + c] = z["labels"]
-                    indices[pos:pos + c] = z["indices"]
-                pos += c
-            out.flush()
-            del out
-            info = {"skipped": {"count": len(skipped), "ids": skipped}}
-            info.update(meta or {})
-            entry = self.cache._commit(self.key, tmp, labels, indices, info)
+            try:
+                out = _NpyWriter(tmp / "features.npy", (*lead_shape, total, dim))
+                labels = np.empty(total, dtype=np.int64)
+                indices = np.empty(total, dtype=np.int64)
+                pos = 0
+                try:
+                    for i, c in enumerate(counts):
+                        with np.load(self._chunk_path(i)) as z:
+                            feats = z["features"].reshape(n_lead, c, dim)
+                            for v in range(n_lead):
+                                out.write_rows(v * total + pos, feats[v])
+                            labels[pos:pos + c] = z["labels"]
+                            indices[pos:pos + c] = z["indices"]
+                        pos += c
+                except BaseException:
+                    out.abort()
+                    raise
+                out.close()
+                info = {"skipped": {"count": len(skipped), "ids": skipped}}
+                info.update(meta or {})
+                entry = self.cache._commit(self.key, tmp, labels, indices, info)
+            except OSError as e:
+                if isinstance(e, FileNotFoundError) and self.entry_complete():
+                    raise
+                raise write_error(e, f"assembling feature cache entry {self.key.entry_id}", tmp,
+                                  f"All {self.n_chunks} finished chunks are kept in {self.chunks_dir}; a re-run "
+                                  "only assembles them (nothing is recomputed).") from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

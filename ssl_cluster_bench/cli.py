@@ -38,6 +38,20 @@ def _pca_dim(text: str):
         raise argparse.ArgumentTypeError(f"--pca-dim takes an integer or 'none', got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _n_init(text: str):
+    return "auto" if text == "auto" else _positive(text)
+
+
 def _add_data(p, dataset_default="digits", required=False):
     p.add_argument("--dataset", default=None if required else dataset_default, required=required,
                    help="dataset name (see `sscb datasets`)" + ("" if required else f"; default {dataset_default}"))
@@ -83,13 +97,22 @@ def _add_protocol(p):
                    help="L2-normalise the reduced features")
     p.add_argument("--backend", choices=["faiss", "sklearn"], default=argparse.SUPPRESS,
                    help="k-means backend (sklearn = the reference MiniBatchKMeans protocol; default faiss)")
+    p.add_argument("--n-init", type=_n_init, default=argparse.SUPPRESS,
+                   help="k-means restarts, lowest inertia kept, or 'auto': as many as the training budget allows "
+                        "(10 on small data, 1 at ImageNet size; default auto)")
+    p.add_argument("--kmeans-iter", type=_positive, default=argparse.SUPPRESS,
+                   help="Lloyd iterations per restart (default 20, fewer on ImageNet-size data)")
+    p.add_argument("--max-points-per-centroid", type=_positive, default=argparse.SUPPRESS,
+                   help="k-means trains on at most this many sampled rows per cluster (default 256, fewer on "
+                        "ImageNet-size data)")
     p.add_argument("--results", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
 
 
 # argparse dest -> Protocol field, and -> protocol.kmeans field
 _PROTOCOL_FLAGS = {"methods": "methods", "overcluster": "overcluster", "seeds": "seeds", "pca_dim": "pca_dim",
                    "whiten": "whiten", "l2_normalize": "l2_normalize"}
-_KMEANS_FLAGS = {"backend": "backend"}
+_KMEANS_FLAGS = {"backend": "backend", "n_init": "n_init", "kmeans_iter": "n_iter",
+                 "max_points_per_centroid": "max_points_per_centroid"}
 
 
 def _protocol(args, **changes):
@@ -117,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="extract what is missing, cluster, append to the leaderboard "
                                    "(no arguments: the embedded digits benchmark)")
     p.add_argument("--backbones", type=_names, default=None,
-                   help="comma-separated model-card ids (default: pixels,random-resnet18)")
+                   help="comma-separated model-card ids (default: pixels,random-resnet18,efficientnet-lite0-96)")
     _add_checkpoint(p)
     p.add_argument("--methods", type=_names, default=argparse.SUPPRESS,
                    help="comma-separated method names (see `sscb methods`; default kmeans)")
@@ -160,11 +183,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all")
     p.add_argument("--cache-dir", default=None)
 
-    p = sub.add_parser("leaderboard", help="print the aggregated leaderboard (mean ± std over seeds)")
+    p = sub.add_parser("leaderboard", help="print the aggregated leaderboard (mean ± std over seeds; best per "
+                                           "dataset × method × k in bold, rows within one std of it in italics)")
     p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
     p.add_argument("--dataset", default=None, help="only this dataset")
+    p.add_argument("--intervals", action="store_true",
+                   help="also print 95%% intervals for ACC / NMI (bootstrap over images with each clustering fixed, "
+                        "plus the spread over seeds; needs the stored predictions and the feature cache)")
+    p.add_argument("--no-mark", action="store_true", help="no bold / italic marking of the best rows")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the images (default 200)")
+    p.add_argument("--cache-dir", default=None, help="feature cache the rows were made from (for the labels)")
     p.add_argument("--reported", action="store_true",
                    help="also show the published clustering numbers of the model cards next to matching rows")
+
+    p = sub.add_parser("compare", help="do two backbones differ beyond seed and sample noise on a dataset?")
+    p.add_argument("backbone_a")
+    p.add_argument("backbone_b")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", default="kmeans")
+    p.add_argument("--k", type=int, default=None, help="number of clusters (default: the number of classes)")
+    p.add_argument("--results", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the images (default 200)")
+    p.add_argument("--cache-dir", default=None, help="feature cache the rows were made from (for the labels)")
 
     p = sub.add_parser("objectnet", help="ObjectNet: direct clustering and ImageNet -> ObjectNet transfer")
     p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
@@ -211,8 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the model cards")
     sub.add_parser("methods", help="list the clustering methods (the method registry)")
     sub.add_parser("datasets", help="list the datasets")
-    p = sub.add_parser("cache", help="list the feature-cache entries")
+    p = sub.add_parser("cache", help="list the feature-cache entries (and partial or damaged ones)")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every entry against its manifest; exit 1 if any is damaged")
+    p.add_argument("--remove", metavar="NAME", default=None,
+                   help="delete one entry (name as listed) with its partial extraction")
     return parser
 
 
@@ -276,18 +322,45 @@ def _cmd_import(args):
 def _cmd_leaderboard(args):
     from .leaderboard import aggregate, default_results_path, read_leaderboard, to_markdown
 
-    df = read_leaderboard(args.csv or default_results_path())
+    path = args.csv or default_results_path()
+    df = read_leaderboard(path)
     if args.dataset:
         df = df[df["dataset"] == args.dataset]
         if df.empty:
             raise ValueError(f"no rows for dataset {args.dataset!r}")
     agg = aggregate(df)
-    print(to_markdown(agg))
+    intervals = None
+    if args.intervals:
+        from .significance import leaderboard_intervals
+
+        intervals = leaderboard_intervals(df, path, args.cache_dir, level=args.level, n_boot=args.n_boot,
+                                          progress=not args.quiet)
+    print(to_markdown(agg, mark=not args.no_mark, intervals=intervals))
+    if intervals is not None:
+        missing = intervals[intervals["interval_note"] != ""]["interval_note"]
+        for note in sorted(set(missing)):
+            print(f"no interval for {int((missing == note).sum())} configuration(s): {note}", file=sys.stderr)
     if args.reported:
         from .reported import section
 
         print("\n" + (section(agg) or "No measured row matches a published result of the model cards "
                                       "(`sscb models` lists which cards have them)."))
+
+
+def _cmd_compare(args):
+    from .leaderboard import default_results_path, read_leaderboard
+    from .significance import compare_backbones
+
+    path = args.results or default_results_path()
+    results = compare_backbones(read_leaderboard(path), path, args.backbone_a, args.backbone_b, args.dataset,
+                                args.cache_dir, method=args.method, n_clusters=args.k, level=args.level,
+                                n_boot=args.n_boot)
+    print(f"{args.backbone_a} (A) vs {args.backbone_b} (B) on {args.dataset}, {args.method}; "
+          f"{results[0].level:.0%} intervals of A - B from seed noise and a paired bootstrap over images")
+    for c in results:
+        verdict = "A better" if c.low > 0 else "B better" if c.high < 0 else "no difference beyond noise"
+        print(f"{c.metric.upper():4s} A {100 * c.mean_a:5.1f}  B {100 * c.mean_b:5.1f}  A - B {100 * c.diff:+5.1f} "
+              f"[{100 * c.low:+.1f}, {100 * c.high:+.1f}]  p = {c.p_value:.3g}  -> {verdict}")
 
 
 def _cmd_objectnet(args):
@@ -410,17 +483,30 @@ def _cmd_cache(args):
     from .cache import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
-    entries = cache.entries()
-    if not entries:
+    if args.remove:
+        for name in cache.remove(args.remove):
+            print(f"removed {cache.root / name}")
+        return 0
+    rows = cache.status(full=args.verify)
+    if not rows:
         print(f"no entries under {cache.root}")
-    for e in entries:
-        print(f"{e.path.name}  {tuple(e.manifest['shape'])}  skipped={e.manifest['skipped']['count']}")
+    for s in rows:
+        shape = f"  {tuple(s.entry.manifest['shape'])}  skipped={s.entry.manifest['skipped']['count']}" \
+            if s.entry is not None else ""
+        print(f"{s.name}  {s.state}  {s.nbytes / 2**20:.1f} MiB{shape}"
+              + (f"\n    {s.describe('cli')}" if s.detail else ""))
+    bad = [s for s in rows if s.state == "damaged"]
+    if args.verify:
+        n_ok = sum(s.state == "ok" for s in rows)
+        print(f"{n_ok} entr{'y' if n_ok == 1 else 'ies'} verified, {len(bad)} damaged under {cache.root}",
+              file=sys.stderr if bad else sys.stdout)
+    return 1 if bad and args.verify else 0
 
 
 COMMANDS = {"run": _cmd_run, "scan": _cmd_scan, "extract": _cmd_extract, "import-features": _cmd_import,
-            "leaderboard": _cmd_leaderboard, "objectnet": _cmd_objectnet, "suite": _cmd_suite, "report": _cmd_report,
-            "suites": _cmd_suites, "models": _cmd_models, "methods": _cmd_methods, "datasets": _cmd_datasets,
-            "cache": _cmd_cache}
+            "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "objectnet": _cmd_objectnet,
+            "suite": _cmd_suite, "report": _cmd_report, "suites": _cmd_suites, "models": _cmd_models,
+            "methods": _cmd_methods, "datasets": _cmd_datasets, "cache": _cmd_cache}
 
 
 def main(argv=None) -> int:
@@ -432,7 +518,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted: finished cache chunks and appended rows are kept; re-run to resume", file=sys.stderr)
         return 130
@@ -443,7 +529,7 @@ def main(argv=None) -> int:
 
         print(f"sscb {args.command}: error: {message_for(e, 'cli')}", file=sys.stderr)
         return 1
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 Entry point:
     KMeans(n_clusters, backend="faiss", random_state=0).fit(X) -> .labels_, .cluster_centers_, .predict(X)
 
-``backend="faiss"`` runs Lloyd iterations on a capped sample (``max_points_per_centroid`` per cluster, as
-faiss does) and then assigns every row in blocks. ``backend="sklearn"`` is the reference protocol of the
-seed paper: MiniBatchKMeans fed by ``partial_fit`` for a number of epochs over shuffled mini-batches.
+``backend="faiss"`` draws a training sample (``max_points_per_centroid`` rows per cluster, as faiss does),
+seeds it with k-means++ (:func:`kmeans_plusplus`, batched so that it stays cheap at k = 1000 on 10^5 rows),
+runs Lloyd iterations in faiss from those seeds, repeats this ``n_init`` times keeping the lowest training
+inertia (no labels involved) and finally assigns every row in blocks. ``backend="sklearn"`` is the reference
+protocol of the seed paper: MiniBatchKMeans fed by ``partial_fit`` for a number of epochs over shuffled
+mini-batches.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from contextlib import contextmanager
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["KMeans", "faiss_gpu_available"]
+__all__ = ["KMeans", "faiss_gpu_available", "kmeans_plusplus"]
 
 
 def faiss_gpu_available() -> bool:
@@ -55,6 +58,88 @@ def _faiss_blas_blocks(query_rows: int = 16384):
         faiss.cvar.distance_compute_blas_query_bs = previous
 
 
+# Defaults, chosen by label-free measurements (inertia, seed-to-seed agreement, time) in
+# benchmarks/kmeans_defaults.py; the numbers are in benchmarks/README.md.
+DEFAULT_N_ITER = 20
+DEFAULT_MAX_POINTS_PER_CENTROID = 256  # faiss's own default
+DEFAULT_MAX_RESTARTS = 10
+MIN_N_ITER = 10
+MIN_POINTS_PER_CENTROID = 64
+# Training budget of the automatic settings, in multiply-adds (sample rows × k × dim × Lloyd iterations,
+# summed over restarts): 10 iterations on 64 points per centroid at k = 1000, d = 256. Small problems spend
+# it on restarts (up to DEFAULT_MAX_RESTARTS); a problem whose single restart exceeds it trains with fewer
+# iterations (down to MIN_N_ITER) and then a smaller sample (down to MIN_POINTS_PER_CENTROID per cluster).
+# It is the most training that keeps the ImageNet-size pipeline >= 20x faster than the reference protocol.
+TRAIN_BUDGET = 64 * 1000 * 1000 * 256 * 10
+INITS = ("auto", "k-means++", "random")
+# Below this many multiply-adds per pass over the training sample (rows × k × dim), faiss runs single-threaded.
+SINGLE_THREAD_WORK = 5e7
+
+
+def kmeans_plusplus(X: np.ndarray, n_clusters: int, random_state=0, growth: float = 0.25) -> np.ndarray:
+    """k-means++ seeds (D² sampling) of ``X`` (n × d float32); returns the indices of the chosen rows.
+
+    Exact k-means++ picks one seed at a time and updates every row's distance to its nearest seed after each
+    pick: k passes over the data, which at k = 1000 costs far more than the clustering itself (scikit-learn's
+    ``kmeans_plusplus`` takes 27 s on 20,000 rows). Here the seeds are drawn in rounds: each round draws
+    ``max(1, floor(growth × seeds so far))`` rows without replacement with probability proportional to D²,
+    then updates the distances with one BLAS search (faiss) against the new seeds. The first seeds (all of
+    them while fewer than 1/growth are chosen, i.e. every seed for k <= 5 and most for k = 10-15) are exact
+    k-means++; at k = 1000 there are ~40 rounds and the distance work is that of one Lloyd iteration.
+    Written here because neither faiss nor scikit-learn offers a batched k-means++.
+    """
+    import faiss
+
+    rng = np.random.default_rng(random_state)
+    n = X.shape[0]
+    k = int(n_clusters)
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(n)
+    d2 = np.full(n, np.inf, dtype=np.float64)
+    n_chosen, new = 1, chosen[:1]
+    while True:
+        index = faiss.IndexFlatL2(X.shape[1])
+        index.add(X[new])
+        dist, _ = index.search(X, 1)
+        np.minimum(d2, np.maximum(dist[:, 0], 0.0), out=d2)
+        d2[new] = 0.0  # rounding in ||x||² + ||c||² - 2x·c can leave a chosen row a tiny weight
+        if n_chosen == k:
+            return chosen
+        batch = min(k - n_chosen, max(1, int(growth * n_chosen)))
+        total = d2.sum()
+        if total > 0 and np.count_nonzero(d2) >= batch:
+            # Weighted sampling without replacement (Efraimidis-Spirakis keys): the `batch` smallest
+            # Exp(1)/weight keys are a draw of successive D² picks with the weights frozen for the round.
+            with np.errstate(divide="ignore"):
+                keys = rng.exponential(size=n) / d2
+        else:  # fewer distinct rows left than seeds wanted: fill with unchosen rows uniformly
+            keys = rng.random(n)
+            keys[chosen[:n_chosen]] = np.inf
+        new = np.argpartition(keys, batch - 1)[:batch] if batch < n else np.arange(n)
+        chosen[n_chosen:n_chosen + batch] = new
+        n_chosen += batch
+
+
+@contextmanager
+def _faiss_single_thread(enabled: bool):
+    """Run faiss on one OpenMP thread (restored on exit) when every call is too small to share out.
+
+    On small problems each faiss call takes milliseconds and OpenMP's fork/barrier overhead dominates; on a
+    machine whose cores are busy, the barriers wait whole scheduler slices: 10 restarts at k = 20 on
+    5,000 × 64 rows took 46 s with 2 threads and 3.2 s with 1 on the shared 2-core machine.
+    """
+    import faiss
+
+    previous = faiss.omp_get_max_threads()
+    if enabled:
+        faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        if enabled:
+            faiss.omp_set_num_threads(previous)
+
+
 class KMeans:
     """k-means with interchangeable backends and one ``random_state``.
 
@@ -62,28 +147,45 @@ class KMeans:
     ----------
     n_clusters : int
     backend : {"faiss", "sklearn"}
+    n_init : int or "auto"
+        Restarts; the one with the lowest inertia on the training sample is kept (no labels involved).
+        "auto" (faiss): as many as fit in ``TRAIN_BUDGET`` (at most ``DEFAULT_MAX_RESTARTS``): 10 for
+        digits, CIFAR or Fashion-MNIST sizes, 1 for k = 1000 on ImageNet-size data, where the spread over
+        1000 clusters already averages out. "auto" with the sklearn backend is 1 (the reference protocol).
+    init : {"auto", "k-means++", "random"}
+        Seeding of each faiss restart: batched k-means++ (:func:`kmeans_plusplus`) or faiss's random rows.
+        "auto": k-means++ when there are several restarts (small problems: on digits it gives the
+        highest seed-to-seed agreement), random with a single restart (large k: on the 100- and 1000-class
+        synthetic features k-means++ seeds ended with higher inertia, and they cost a pass over the sample).
     n_iter : int or None
-        Lloyd iterations (faiss, default 20: on the 200k-row, 1000-class synthetic benchmark 20, 25 and 50
-        iterations gave identical labels) or epochs of ``partial_fit`` (sklearn, default 60 as in the
+        Lloyd iterations per restart (faiss, default ``DEFAULT_N_ITER``, lowered towards ``MIN_N_ITER`` when
+        one restart exceeds ``TRAIN_BUDGET``) or epochs of ``partial_fit`` (sklearn, default 60 as in the
         reference protocol).
     batch_size : int or None
         Mini-batch size of the sklearn backend, default max(2048, 3·n_clusters) (k-means++ initialises on
         the first batch, which needs several points per cluster).
-    max_points_per_centroid : int
-        faiss trains on at most this many sampled points per cluster (all rows are still assigned).
+    max_points_per_centroid : int or None
+        faiss trains on at most this many sampled rows per cluster (all rows are still assigned); default
+        ``DEFAULT_MAX_POINTS_PER_CENTROID``, lowered towards ``MIN_POINTS_PER_CENTROID`` when one restart at
+        ``MIN_N_ITER`` iterations still exceeds ``TRAIN_BUDGET``. Explicit values are used as given.
     gpu : "auto" | bool
         Use faiss on GPU when available ("auto") or insist on it (True).
     random_state : int
 
     Attributes: ``cluster_centers_`` (k × d float32), ``labels_`` (int64), ``inertia_`` (sum of squared
-    distances of the rows to their centre), ``n_iter_``.
+    distances of all rows to their centre), and what was actually run: ``n_iter_``, ``n_init_``,
+    ``max_points_per_centroid_`` (None for sklearn), ``inits_`` (seeding of each restart),
+    ``train_inertias_`` (training-sample inertia of each restart; NaN with one restart, nothing to compare).
     """
 
-    def __init__(self, n_clusters: int, backend: str = "faiss", n_iter: int | None = None,
-                 batch_size: int | None = None, max_points_per_centroid: int = 256, gpu="auto",
-                 random_state: int = 0, progress: bool = True):
+    def __init__(self, n_clusters: int, backend: str = "faiss", n_init="auto", init: str = "auto",
+                 n_iter: int | None = None, batch_size: int | None = None,
+                 max_points_per_centroid: int | None = None, gpu="auto", random_state: int = 0,
+                 progress: bool = True):
         self.n_clusters = n_clusters
         self.backend = backend
+        self.n_init = n_init
+        self.init = init
         self.n_iter = n_iter
         self.batch_size = batch_size
         self.max_points_per_centroid = max_points_per_centroid
@@ -99,40 +201,93 @@ class KMeans:
             raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of samples ({X.shape[0]})")
         if self.backend not in ("faiss", "sklearn"):
             raise ValueError(f"backend must be 'faiss' or 'sklearn', got {self.backend!r}")
+        if not (self.n_init == "auto" or (isinstance(self.n_init, (int, np.integer)) and self.n_init >= 1)):
+            raise ValueError(f"n_init must be a positive integer or 'auto', got {self.n_init!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        for name in ("n_iter", "max_points_per_centroid"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None (the default), got {value!r}")
         if self.gpu is True and not faiss_gpu_available():
             raise RuntimeError("gpu=True but faiss sees no GPU (install faiss-gpu and check CUDA)")
         return X
 
+    def _plan(self, n: int, dim: int) -> tuple[int | None, int, int]:
+        """(points per centroid, iterations, restarts) for n rows of ``dim`` (see ``TRAIN_BUDGET``)."""
+        k = int(self.n_clusters)
+        if self.backend == "sklearn":
+            return None, self.n_iter or 60, 1 if self.n_init == "auto" else int(self.n_init)
+        cap = self.max_points_per_centroid or DEFAULT_MAX_POINTS_PER_CENTROID
+        n_iter = self.n_iter or DEFAULT_N_ITER
+        per_iter = lambda cap: float(min(n, cap * k)) * k * dim  # noqa: E731
+        if self.n_iter is None and per_iter(cap) * n_iter > TRAIN_BUDGET:
+            n_iter = max(MIN_N_ITER, int(TRAIN_BUDGET // per_iter(cap)))
+        if self.max_points_per_centroid is None and per_iter(cap) * n_iter > TRAIN_BUDGET:
+            cap = max(MIN_POINTS_PER_CENTROID, int(TRAIN_BUDGET // (float(k) * k * dim * n_iter)))
+        if self.n_init != "auto":
+            return cap, n_iter, int(self.n_init)
+        return cap, n_iter, int(max(1, min(DEFAULT_MAX_RESTARTS, TRAIN_BUDGET // (per_iter(cap) * n_iter))))
+
+    def _inits(self, n_init: int) -> list[str]:
+        if self.init != "auto":
+            return [self.init] * n_init
+        return ["k-means++" if n_init > 1 else "random"] * n_init
+
     def fit(self, X, y=None) -> "KMeans":
         X = self._validate(X)
-        with _faiss_blas_blocks():
-            if self.backend == "faiss":
-                self._fit_faiss(X)
-            else:
-                self._fit_sklearn(X)
+        rng = np.random.default_rng(self.random_state)
+        k = int(self.n_clusters)
+        cap, n_iter, n_init = self._plan(X.shape[0], X.shape[1])
+        if cap is not None and X.shape[0] > cap * k:  # sorted rows read the array front to back
+            train = X[np.sort(rng.choice(X.shape[0], cap * k, replace=False))]
+        else:
+            train = X
+        inits = self._inits(n_init) if self.backend == "faiss" else ["k-means++"] * n_init
+        best, self.train_inertias_ = None, []
+        small = float(train.shape[0]) * k * X.shape[1] < SINGLE_THREAD_WORK
+        with _faiss_blas_blocks(), _faiss_single_thread(small):
+            restarts = tqdm(total=n_init, desc=f"k-means k={k} restarts", unit="restart",
+                            disable=not self.progress or n_init == 1, leave=False)
+            for init, seed in zip(inits, rng.integers(2**31 - 1, size=n_init)):
+                if self.backend == "faiss":
+                    centers = self._fit_faiss(train, int(seed), n_iter, init)
+                else:
+                    centers = self._fit_sklearn(train, int(seed), n_iter)
+                inertia = (float(_nearest(train, centers, self.gpu)[1].sum(dtype=np.float64))
+                           if n_init > 1 else float("nan"))
+                self.train_inertias_.append(inertia)
+                if best is None or inertia < best[0]:
+                    best = (inertia, centers)
+                restarts.update(1)
+            restarts.close()
+            self.cluster_centers_ = best[1]
             self.labels_, dist = self._assign(X)
-        self.inertia_ = float(dist.sum())
+        self.n_iter_, self.n_init_, self.max_points_per_centroid_, self.inits_ = n_iter, n_init, cap, inits
+        self.inertia_ = float(dist.sum(dtype=np.float64))
         return self
 
-    def _fit_faiss(self, X: np.ndarray) -> None:
+    def _fit_faiss(self, X: np.ndarray, seed: int, n_iter: int, init: str) -> np.ndarray:
         import faiss
 
-        n_iter = self.n_iter or 20
+        k = int(self.n_clusters)
         use_gpu = faiss_gpu_available() if self.gpu == "auto" else bool(self.gpu)
-        km = faiss.Kmeans(X.shape[1], int(self.n_clusters), niter=n_iter, seed=int(self.random_state) + 1,
-                          gpu=use_gpu, max_points_per_centroid=self.max_points_per_centroid,
-                          min_points_per_centroid=1, verbose=False)
-        km.train(X)
-        self.cluster_centers_ = np.asarray(km.centroids, dtype=np.float32).reshape(self.n_clusters, -1)
-        self.n_iter_ = n_iter
+        # X is already the training sample: faiss must not subsample it again
+        km = faiss.Kmeans(X.shape[1], k, niter=n_iter, seed=seed % (2**31 - 1) + 1, gpu=use_gpu,
+                          max_points_per_centroid=-(-X.shape[0] // k) + 1, min_points_per_centroid=1,
+                          verbose=False)
+        if init == "k-means++":
+            km.train(X, init_centroids=X[kmeans_plusplus(X, k, random_state=seed)])
+        else:
+            km.train(X)
+        return np.asarray(km.centroids, dtype=np.float32).reshape(k, -1)
 
-    def _fit_sklearn(self, X: np.ndarray) -> None:
+    def _fit_sklearn(self, X: np.ndarray, seed: int, epochs: int) -> np.ndarray:
         from sklearn.cluster import MiniBatchKMeans
 
-        epochs = self.n_iter or 60
         bs = self.batch_size or max(2048, 3 * int(self.n_clusters))
-        rng = np.random.default_rng(self.random_state)
-        mbk = MiniBatchKMeans(n_clusters=int(self.n_clusters), batch_size=bs, random_state=self.random_state,
+        rng = np.random.default_rng(seed)
+        mbk = MiniBatchKMeans(n_clusters=int(self.n_clusters), batch_size=bs, random_state=seed,
                               n_init=1, compute_labels=False)
         n = X.shape[0]
         for _ in tqdm(range(epochs), desc=f"MiniBatchKMeans k={self.n_clusters}", unit="epoch",
@@ -143,27 +298,11 @@ class KMeans:
                 if not hasattr(mbk, "cluster_centers_") and batch.shape[0] < self.n_clusters:
                     batch = X[order[: max(bs, int(self.n_clusters))]]
                 mbk.partial_fit(batch)
-        self.cluster_centers_ = mbk.cluster_centers_.astype(np.float32)
-        self.n_iter_ = epochs
+        return mbk.cluster_centers_.astype(np.float32)
 
-    def _assign(self, X: np.ndarray, batch_size: int = 262144) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
-
-        index = faiss.IndexFlatL2(self.cluster_centers_.shape[1])
-        if (self.gpu == "auto" and faiss_gpu_available()) or self.gpu is True:
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        index.add(self.cluster_centers_)
-        n = X.shape[0]
-        labels = np.empty(n, dtype=np.int64)
-        dist = np.empty(n, dtype=np.float32)
-        with tqdm(total=n, desc=f"assign to {self.n_clusters} centres", unit="row", leave=False,
-                  disable=not self.progress or n <= batch_size) as bar:
-            for start in range(0, n, batch_size):
-                d, i = index.search(X[start:start + batch_size], 1)
-                labels[start:start + i.shape[0]] = i[:, 0]
-                dist[start:start + d.shape[0]] = d[:, 0]
-                bar.update(i.shape[0])
-        return labels, dist
+    def _assign(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _nearest(X, self.cluster_centers_, self.gpu,
+                        progress_desc=f"assign to {self.n_clusters} centres" if self.progress else None)
 
     def predict(self, X) -> np.ndarray:
         """Index of the nearest centre for every row (computed in blocks)."""
@@ -177,3 +316,25 @@ class KMeans:
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         return self.fit(X).labels_
+
+
+def _nearest(X: np.ndarray, centers: np.ndarray, gpu="auto", batch_size: int = 262144,
+             progress_desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre (int64) and squared distance (float32) of every row, searched in blocks."""
+    import faiss
+
+    index = faiss.IndexFlatL2(centers.shape[1])
+    if (gpu == "auto" and faiss_gpu_available()) or gpu is True:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(centers)
+    n = X.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    dist = np.empty(n, dtype=np.float32)
+    with tqdm(total=n, desc=progress_desc, unit="row", leave=False,
+              disable=progress_desc is None or n <= batch_size) as bar:
+        for start in range(0, n, batch_size):
+            d, i = index.search(X[start:start + batch_size], 1)
+            labels[start:start + i.shape[0]] = i[:, 0]
+            dist[start:start + d.shape[0]] = np.maximum(d[:, 0], 0.0)
+            bar.update(i.shape[0])
+    return labels, dist

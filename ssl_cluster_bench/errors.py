@@ -24,6 +24,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "arch": ("arch=ARCH", "--arch ARCH"),
     "data_root": ("root=PATH", "--data-root PATH"),
     "suite_data_root": ("data_roots={{'{v}': PATH}}", "--data-root {v}=PATH"),
+    "cache_remove": ("FeatureCache(cache_dir).remove('{v}')", "`sscb cache --remove {v}`"),
+    "cache_verify": ("FeatureCache(cache_dir).status(full=True)", "`sscb cache --verify`"),
 }
 
 # \x1f (unit separator) never occurs in paths or messages, so a placeholder cannot collide with real text

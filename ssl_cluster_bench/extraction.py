@@ -6,12 +6,14 @@ Entry point:
 The dataset is processed in chunks of ``chunk_size`` positions; each finished chunk is written atomically,
 so a killed run resumes with the unfinished chunks only, and memory stays flat whatever the dataset size.
 Under ``torchrun`` every rank extracts the chunks ``i`` with ``i % world_size == rank`` (no padded
-duplicates) and rank 0 assembles the entry. Unreadable images are skipped, counted and listed in the
-manifest. Optionally, ``views=V`` stores V seeded strongly-augmented views per image in a separate entry
-(for self-labeling heads).
+duplicates) and rank 0 assembles the entry. Independent jobs asking for the same entry at once share its
+chunks: each claims the next chunk no one holds and waits for the rest (see :mod:`.cache`). Unreadable
+images are skipped, counted and listed in the manifest. Optionally, ``views=V`` stores V seeded
+strongly-augmented views per image in a separate entry (for self-labeling heads).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import hashlib
@@ -181,59 +183,133 @@ def extract_features(backbone, dataset, cache: FeatureCache | None = None, *, ba
     autocast = (lambda: torch.autocast(device_type=dev.type, dtype=amp_dtype)) if amp and dev.type == "cuda" \
         else contextlib.nullcontext
 
-    writer = cache.writer(key, n, chunk_size)
-    done = writer.done_chunks()
-    todo = [i for i in range(writer.n_chunks) if i % world == rank and i not in done]
     if num_workers is None:
         num_workers = 0 if n < 5000 else min(8, max(1, (os.cpu_count() or 2) - 1))
+    loader_options = {"num_workers": num_workers, "collate_fn": _collate, "pin_memory": dev.type == "cuda"}
 
-    if todo:
-        if views:
-            sample = next(img for img, _, _ in (_SeededView(dataset, lambda x: x, 0, 0)[i] for i in range(n))
-                          if img is not None)
-            augment = augmentation_transform(backbone, sample)
-            sources = [_SeededView(dataset, augment, augment_seed, v) for v in range(views)]
-        else:
-            sources = [dataset]
-        # Batches never straddle a chunk or a view, so each chunk is complete after its last view's batch.
-        plan, batches = [], []
-        for i in todo:
-            r = writer.chunk_range(i)
-            for v in range(len(sources)):
-                for s in range(0, len(r), batch_size):
-                    plan.append((i, v, s + batch_size >= len(r) and v == len(sources) - 1))
-                    batches.append([v * n + j for j in r[s:s + batch_size]])
-        loader = torch.utils.data.DataLoader(_Sources(sources), batch_sampler=batches, num_workers=num_workers,
-                                             collate_fn=_collate, pin_memory=dev.type == "cuda")
-        bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not progress or rank != 0, smoothing=0.1,
-                   desc=f"extract {backbone.card.id} on {dataset.name}/{dataset.split}"
-                        + (f" ({views} views)" if views else ""))
-        start = time.perf_counter()
-        parts = [[] for _ in sources]
-        for (chunk, v, last), (images, labels, index, skipped) in zip(plan, loader):
-            feats = None
-            if images is not None:
-                images = images.to(dev, non_blocking=True)
-                if use_cl and images.ndim == 4:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), autocast():
-                    feats = model(images).float().cpu().numpy()
+    def run_model(images):
+        images = images.to(dev, non_blocking=True)
+        if use_cl and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast():
+            return model(images).float().cpu().numpy()
+
+    with cache.writer(key, n, chunk_size) as writer:
+        mine = [i for i in range(writer.n_chunks) if i % world == rank]
+        sources, bar, start, counts = None, None, time.perf_counter(), [0, 0]  # [chunks, images] computed here
+        off_bar: set[int] = set()
+        try:
+            # Other jobs may be extracting the same entry: take chunks one by one as they are free, then wait
+            # for the ones others hold (retaking any whose holder died) until every chunk is done.
+            while True:
+                pending = [i for i in mine if not writer.is_done(i)]
+                if not pending or writer.entry_complete():
+                    break
+                if sources is None:
+                    sources = _sources(backbone, dataset, views, augment_seed)
+                    bar = tqdm(total=sum(len(writer.chunk_range(i)) for i in pending) * len(sources), unit="img",
+                               disable=not progress or rank != 0, smoothing=0.1,
+                               desc=f"extract {backbone.card.id} on {dataset.name}/{dataset.split}"
+                                    + (f" ({views} views)" if views else ""))
+                if _extract_pass(writer, pending, sources, batch_size, loader_options, run_model, bar, dataset,
+                                 counts, off_bar) == 0:
+                    waiting = next((i for i in pending if not writer.is_done(i)), None)
+                    if waiting is not None:
+                        bar.set_postfix_str(f"waiting for chunk {waiting} (another job computes it)")
+                        log.info("waiting for another job computing chunk %d of %s", waiting, key.entry_id)
+                        writer.wait(waiting)
+                        bar.set_postfix_str("")
+        finally:
+            if bar is not None:
+                bar.close()
+                elapsed = time.perf_counter() - start
+                log.info("extracted %d chunk(s), %d images in %.1fs (%.1f img/s)", counts[0], counts[1], elapsed,
+                         counts[1] / max(elapsed, 1e-9))
+
+        _barrier(world)
+        if rank == 0:
+            entry = writer.finalize({"n_views": views, "card": backbone.card.id})
+        _barrier(world)
+        if rank != 0:
+            entry = cache.get(key)
+    return entry
+
+
+def _sources(backbone, dataset, views: int, augment_seed: int) -> list:
+    """The datasets to run: the plain one, or ``views`` seeded augmented views of it."""
+    if not views:
+        return [dataset]
+    sample = next(img for img, _, _ in (_SeededView(dataset, lambda x: x, 0, 0)[i] for i in range(len(dataset)))
+                  if img is not None)
+    augment = augmentation_transform(backbone, sample)
+    return [_SeededView(dataset, augment, augment_seed, v) for v in range(views)]
+
+
+class _ClaimingBatches:
+    """Batch sampler over chunks that claims each chunk just before yielding its first batch.
+
+    Chunks that are done or held by another job are skipped (and taken off the progress bar). Batches never
+    straddle a chunk or a view, so a chunk is complete after its last view's last batch; ``plan`` holds
+    (chunk, view, is_last) for every yielded batch, consumed in order by the caller (the DataLoader keeps order).
+    """
+
+    def __init__(self, writer, chunks, n_sources: int, n: int, batch_size: int, bar, off_bar: set):
+        self.writer, self.chunks, self.n_sources, self.n, self.batch_size, self.bar = \
+            writer, chunks, n_sources, n, batch_size, bar
+        self.off_bar = off_bar  # chunks taken off the bar's total (shared across passes)
+        self.plan = collections.deque()
+        self.claims = {}
+
+    def __iter__(self):
+        for i in self.chunks:
+            r = self.writer.chunk_range(i)
+            claim = self.writer.claim(i)
+            if (claim is None) != (i in self.off_bar):  # skipped now, or taken over from a job that died
+                self.bar.total += (-1 if claim is None else 1) * len(r) * self.n_sources
+                self.bar.refresh()
+                (self.off_bar.add if claim is None else self.off_bar.discard)(i)
+            if claim is None:
+                continue
+            self.claims[i] = claim
+            for v in range(self.n_sources):
+                for s in range(0, len(r), self.batch_size):
+                    self.plan.append((i, v, s + self.batch_size >= len(r) and v == self.n_sources - 1))
+                    yield [v * self.n + j for j in r[s:s + self.batch_size]]
+
+    def release(self, i: int) -> None:
+        self.claims.pop(i).release()
+
+    def release_all(self) -> None:
+        for lock in self.claims.values():
+            lock.release()
+        self.claims.clear()
+
+
+def _extract_pass(writer, pending, sources, batch_size, loader_options, run_model, bar, dataset, counts,
+                  off_bar) -> int:
+    """Compute and write every pending chunk no other job holds; returns how many chunks this pass claimed.
+
+    ``counts`` ([chunks, images] computed by this process) is updated in place."""
+    sampler = _ClaimingBatches(writer, pending, len(sources), len(dataset), batch_size, bar, off_bar)
+    loader = torch.utils.data.DataLoader(_Sources(sources), batch_sampler=sampler, **loader_options)
+    parts = [[] for _ in sources]
+    claimed = 0
+    try:
+        for images, labels, index, skipped in loader:
+            chunk, v, last = sampler.plan.popleft()
+            feats = None if images is None else run_model(images)
             parts[v].append((feats, labels.numpy(), index.numpy(), skipped))
             bar.update(len(index) + len(skipped))
+            counts[1] += len(index) + len(skipped)
             if last:
                 _write_chunk(writer, chunk, parts, dataset)
+                sampler.release(chunk)
+                claimed += 1
+                counts[0] += 1
                 parts = [[] for _ in sources]
-        bar.close()
-        elapsed = time.perf_counter() - start
-        log.info("extracted %d images in %.1fs (%.1f img/s)", bar.n, elapsed, bar.n / max(elapsed, 1e-9))
-
-    _barrier(world)
-    if rank == 0:
-        entry = writer.finalize({"n_views": views, "card": backbone.card.id})
-    _barrier(world)
-    if rank != 0:
-        entry = cache.get(key)
-    return entry
+    finally:
+        sampler.release_all()
+    return claimed
 
 
 def _write_chunk(writer, chunk: int, per_source: list, dataset) -> None:

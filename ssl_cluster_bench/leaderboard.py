@@ -4,7 +4,7 @@ Entry points:
     append_rows(path, rows) -> int        add rows; existing rows are never modified or lost
     read_leaderboard(path) -> DataFrame
     aggregate(df) -> DataFrame            mean ± std over seeds, computed from the rows
-    to_markdown(df_or_agg) -> str
+    to_markdown(agg) -> str                 best mean in bold, rows within one std of it in italics
 """
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["COLUMNS", "METRICS", "append_rows", "read_leaderboard", "aggregate", "to_markdown", "default_results_path"]
+from .safeio import write_error
+
+__all__ = ["COLUMNS", "METRICS", "aggregate", "append_rows", "default_results_path", "mark_best", "read_leaderboard",
+           "to_markdown"]
 
 # Identity of a configuration: rows sharing all of these differ only by seed.
 CONFIG_COLUMNS = [
@@ -89,8 +92,12 @@ def append_rows(path, rows) -> int:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise OSError(f"results path {path} is not writable: {e}") from e
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # report the write error, not the cleanup's
+            raise write_error(e, f"appending {len(new)} row(s) to the leaderboard", path,
+                              f"The leaderboard {path.name} is unchanged (the new rows were not written).") from e
     return len(new)
 
 
@@ -115,14 +122,72 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return agg.sort_values(["dataset", "acc_mean"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
-def to_markdown(agg: pd.DataFrame, columns=("backbone", "dataset", "split", "method", "n_clusters", "pca_dim")) -> str:
-    """Markdown table of an aggregated frame: metrics as ``mean ± std`` (in %, 1 decimal)."""
+# Rows compared for "best" and "within noise": one dataset split, one method, one k (the seed paper's Table 1
+# compares the rows of one column this way).
+MARK_GROUP = ["dataset", "split", "method", "n_clusters"]
+MARK_LEGEND = ("**bold**: best mean per dataset × method × k; *italic*: within one standard deviation of it "
+               "(the larger of the two rows' std over seeds), so not distinguishable from the best by seed noise")
+
+
+def mark_best(agg: pd.DataFrame, metrics=None) -> pd.DataFrame:
+    """Per ``MARK_GROUP`` and metric: "best" for the highest mean, "within" for rows within one std of it.
+
+    Returns a frame aligned with ``agg`` with one column per metric (values "best", "within" or "").
+    A row is within noise when best_mean - mean <= max(best_std, std); a row without a std (one seed)
+    counts as std 0. Ties for the highest mean are all "best".
+    """
+    metrics = [m for m in (metrics or METRICS) if f"{m}_mean" in agg.columns]
+    keys = [c for c in MARK_GROUP if c in agg.columns]
+    out = pd.DataFrame(index=agg.index, columns=metrics, data="")
+    groups = agg.groupby(keys, sort=False, dropna=False).groups.values() if keys else [agg.index]
+    for m in metrics:
+        mean, std = agg[f"{m}_mean"], agg[f"{m}_std"].fillna(0.0)
+        for index in groups:
+            g = mean.loc[index].dropna()
+            if g.empty:
+                continue
+            best = g.max()
+            best_std = std.loc[g.index[g == best]].max()
+            for i in g.index:
+                if g[i] == best:
+                    out.at[i, m] = "best"
+                elif best - g[i] <= max(best_std, std[i]):
+                    out.at[i, m] = "within"
+    return out
+
+
+def to_markdown(agg: pd.DataFrame, columns=("backbone", "dataset", "split", "method", "n_clusters", "pca_dim"),
+                mark: bool = True, intervals: pd.DataFrame | None = None) -> str:
+    """Markdown table of an aggregated frame: metrics as ``mean ± std`` (in %, 1 decimal).
+
+    ``mark``: the best mean per dataset × method × k in bold and rows within one std of it in italics
+    (:func:`mark_best`), with a legend under the table. ``intervals``: a frame aligned with ``agg`` holding
+    ``{metric}_low`` / ``{metric}_high`` (see :func:`ssl_cluster_bench.significance.leaderboard_intervals`);
+    those metrics then also show their interval in brackets.
+    """
     out = pd.DataFrame({c: agg[c] for c in columns if c in agg.columns})
+    marks = mark_best(agg) if mark else None
+    style = {"best": "**{}**", "within": "*{}*", "": "{}"}
     for m in METRICS:
         if f"{m}_mean" in agg.columns:
             mean, std = agg[f"{m}_mean"] * 100, agg[f"{m}_std"].fillna(0.0) * 100
-            out[m.upper()] = [f"{a:.1f} ± {b:.1f}" if np.isfinite(a) else "" for a, b in zip(mean, std)]
+            cells = [f"{a:.1f} ± {b:.1f}" if np.isfinite(a) else "" for a, b in zip(mean, std)]
+            if intervals is not None and f"{m}_low" in intervals.columns:
+                low, high = intervals[f"{m}_low"] * 100, intervals[f"{m}_high"] * 100
+                cells = [f"{c} [{lo:.1f}, {hi:.1f}]" if c and np.isfinite(lo) else c
+                         for c, lo, hi in zip(cells, low, high)]
+            if marks is not None and m in marks.columns:
+                cells = [style[k].format(c) if c else c for c, k in zip(cells, marks[m])]
+            out[m.upper()] = cells
     out["seeds"] = agg["n_seeds"]
     if "flag" in agg.columns and agg["flag"].astype(bool).any():
         out["flag"] = agg["flag"]
-    return out.to_markdown(index=False)
+    text = out.to_markdown(index=False)
+    notes = []
+    if marks is not None and (marks == "best").to_numpy().any():
+        notes.append(MARK_LEGEND)
+    if intervals is not None:
+        level = intervals.attrs.get("level", 0.95)
+        notes.append(f"[low, high]: {level:.0%} interval of the mean over seeds (bootstrap over images with each "
+                     f"clustering fixed, plus the seed-to-seed spread)")
+    return text + "".join(f"\n\n{n}" for n in notes)

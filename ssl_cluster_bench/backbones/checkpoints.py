@@ -12,6 +12,10 @@ state dict. The loader
 finds the state dict, picks the key prefix that matches the most model parameters, drops projection /
 prediction / classifier heads, then loads with ``strict=False`` and checks the result: any shape mismatch,
 or more than half of the model's tensors missing, raises instead of running with random weights.
+
+Checkpoints written by a port of the architecture with other module names (e.g. ``_blocks.3._depthwise_conv``
+for timm's ``blocks.1.1.conv_dw``) load with :func:`load_by_order`: the i-th tensor of the file goes to the i-th
+tensor of the model, every shape is checked and both sides must have the same number of tensors.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ from torch import nn
 
 from ..errors import OptionRuntimeError, option
 
-__all__ = ["LoadReport", "load_checkpoint", "read_checkpoint", "find_state_dict", "match_prefix",
+__all__ = ["LoadReport", "load_checkpoint", "load_by_order", "map_by_order", "read_checkpoint", "find_state_dict",
+           "match_prefix",
            "apply_state_dict", "file_digest", "STATE_DICT_KEYS", "PREFIX_PARTS", "HEAD_NAMES"]
 
 log = logging.getLogger(__name__)
@@ -256,3 +261,39 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, checkpoint_key: s
     report = apply_state_dict(model, stripped, source, key, prefix, dropped)
     log.info("%s: loaded %d/%d tensors (key=%s, prefix=%r)", source, report.loaded, report.total, key, prefix)
     return report
+
+
+def map_by_order(state_dict: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor],
+                 source: str) -> dict[str, torch.Tensor]:
+    """``state_dict``'s tensors renamed to ``model_sd``'s keys position by position.
+
+    Raises RuntimeError unless both hold the same number of tensors and every pair has the same shape, so no
+    tensor of either side is left out and no layer stays at its random init.
+    """
+    ours, theirs = list(model_sd.items()), list(state_dict.items())
+    mismatched = [(i, mk, tuple(mv.shape), ck, tuple(cv.shape))
+                  for i, ((mk, mv), (ck, cv)) in enumerate(zip(ours, theirs)) if tuple(mv.shape) != tuple(cv.shape)]
+    if len(ours) != len(theirs) or mismatched:
+        shown = "; ".join(f"#{i} model {mk} {ms} vs checkpoint {ck} {cs}" for i, mk, ms, ck, cs in mismatched[:3])
+        raise RuntimeError(
+            f"{source}: cannot map the checkpoint onto the model tensor by tensor: the model has {len(ours)} "
+            f"tensors, the checkpoint {len(theirs)}" + (f", and {len(mismatched)} positions differ in shape "
+                                                        f"({shown})" if mismatched else "")
+            + ". The file does not hold this architecture in the same order; check the card's arch.")
+    return {mk: cv for (mk, _), (_, cv) in zip(ours, theirs)}
+
+
+def load_by_order(model: nn.Module, path: str | os.PathLike, checkpoint_key: str | None = None,
+                  weights_only: bool = True) -> LoadReport:
+    """Load a checkpoint whose keys are named differently from ``model``'s but come in the same order.
+
+    ``model`` must be the full architecture the file was saved from (classifier included); every tensor of
+    the file and of the model is used (strict load), see :func:`map_by_order`.
+    """
+    source = f"checkpoint {os.fspath(path)}"
+    state_dict, key = find_state_dict(read_checkpoint(path, weights_only=weights_only), checkpoint_key)
+    renamed = map_by_order(state_dict, model.state_dict(), source)
+    model.load_state_dict(renamed, strict=True)
+    n = sum(1 for k in renamed if not k.endswith("num_batches_tracked"))
+    log.info("%s: loaded all %d tensors by position (key=%s)", source, n, key)
+    return LoadReport(source=source, checkpoint_key=key, prefix="", loaded=n, total=n, filtered_by="by_order")

