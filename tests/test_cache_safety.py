@@ -11,17 +11,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import timm
 import torch
-from PIL import Image
-from torchvision import transforms as T
 
 import ssl_cluster_bench.cache as cache_mod
 import ssl_cluster_bench.leaderboard as leaderboard_mod
@@ -32,51 +26,16 @@ from ssl_cluster_bench.errors import message_for
 from ssl_cluster_bench.extraction import extract_features
 from ssl_cluster_bench.leaderboard import append_rows
 
+from fakes import tiny_backbone, write_image_tree
+
 
 def _key(**kw):
     return CacheKey(**{"backbone": "bb", "dataset": "ds", "split": "train", "weights": "w", "transform": "t", **kw})
 
 
-@dataclass
-class _Backbone:
-    model: torch.nn.Module
-    transform: object
-    card: object
-    weights_id: str = "random:resnet18:seed=0"
-    transform_id: str = "resize16"
-    feature_dim: int = 512
-
-
-class _Counting(torch.nn.Module):
-    """Counts the images it sees; ``delay`` seconds per batch make racing jobs overlap."""
-
-    def __init__(self, inner, delay=0.0):
-        super().__init__()
-        self.inner, self.seen, self.delay = inner, 0, delay
-
-    def forward(self, x):
-        self.seen += x.shape[0]
-        time.sleep(self.delay)
-        return self.inner(x)
-
-
-def _backbone(delay=0.0):
-    torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
-    transform = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor(), T.Normalize([0.5] * 3, [0.25] * 3)])
-    return _Backbone(_Counting(model, delay), transform, SimpleNamespace(id="test-r18"))
-
-
 @pytest.fixture()
 def tree(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
-    for c in range(3):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(7):
-            Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8)).save(root / f"class{c}" / f"{i}.png")
-    (root / "class1" / "broken.jpg").write_bytes(b"not an image at all")  # 22 positions, 21 readable
-    return root
+    return write_image_tree(tmp_path)
 
 
 def _direct(bb, ds):
@@ -93,7 +52,7 @@ def _leftovers(root: Path) -> list[str]:
 # -- 1. concurrent jobs on one entry ----------------------------------------------------------------------
 def _racer(barrier, tree, cache_dir, out, idx):
     torch.set_num_threads(1)
-    bb = _backbone(delay=0.05)
+    bb = tiny_backbone(delay=0.05)
     ds = get_dataset("imagefolder", tree, transform=bb.transform)
     barrier.wait()
     entry = extract_features(bb, ds, FeatureCache(cache_dir), batch_size=2, chunk_size=4, device="cpu",
@@ -125,7 +84,7 @@ def test_jobs_racing_on_one_entry_all_succeed_and_share_the_chunks(tree, tmp_pat
     assert [e.path.name for e in cache.entries()] == [Path(results[0][1]).name]
     assert [s.state for s in cache.status()] == ["ok"]  # no partial folder, no temporary left
     assert _leftovers(cache_dir) == []
-    bb = _backbone()
+    bb = tiny_backbone()
     ds = get_dataset("imagefolder", tree, transform=bb.transform)
     entry = cache.entries()[0]
     np.testing.assert_allclose(entry.features, _direct(bb, ds).astype(np.float16), rtol=2e-3, atol=2e-3)
@@ -319,7 +278,7 @@ class _Filling:
 
 
 def test_disk_full_mid_chunk_keeps_finished_chunks_and_resumes(tree, tmp_path, monkeypatch):
-    bb = _backbone()
+    bb = tiny_backbone()
     ds = get_dataset("imagefolder", tree, transform=bb.transform)
     cache = FeatureCache(tmp_path / "c")
     disk = _FullDisk(match=".chunk-", nth=3, room=500)  # chunk 2 of 0..5 fails half-way

@@ -2,60 +2,21 @@
 a run killed between chunks resumes without recomputing finished chunks, torchrun ranks share the work."""
 import os
 import socket
-from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import timm
 import torch
-from PIL import Image
-from torchvision import transforms as T
 
 from ssl_cluster_bench.cache import ChunkWriter, FeatureCache
 from ssl_cluster_bench.data import get_dataset
 from ssl_cluster_bench.extraction import extract_features
 
-
-@dataclass
-class _Backbone:
-    """The fields of ssl_cluster_bench.backbones.Backbone the engine uses."""
-    model: torch.nn.Module
-    transform: object
-    card: object
-    weights_id: str = "random:resnet18:seed=0"
-    transform_id: str = "resize16"
-    feature_dim: int = 512
-
-
-class _Counting(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.seen = inner, 0
-
-    def forward(self, x):
-        self.seen += x.shape[0]
-        return self.inner(x)
-
-
-def _backbone():
-    torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
-    transform = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor(), T.Normalize([0.5] * 3, [0.25] * 3)])
-    return _Backbone(_Counting(model), transform, SimpleNamespace(id="test-r18"))
+from fakes import tiny_backbone, write_image_tree
 
 
 @pytest.fixture()
 def tree(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
-    for c in range(3):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(7):
-            arr = (rng.random((20, 24, 3)) * 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
-    (root / "class1" / "broken.jpg").write_bytes(b"not an image at all")
-    return root
+    return write_image_tree(tmp_path)
 
 
 def _direct(bb, ds):
@@ -71,7 +32,7 @@ def _direct(bb, ds):
 
 
 def test_features_equal_direct_forward_and_corrupt_file_counted(tree, tmp_path):
-    bb = _backbone()
+    bb = tiny_backbone()
     ds = get_dataset("imagefolder", tree, transform=bb.transform)
     entry = extract_features(bb, ds, FeatureCache(tmp_path / "c"), batch_size=4, chunk_size=8, progress=False)
     ref, ref_labels = _direct(bb, ds)
@@ -88,7 +49,7 @@ def test_features_equal_direct_forward_and_corrupt_file_counted(tree, tmp_path):
 
 
 def test_resume_after_kill_recomputes_nothing_finished(tree, tmp_path, monkeypatch):
-    bb = _backbone()
+    bb = tiny_backbone()
     ds = get_dataset("imagefolder", tree, transform=bb.transform)
     cache = FeatureCache(tmp_path / "c")
     real_write = ChunkWriter.write_chunk
@@ -114,7 +75,7 @@ def test_resume_after_kill_recomputes_nothing_finished(tree, tmp_path, monkeypat
 
 
 def test_augmented_views_are_seeded_and_shaped(tree, tmp_path):
-    bb = _backbone()
+    bb = tiny_backbone()
     ds = get_dataset("imagefolder", tree, transform=bb.transform)
     cache = FeatureCache(tmp_path / "c")
     views = extract_features(bb, ds, cache, batch_size=8, chunk_size=8, views=2, progress=False)
@@ -142,7 +103,7 @@ def _rank_main(rank, world, port, tree, cache_dir, out):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    bb = _backbone()
+    bb = tiny_backbone()
     ds = get_dataset("imagefolder", tree, transform=bb.transform)
     entry = extract_features(bb, ds, FeatureCache(cache_dir), batch_size=4, chunk_size=4, device="cpu",
                              progress=False)
@@ -159,7 +120,7 @@ def test_torchrun_style_two_ranks_share_chunks(tree, tmp_path):
     assert sum(seen) == 21 and min(seen) > 0  # every readable image exactly once across ranks, no duplicates
     paths = {(out / f"rank{r}").read_text().split()[1] for r in range(2)}
     assert len(paths) == 1
-    bb = _backbone()
+    bb = tiny_backbone()
     ds = get_dataset("imagefolder", tree, transform=bb.transform)
     entry = FeatureCache(tmp_path / "c").entries()[0]
     ref, _ = _direct(bb, ds)
