@@ -140,8 +140,23 @@ def cluster_features(features, labels, protocol=None, *, n_classes: int | None =
     return df
 
 
+def _k_values(protocol: Protocol, n_classes: int) -> list[tuple[float, int]]:
+    """(overcluster factor, k) of every k the protocol asks for; explicit k values take precedence."""
+    if protocol.n_clusters:
+        return [(round(k / n_classes, 4), int(k)) for k in protocol.n_clusters]
+    return [(f, max(2, int(round(n_classes * f)))) for f in protocol.overcluster]
+
+
 def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=True, augmented=None, spaces=None,
-             identity: str = "") -> tuple[list[dict], dict]:
+             identity: str = "", columns: dict | None = None, done=None,
+             on_row=None) -> tuple[list[dict], dict]:
+    """Rows (and new assignments by run_id) of every method × k × seed of ``protocol``.
+
+    ``columns`` lead every row (the entry's identity). ``done`` maps run ids to rows made before (a
+    leaderboard's): those are returned as they are, not run again. ``on_row(row, labels)`` is called as each new
+    row is done, so that a caller can keep it at once (an interrupted run loses at most the fit in progress).
+    """
+    done = done or {}
     labels = np.asarray(labels)
     if features.shape[0] != labels.shape[0]:
         raise ValueError(f"features ({features.shape[0]} rows) and labels ({labels.shape[0]}) differ in length")
@@ -150,40 +165,46 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
     n_classes = n_classes or int(np.unique(labels[labelled]).size)
     if n_classes < 1:
         raise ValueError("no labelled samples: clustering metrics need labels")
-    if protocol.n_clusters:  # explicit k values take precedence over overclustering factors
-        ks = [(round(k / n_classes, 4), int(k)) for k in protocol.n_clusters]
-    else:
-        ks = [(f, max(2, int(round(n_classes * f)))) for f in protocol.overcluster]
+    ks = _k_values(protocol, n_classes)
     for f, k in ks:
         if k > features.shape[0]:
             raise ValueError(f"k={k} (overcluster {f} × {n_classes} classes) exceeds the {features.shape[0]} samples")
     inputs = MethodInputs(features, protocol, augmented=augmented, spaces=spaces, progress=progress)
     rows, predictions = [], {}
     for cls in classes:
-        first, prep_before = len(rows), inputs.prep_seconds
         row_hash = protocol.row_hash(cls.name)
-        for f, k in ks:
-            for seed in protocol.seeds:
-                t0, prep0 = time.perf_counter(), inputs.prep_seconds
-                est = cls.from_protocol(protocol, k, seed, verbose=progress).fit(inputs)
-                seconds = time.perf_counter() - t0 - (inputs.prep_seconds - prep0)
-                pred = np.asarray(est.labels_, dtype=np.int64)
-                probs = getattr(est, "probs_", None)
-                scores = evaluate(labels[labelled], pred[labelled], probs[labelled] if probs is not None else None)
-                # On the PCA-reduced features (of the first space in a joint run), one fixed row sample for all
-                # rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
-                sil = silhouette(inputs.reduced, pred)
-                run_id = make_run_id(identity, cls.name, k, seed, row_hash)
-                predictions[run_id] = pred
-                rows.append({"method": cls.name, "n_clusters": k, "overcluster": f, **est.config_, "seed": seed,
-                             "n_classes": n_classes, "n_samples": int(labelled.sum()), **scores,
-                             "score": getattr(est, "score_", None), "silhouette": sil,
-                             "flag": getattr(est, "flag_", ""),
-                             "seconds": seconds, "protocol_hash": row_hash, "run_id": run_id})
-        # what the method's rows derived from the shared inputs (PCA, neighbours) is charged to them evenly
-        share = (inputs.prep_seconds - prep_before) / max(1, len(rows) - first)
-        for row in rows[first:]:
-            row["seconds"] = round(row["seconds"] + share, 3)
+        planned = [(f, k, seed, make_run_id(identity, cls.name, k, seed, row_hash)) for f, k in ks
+                   for seed in protocol.seeds]
+        n_todo = sum(run_id not in done for *_, run_id in planned)
+        prep_before = inputs.prep_seconds
+        for f, k, seed, run_id in planned:
+            if run_id in done:
+                rows.append(done[run_id])
+                continue
+            t0, prep0 = time.perf_counter(), inputs.prep_seconds
+            est = cls.from_protocol(protocol, k, seed, verbose=progress).fit(inputs)
+            seconds = time.perf_counter() - t0 - (inputs.prep_seconds - prep0)
+            pred = np.asarray(est.labels_, dtype=np.int64)
+            probs = getattr(est, "probs_", None)
+            scores = evaluate(labels[labelled], pred[labelled], probs[labelled] if probs is not None else None)
+            # On the PCA-reduced features (of the first space in a joint run), one fixed row sample for all
+            # rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
+            sil_prep = inputs.prep_seconds
+            sil = silhouette(inputs.reduced, pred)
+            prep_before += inputs.prep_seconds - sil_prep
+            # What the method derived from the shared inputs (PCA, neighbours; done in its first fit) is charged
+            # evenly to the rows it runs now.
+            share = (inputs.prep_seconds - prep_before) / n_todo
+            row = {**(columns or {}), "method": cls.name, "n_clusters": k, "overcluster": f, **est.config_,
+                   "seed": seed, "n_classes": n_classes, "n_samples": int(labelled.sum()), **scores,
+                   "score": getattr(est, "score_", None), "silhouette": sil, "flag": getattr(est, "flag_", ""),
+                   "seconds": round(seconds + share, 3), "protocol_hash": row_hash, "run_id": run_id}
+            if "timestamp" in row:  # when the row was made, not when its entry was opened
+                row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            predictions[run_id] = pred
+            rows.append(row)
+            if on_row is not None:
+                on_row(row, pred)
     return rows, predictions
 
 
@@ -206,22 +227,22 @@ def cluster_entry(entry: CacheEntry, protocol=None, *, progress: bool = True, **
     return df
 
 
-def _cluster_entry(entry: CacheEntry, protocol: Protocol, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+def _identity_columns(backbone: str, weights: str, key, cache_key: str) -> dict:
+    return {"backbone": backbone, "weights": weights, "dataset": key.dataset, "split": key.split,
+            "protocol": "direct", "cache_key": cache_key, "versions": _versions(),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _cluster_entry(entry: CacheEntry, protocol: Protocol, progress: bool = True, done=None,
+                   on_row=None) -> tuple[pd.DataFrame, dict]:
     if entry.manifest.get("n_views"):
         raise ValueError(f"{entry.path.name} holds augmented views; cluster the plain entry instead")
     augmented = _augmented_views(entry) if any(m != "kmeans" for m in protocol.methods) else None
-    rows, predictions = _cluster(entry.features, entry.labels, protocol, progress=progress, augmented=augmented,
-                                 identity=entry.path.name)
-    df = pd.DataFrame(rows)
     key = entry.key
-    df.insert(0, "backbone", key.backbone)
-    df.insert(1, "weights", key.weights)
-    df.insert(2, "dataset", key.dataset)
-    df.insert(3, "split", key.split)
-    df.insert(4, "protocol", "direct")
-    df["cache_key"] = entry.path.name
-    df["versions"] = _versions()
-    df["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    rows, predictions = _cluster(entry.features, entry.labels, protocol, progress=progress, augmented=augmented,
+                                 identity=entry.path.name, done=done, on_row=on_row,
+                                 columns=_identity_columns(key.backbone, key.weights, key, entry.path.name))
+    df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
     return df, predictions
 
@@ -270,22 +291,18 @@ def _joint_protocol(protocol: Protocol) -> Protocol:
     return protocol.replace(methods=methods)
 
 
-def _cluster_entries(entries: list[CacheEntry], protocol: Protocol, progress: bool = True):
+def _cluster_entries(entries: list[CacheEntry], protocol: Protocol, progress: bool = True, done=None,
+                     on_row=None):
     check_aligned(entries)
     protocol = _joint_protocol(protocol)
     identity = "+".join(e.path.name for e in entries)
-    rows, predictions = _cluster(entries[0].features, entries[0].labels, protocol, progress=progress,
-                                 spaces=[e.features for e in entries], identity=identity)
-    df = pd.DataFrame(rows)
     keys = [e.key for e in entries]
-    df.insert(0, "backbone", "+".join(str(k.backbone) for k in keys))
-    df.insert(1, "weights", "+".join(str(k.weights) for k in keys))
-    df.insert(2, "dataset", keys[0].dataset)
-    df.insert(3, "split", keys[0].split)
-    df.insert(4, "protocol", "direct")
-    df["cache_key"] = identity
-    df["versions"] = _versions()
-    df["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    columns = _identity_columns("+".join(str(k.backbone) for k in keys), "+".join(str(k.weights) for k in keys),
+                                keys[0], identity)
+    rows, predictions = _cluster(entries[0].features, entries[0].labels, protocol, progress=progress,
+                                 spaces=[e.features for e in entries], identity=identity, columns=columns,
+                                 done=done, on_row=on_row)
+    df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
     return df, predictions
 
@@ -369,14 +386,17 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
 
 def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_root=None,
         split: str | None = None, *, protocol=None, results=None, cache=None, progress: bool = True,
-        joint: Sequence[Sequence[str]] = (), **extract_options) -> pd.DataFrame:
+        joint: Sequence[Sequence[str]] = (), rerun: bool = False, **extract_options) -> pd.DataFrame:
     """Extract what is missing, run the clustering protocol, append to the leaderboard, write markdown.
 
     ``protocol``: a :class:`~ssl_cluster_bench.protocol.Protocol`, dict or YAML path (None = the defaults).
     ``extract_options`` go to :func:`extract` (checkpoint, arch, subset, weights_only, batch_size, device, ...).
-    With no arguments: the embedded default (:data:`DEFAULT_BACKBONES` on digits). Returns the new rows; each
-    backbone's cluster assignments are saved (:mod:`ssl_cluster_bench.predictions`) and its rows appended as
-    soon as that backbone is done.
+    With no arguments: the embedded default (:data:`DEFAULT_BACKBONES` on digits). Every row is appended to the
+    leaderboard as soon as it is done, after its cluster assignments are saved
+    (:mod:`ssl_cluster_bench.predictions`), so an interrupted run loses at most the fit in progress. Rows whose
+    run id (entry, method, k, seed, protocol) the leaderboard already holds are not run again unless ``rerun``:
+    running the same command twice resumes, it does not duplicate rows. Returns this run's rows, those already
+    there included (``df.attrs["new_rows"]`` counts the new ones).
     ``joint``: groups of backbones (e.g. ``[("pixels", "random-resnet18")]``) whose aligned features the
     protocol's multi-space methods (turtle) also cluster together, one set of rows per group, after the
     single-backbone rows; their ``backbone`` column joins the names with "+".
@@ -398,20 +418,26 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     backbones = list(backbones or DEFAULT_BACKBONES)
     extract_options = {"progress": progress, **extract_options}
     _check_packaged_weights(backbones)
-    frames = []
-    for backbone in backbones:
-        entry = _entry_for(backbone, dataset, data_root, split, cache, extract_options)
-        df, predictions = _cluster_entry(entry, protocol, progress=progress)
-        for run_id, labels in predictions.items():  # before the rows, so no row names a missing file
-            save_predictions(results, run_id, labels)
-        append_rows(results, df.to_dict("records"))
-        frames.append(df)
-    for group in joint:
-        entries = [_entry_for(b, dataset, data_root, split, cache, extract_options) for b in group]
-        df, predictions = _cluster_entries(entries, protocol, progress=progress)
-        for run_id, labels in predictions.items():
-            save_predictions(results, run_id, labels)
-        append_rows(results, df.to_dict("records"))
-        frames.append(df)
-    write_markdown(results)
-    return pd.concat(frames, ignore_index=True)
+    done = {}
+    if results.is_file() and not rerun:
+        existing = read_leaderboard(results)
+        if "run_id" in existing.columns:
+            done = {r["run_id"]: r for r in existing.dropna(subset=["run_id"]).to_dict("records")}
+    n_new = 0
+
+    def keep(row, labels):  # the assignment first, so that no row names a missing file
+        nonlocal n_new
+        save_predictions(results, row["run_id"], labels)
+        append_rows(results, [row])
+        n_new += 1
+
+    entries = [[_entry_for(b, dataset, data_root, split, cache, extract_options)] for b in backbones]
+    groups = [[_entry_for(b, dataset, data_root, split, cache, extract_options) for b in g] for g in joint]
+    frames = [_cluster_entry(group[0], protocol, progress=progress, done=done, on_row=keep)[0] if len(group) == 1
+              else _cluster_entries(group, protocol, progress=progress, done=done, on_row=keep)[0]
+              for group in entries + groups]
+    if n_new:
+        write_markdown(results)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["new_rows"] = n_new
+    return out

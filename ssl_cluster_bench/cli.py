@@ -82,6 +82,12 @@ def _add_extract(p):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
+def _add_rerun(p) -> None:
+    p.add_argument("--rerun", action="store_true",
+                   help="run and append rows the leaderboard already holds (same entry, method, k, seed and "
+                        "protocol); by default they are skipped, so repeating a command resumes it")
+
+
 def _add_protocol(p):
     # Protocol flags default to SUPPRESS: only the flags given change the protocol (the file given with
     # --protocol, else Protocol()'s defaults), and `--pca-dim none` stays distinct from "not given".
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joint", type=_joint_groups, default=[], metavar="A+B[,C+D]",
                    help="also cluster these backbones' aligned features together with the multi-space "
                         "methods among --methods (turtle); rows name the group, e.g. backbone pixels+random-resnet18")
+    _add_rerun(p)
     _add_data(p)
     _add_extract(p)
     _add_protocol(p)
@@ -162,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neighbors", type=int, default=20, help="K nearest neighbours mined per sample")
     p.add_argument("--self-label", action="store_true", help="also run the self-labeling step")
     p.add_argument("--with-kmeans", action="store_true", help="also add k-means rows for the same k")
+    _add_rerun(p)
     _add_data(p, required=True)
     _add_extract(p)
     _add_protocol(p)
@@ -196,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="feature cache the rows were made from (for the labels)")
     p.add_argument("--reported", action="store_true",
                    help="also show the published clustering numbers of the model cards next to matching rows")
+    p.add_argument("--criteria", action="store_true",
+                   help="also show how each label-free criterion (silhouette, the method's own score) tracks ACC: "
+                        "Spearman ρ over the rows and the configuration it would pick")
 
     p = sub.add_parser("compare", help="do two backbones differ beyond seed and sample noise on a dataset?")
     p.add_argument("backbone_a")
@@ -264,20 +275,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args):
     from . import api
-    from .leaderboard import aggregate, default_results_path, to_markdown
 
     df = api.run(args.backbones, args.dataset, args.data_root, args.split, protocol=_protocol(args),
                  joint=args.joint, results=args.results, cache=args.cache_dir, subset=args.subset,
                  batch_size=args.batch_size,
-                 num_workers=args.workers, device=args.device, progress=not args.quiet, **_checkpoint_options(args))
+                 num_workers=args.workers, device=args.device, progress=not args.quiet, rerun=args.rerun,
+                 **_checkpoint_options(args))
+    _print_run(df, args.results)
+
+
+def _print_run(df, results) -> None:
+    """The run's configurations as a table, and how many rows were new."""
+    from .leaderboard import aggregate, default_results_path, to_markdown
+
+    results = Path(results) if results else default_results_path()
+    if df.empty:
+        print(f"nothing to run; leaderboard {results}")
+        return
     print(to_markdown(aggregate(df)))
-    results = Path(args.results) if args.results else default_results_path()
-    print(f"\n{len(df)} rows appended to {results}; table: {results.with_suffix('.md')}")
+    new = df.attrs.get("new_rows", len(df))
+    already = f" ({len(df) - new} were already there: same run ids, not run again; --rerun runs them anew)" \
+        if len(df) > new else ""
+    print(f"\n{new} rows appended to {results}{already}; table: {results.with_suffix('.md')}")
 
 
 def _cmd_scan(args):
     from . import api
-    from .leaderboard import aggregate, to_markdown
 
     if args.backbone is None and not args.checkpoint:
         raise ValueError("pass --backbone CARD_ID, or --checkpoint PATH with --arch ARCH")
@@ -295,8 +318,8 @@ def _cmd_scan(args):
     df = api.run([args.backbone] if args.backbone else None, args.dataset, args.data_root, args.split,
                  protocol=_protocol(args, **changes), results=args.results, cache=args.cache_dir,
                  subset=args.subset, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                 progress=not args.quiet, **_checkpoint_options(args))
-    print(to_markdown(aggregate(df)))
+                 progress=not args.quiet, rerun=args.rerun, **_checkpoint_options(args))
+    _print_run(df, args.results)
 
 
 def _cmd_extract(args):
@@ -345,6 +368,13 @@ def _cmd_leaderboard(args):
 
         print("\n" + (section(agg) or "No measured row matches a published result of the model cards "
                                       "(`sscb models` lists which cards have them)."))
+    if args.criteria:
+        from .selection import criteria_correlations
+        from .selection import to_markdown as criteria_markdown
+
+        print("\nLabel-free criteria (silhouette: higher is better; score: the method's own, lower is better; "
+              "ρ is signed so that positive means the criterion agrees with ACC)\n")
+        print(criteria_markdown(criteria_correlations(df)))
 
 
 def _cmd_compare(args):

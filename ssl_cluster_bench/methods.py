@@ -103,6 +103,9 @@ class ClusteringMethod:
     name = "?"
     #: True for methods that use all of ``MethodInputs.spaces`` (several backbones' aligned features at once)
     multi_space = False
+    #: True when ``score_`` has no units of the features (a loss over probabilities, an accuracy), so that scores
+    #: compare across backbones; False when it does (k-means inertia): compare it only between runs on one space
+    score_scale_free = True
 
     def __init__(self, n_clusters: int, random_state: int = 0, verbose: bool = False, **options):
         self.n_clusters = n_clusters
@@ -124,6 +127,8 @@ class ClusteringMethod:
 @register_method("kmeans")
 class KMeansMethod(ClusteringMethod):
     """k-means on the PCA-reduced features, as ``protocol.kmeans`` says; score = inertia per row."""
+
+    score_scale_free = False
 
     @classmethod
     def from_protocol(cls, protocol, n_clusters, random_state, verbose=False):

@@ -1,0 +1,122 @@
+"""Label-free model selection: how well each unsupervised criterion of the leaderboard rows tracks accuracy.
+
+Entry point:
+    criteria_correlations(df, target="acc") -> DataFrame, one line per dataset × k × criterion × scope
+
+Every leaderboard row carries two criteria computed without labels: ``silhouette`` (the silhouette coefficient of
+the clustering on the reduced features; higher is better, Lowe et al. 2024) and ``score`` (the method's own
+criterion: SCAN/TEMI loss of the kept head, 1 − TURTLE's generalisation score, k-means inertia per row; lower is
+better). A criterion is useful for choosing a backbone or a method without labels when it ranks the rows as the
+accuracy does. For each scope this reports
+
+- the Spearman correlation ρ between the criterion, signed so that larger means better, and ``target`` over the
+  rows (seeds × backbones × methods of the scope), with its two-sided p-value;
+- the selection it makes: the configuration (backbone × method × protocol, seeds averaged) with the best mean
+  criterion, its mean ``target``, and the best mean ``target`` of the scope (what an oracle with labels picks).
+
+Scopes: per dataset × split × k, the silhouette over all methods and backbones, and each method's score over its
+backbones (methods whose score has the units of the features, like k-means inertia, over the seeds of one
+backbone only: inertia on different feature spaces does not compare). Then pooled over the datasets, at k = the
+number of classes, correlations only (a selection happens within one dataset).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+__all__ = ["CRITERIA", "criteria_correlations"]
+
+#: criterion column -> sign that makes larger better
+CRITERIA = {"silhouette": 1.0, "score": -1.0}
+
+COLUMNS = ["dataset", "split", "n_clusters", "criterion", "scope", "rows", "spearman", "p_value", "configs",
+           "picked", "picked_target", "best_target"]
+
+
+def _scale_free(method: str) -> bool:
+    from .methods import get_method
+
+    try:
+        return bool(get_method(method).score_scale_free)
+    except ValueError:  # a method no longer registered: compare its scores only within one space
+        return False
+
+
+def _rho(crit: pd.Series, target: pd.Series) -> tuple[float, float]:
+    if len(crit) < 3 or crit.nunique() < 2 or target.nunique() < 2:
+        return float("nan"), float("nan")
+    res = spearmanr(crit, target)
+    return float(res.statistic), float(res.pvalue)
+
+
+def _line(rows: pd.DataFrame, criterion: str, target: str, select: bool) -> dict:
+    ok = rows[np.isfinite(rows[criterion].astype(float)) & np.isfinite(rows[target].astype(float))]
+    signed = CRITERIA[criterion] * ok[criterion].astype(float)
+    rho, p = _rho(signed, ok[target].astype(float))
+    out = {"rows": len(ok), "spearman": rho, "p_value": p}
+    keys = [c for c in ("backbone", "method", "protocol_hash") if c in ok.columns]
+    if select and len(ok) and keys:
+        configs = ok.assign(_crit=signed).groupby(keys, sort=False, dropna=False)[["_crit", target]].mean()
+        pick = configs["_crit"].idxmax()
+        pick = pick if isinstance(pick, tuple) else (pick,)
+        out.update(configs=len(configs), picked=" · ".join(str(v) for v in pick[:2]),
+                   picked_target=float(configs.loc[pick if len(pick) > 1 else pick[0], target]),
+                   best_target=float(configs[target].max()))
+    return out
+
+
+def criteria_correlations(df: pd.DataFrame, target: str = "acc") -> pd.DataFrame:
+    """Spearman ρ of every label-free criterion with ``target`` and the selection it makes (see module doc).
+
+    ``df``: leaderboard rows (one per seed), with at least dataset, split, n_clusters, method, backbone,
+    ``target`` and the criterion columns present. Returns a frame with :data:`COLUMNS`; ``scope`` names the rows
+    a line covers ("all methods", a method, or "method · backbone"); ρ is NaN with fewer than 3 rows or a
+    constant column.
+    """
+    missing = [c for c in ("dataset", "split", "n_clusters", "method", "backbone", target) if c not in df.columns]
+    if missing:
+        raise ValueError(f"the leaderboard lacks the column(s) {missing}")
+    criteria = [c for c in CRITERIA if c in df.columns and df[c].notna().any()]
+    lines = []
+    for (dataset, split, k), g in df.groupby(["dataset", "split", "n_clusters"], sort=True, dropna=False):
+        base = {"dataset": dataset, "split": split, "n_clusters": k}
+        if "silhouette" in criteria:
+            lines.append({**base, "criterion": "silhouette", "scope": "all methods",
+                          **_line(g, "silhouette", target, select=True)})
+        if "score" in criteria:
+            for method, gm in g.groupby("method", sort=True):
+                if _scale_free(method):
+                    lines.append({**base, "criterion": "score", "scope": method,
+                                  **_line(gm, "score", target, select=True)})
+                else:
+                    for backbone, gb in gm.groupby("backbone", sort=True):
+                        lines.append({**base, "criterion": "score", "scope": f"{method} · {backbone}",
+                                      **_line(gb, "score", target, select=False)})
+    if "n_classes" in df.columns and df["dataset"].nunique() > 1:
+        at_classes = df[df["n_clusters"] == df["n_classes"]]
+        base = {"dataset": "all", "split": "", "n_clusters": "#classes"}
+        if "silhouette" in criteria:
+            lines.append({**base, "criterion": "silhouette", "scope": "all methods",
+                          **_line(at_classes, "silhouette", target, select=False)})
+        if "score" in criteria:
+            for method, gm in at_classes.groupby("method", sort=True):
+                if _scale_free(method) and gm["dataset"].nunique() > 1:
+                    lines.append({**base, "criterion": "score", "scope": method,
+                                  **_line(gm, "score", target, select=False)})
+    return pd.DataFrame(lines, columns=COLUMNS)
+
+
+def to_markdown(table: pd.DataFrame, target: str = "acc") -> str:
+    """The table of :func:`criteria_correlations` as markdown (target values in %)."""
+    out = table.copy()
+    out["spearman"] = [f"{v:+.2f}" if np.isfinite(v) else "" for v in out["spearman"]]
+    out["p_value"] = [f"{v:.2g}" if np.isfinite(v) else "" for v in out["p_value"]]
+    for c in ("picked_target", "best_target"):
+        out[c] = [f"{100 * v:.1f}" if isinstance(v, float) and np.isfinite(v) else "" for v in out[c]]
+    out["configs"] = [str(int(v)) if isinstance(v, (int, float)) and np.isfinite(v) else "" for v in out["configs"]]
+    out["picked"] = out["picked"].fillna("")
+    out = out.rename(columns={"spearman": f"Spearman ρ with {target.upper()}", "picked": "picked (best criterion)",
+                              "picked_target": f"its {target.upper()}",
+                              "best_target": f"best {target.upper()}", "n_clusters": "k"})
+    return out.to_markdown(index=False, disable_numparse=True)
