@@ -83,3 +83,21 @@ def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="backbone"):
         criteria_correlations(pd.DataFrame({"dataset": ["d"], "split": ["s"], "n_clusters": [2], "method": ["m"],
                                             "acc": [0.5]}))
+
+
+def test_cli_leaderboard_criteria(tmp_path, capsys):
+    from ssl_cluster_bench.cli import main
+    from ssl_cluster_bench.leaderboard import append_rows
+
+    df = pd.concat([_rows("d", "scan", "a", [0.5, 0.6, 0.8, 0.7], [0.1, 0.2, 0.3, 0.4], [4.0, 3.0, 2.0, 1.0]),
+                    _rows("d", "scan", "b", [0.2, 0.3, 0.25, 0.35], [0.0, 0.05, 0.02, 0.04], [9.0, 8.0, 7.0, 6.0])])
+    df = df.assign(weights="w", protocol="direct", nmi=0.5)
+    csv = tmp_path / "lb.csv"
+    append_rows(csv, df.to_dict("records"))
+    assert main(["leaderboard", str(csv), "--criteria"]) == 0
+    out = capsys.readouterr().out
+    assert "Label-free criteria" in out
+    line = next(ln for ln in out.splitlines() if "silhouette" in ln and "all methods" in ln)
+    # ranks over the 8 rows: silhouette b 1 4 2 3, a 5 6 7 8; ACC b 1 3 2 4, a 5 6 8 7: sum d^2 = 4,
+    # rho = 1 - 6*4 / (8*63) = 0.952
+    assert "+0.95" in line and "a · scan" in line
