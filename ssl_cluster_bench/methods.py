@@ -103,9 +103,11 @@ class ClusteringMethod:
     name = "?"
     #: True for methods that use all of ``MethodInputs.spaces`` (several backbones' aligned features at once)
     multi_space = False
-    #: True when ``score_`` has no units of the features (a loss over probabilities, an accuracy), so that scores
-    #: compare across backbones; False when it does (k-means inertia): compare it only between runs on one space
-    score_scale_free = True
+    #: True when ``score_`` compares between runs on different feature spaces (backbones): a loss over
+    #: probabilities. False when it does not: k-means inertia is in the units of the features, and TURTLE's
+    #: cross-validated linear accuracy rises with the dimension of the space for any labeling. Such scores are
+    #: compared only between runs on the same space(s) (:mod:`ssl_cluster_bench.selection`).
+    score_across_spaces = True
 
     def __init__(self, n_clusters: int, random_state: int = 0, verbose: bool = False, **options):
         self.n_clusters = n_clusters
@@ -128,7 +130,7 @@ class ClusteringMethod:
 class KMeansMethod(ClusteringMethod):
     """k-means on the PCA-reduced features, as ``protocol.kmeans`` says; score = inertia per row."""
 
-    score_scale_free = False
+    score_across_spaces = False
 
     @classmethod
     def from_protocol(cls, protocol, n_clusters, random_state, verbose=False):
@@ -248,6 +250,7 @@ class TURTLEMethod(HeadMethod):
     """
 
     multi_space = True
+    score_across_spaces = False
 
     def _estimator(self):
         from .heads.turtle import TURTLE

@@ -15,8 +15,9 @@ accuracy does. For each scope this reports
   criterion, its mean ``target``, and the best mean ``target`` of the scope (what an oracle with labels picks).
 
 Scopes: per dataset × split × k, the silhouette over all methods and backbones, and each method's score over its
-backbones (methods whose score has the units of the features, like k-means inertia, over the seeds of one
-backbone only: inertia on different feature spaces does not compare). Then pooled over the datasets, at k = the
+backbones; a method whose score does not compare across feature spaces (``score_across_spaces = False``:
+k-means inertia, in feature units; TURTLE's linear accuracy, which rises with the dimension) over the seeds of
+one backbone only. Then pooled over the datasets, at k = the
 number of classes, correlations only (a selection happens within one dataset).
 """
 from __future__ import annotations
@@ -34,11 +35,11 @@ COLUMNS = ["dataset", "split", "n_clusters", "criterion", "scope", "rows", "spea
            "picked", "picked_target", "best_target"]
 
 
-def _scale_free(method: str) -> bool:
+def _across_spaces(method: str) -> bool:
     from .methods import get_method
 
     try:
-        return bool(get_method(method).score_scale_free)
+        return bool(get_method(method).score_across_spaces)
     except ValueError:  # a method no longer registered: compare its scores only within one space
         return False
 
@@ -86,7 +87,7 @@ def criteria_correlations(df: pd.DataFrame, target: str = "acc") -> pd.DataFrame
                           **_line(g, "silhouette", target, select=True)})
         if "score" in criteria:
             for method, gm in g.groupby("method", sort=True):
-                if _scale_free(method):
+                if _across_spaces(method):
                     lines.append({**base, "criterion": "score", "scope": method,
                                   **_line(gm, "score", target, select=True)})
                 else:
@@ -101,7 +102,7 @@ def criteria_correlations(df: pd.DataFrame, target: str = "acc") -> pd.DataFrame
                           **_line(at_classes, "silhouette", target, select=False)})
         if "score" in criteria:
             for method, gm in at_classes.groupby("method", sort=True):
-                if _scale_free(method) and gm["dataset"].nunique() > 1:
+                if _across_spaces(method) and gm["dataset"].nunique() > 1:
                     lines.append({**base, "criterion": "score", "scope": method,
                                   **_line(gm, "score", target, select=False)})
     return pd.DataFrame(lines, columns=COLUMNS)

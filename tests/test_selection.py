@@ -56,6 +56,10 @@ def test_inertia_is_compared_only_within_one_backbone():
     assert _line(t, scope="kmeans · a")["spearman"] == pytest.approx(1.0)
     assert _line(t, scope="kmeans · b")["spearman"] == pytest.approx(-1.0)
     assert scores["picked"].isna().all()
+    # TURTLE's score (a cross-validated linear accuracy) is compared within one space too; SCAN's loss is not
+    from ssl_cluster_bench.methods import get_method
+
+    assert not get_method("turtle").score_across_spaces and get_method("scan").score_across_spaces
 
 
 def test_pooled_over_datasets_at_k_equal_classes_only():
