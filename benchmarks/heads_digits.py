@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per method")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
-    parser.add_argument("--csv", type=Path, default=None, help="also write the per-seed rows here")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the per-seed rows here (after each row)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -95,8 +95,9 @@ def _own_score(est) -> float:
     return float(own) if own is not None else float(np.min(est.head_losses_))
 
 
-def run(methods: list[str], seeds: int, progress: bool = True) -> pd.DataFrame:
-    """One row per method × seed: acc, nmi, ari, score, silhouette, cpu_seconds."""
+def run(methods: list[str], seeds: int, progress: bool = True, csv: Path | None = None) -> pd.DataFrame:
+    """One row per method × seed: acc, nmi, ari, score, silhouette, cpu_seconds (also rewritten to ``csv`` after
+    every row, so a long run that is stopped keeps what it finished)."""
     spaces, y = load_spaces({s for m in methods for s in METHODS[m][0]})
     reduced = {name: PCA(256 if z.shape[1] > 256 else None, progress=False).fit_transform(z)
                for name, z in spaces.items()}
@@ -116,6 +117,11 @@ def run(methods: list[str], seeds: int, progress: bool = True) -> pd.DataFrame:
             rows.append(row)
             print(f"{method:>28} seed {seed}: ACC {row['acc']:.3f}  NMI {row['nmi']:.3f}  ARI {row['ari']:.3f}  "
                   f"score {row['score']:.4g}  silhouette {row['silhouette']:.3f}  {cpu:.1f} CPU s", flush=True)
+            if csv:
+                csv.parent.mkdir(parents=True, exist_ok=True)
+                tmp = csv.with_name(f".{csv.name}.tmp")
+                pd.DataFrame(rows).to_csv(tmp, index=False)
+                tmp.replace(csv)
     return pd.DataFrame(rows)
 
 
@@ -146,10 +152,7 @@ def correlations(rows: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rows = run(args.methods, args.seeds, progress=not args.no_progress)
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        rows.to_csv(args.csv, index=False)
+    rows = run(args.methods, args.seeds, progress=not args.no_progress, csv=args.csv)
     print(f"\ndigits (1797 images, k = 10), {args.seeds} seed(s), mean ± std\n")
     print(summary(rows))
     print()
