@@ -377,6 +377,25 @@ class _Content:
     figures: list[Figure]
     notes: list[str]
     leaderboard: Path
+    criteria: pd.DataFrame | None = None
+
+
+CRITERIA_TEXT = ("How well each label-free criterion ranks the rows as ACC does: the silhouette of the clustering "
+                 "(higher is better) over all rows of a dataset and k, and each method's own score (lower is "
+                 "better) over its rows; Spearman ρ is signed so that positive means agreement. 'picked' is the "
+                 "backbone · method the criterion would choose without labels, beside the best ACC.")
+
+
+def criteria_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """The label-free criteria table (:mod:`ssl_cluster_bench.selection`) for the report: the lines with a
+    correlation, formatted; None when there is none (too few rows)."""
+    from .selection import criteria_correlations, format_table
+
+    if df.empty or not {"silhouette", "score"} & set(df.columns):
+        return None
+    table = criteria_correlations(df)
+    table = table[np.isfinite(table["spearman"].astype(float))]
+    return format_table(table).reset_index(drop=True) if len(table) else None
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -398,6 +417,9 @@ def _markdown(c: _Content, fig_paths: dict[str, str]) -> str:
         lines += [f"## {dataset}", "", _md_table(table), ""]
         for f in by_ds.get(dataset, []):
             lines += [f"![{f.caption}]({fig_paths[f.name]})", "", f"*{f.caption}*", ""]
+    if c.criteria is not None:
+        lines += ["## Label-free criteria", "", CRITERIA_TEXT, "",
+                  c.criteria.to_markdown(index=False, disable_numparse=True), ""]
     if c.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in c.notes] + [""]
     return "\n".join(lines)
@@ -435,6 +457,9 @@ def _html(c: _Content) -> str:
             data = base64.b64encode(f.png).decode("ascii")
             parts.append(f'<figure><img alt="{esc(f.caption)}" data-name="{esc(f.name)}" '
                          f'src="data:image/png;base64,{data}"><figcaption>{esc(f.caption)}</figcaption></figure>')
+    if c.criteria is not None:
+        parts += ["<h2>Label-free criteria</h2>", f"<p>{esc(CRITERIA_TEXT)}</p>",
+                  c.criteria.to_html(index=False, escape=True, border=0)]
     if c.notes:
         parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{esc(n)}</li>" for n in c.notes] + ["</ul>"]
     parts.append("</body></html>")
@@ -478,7 +503,8 @@ def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: st
     content = _Content(
         title=title or (f"sscb suite {state.suite}" if state is not None else "sscb report"),
         protocols=_protocols_text(main, state), status=state.status_table() if state is not None else None,
-        tables=tables, figures=figures, notes=notes + reported_notes, leaderboard=results_csv)
+        tables=tables, figures=figures, notes=notes + reported_notes, leaderboard=results_csv,
+        criteria=criteria_table(main))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = out_dir / "report_files"

@@ -108,16 +108,23 @@ def criteria_correlations(df: pd.DataFrame, target: str = "acc") -> pd.DataFrame
     return pd.DataFrame(lines, columns=COLUMNS)
 
 
+def format_table(table: pd.DataFrame, target: str = "acc") -> pd.DataFrame:
+    """The table of :func:`criteria_correlations` as display strings (``target`` values in %, blanks for NaN)."""
+    def cell(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float, np.number)) and np.isfinite(v) else ""
+
+    name = target.upper()
+    return pd.DataFrame({
+        "dataset": table["dataset"], "split": table["split"], "k": table["n_clusters"],
+        "criterion": table["criterion"], "rows of": table["scope"], "n": table["rows"],
+        f"Spearman ρ with {name}": [cell(v, "+.2f") for v in table["spearman"]],
+        "p": [cell(v, ".2g") for v in table["p_value"]],
+        "configs": [cell(v, ".0f") for v in table["configs"]],
+        "picked (best criterion)": table["picked"].fillna(""),
+        f"its {name}": [cell(100 * v, ".1f") if pd.notna(v) else "" for v in table["picked_target"]],
+        f"best {name}": [cell(100 * v, ".1f") if pd.notna(v) else "" for v in table["best_target"]]})
+
+
 def to_markdown(table: pd.DataFrame, target: str = "acc") -> str:
-    """The table of :func:`criteria_correlations` as markdown (target values in %)."""
-    out = table.copy()
-    out["spearman"] = [f"{v:+.2f}" if np.isfinite(v) else "" for v in out["spearman"]]
-    out["p_value"] = [f"{v:.2g}" if np.isfinite(v) else "" for v in out["p_value"]]
-    for c in ("picked_target", "best_target"):
-        out[c] = [f"{100 * v:.1f}" if isinstance(v, float) and np.isfinite(v) else "" for v in out[c]]
-    out["configs"] = [str(int(v)) if isinstance(v, (int, float)) and np.isfinite(v) else "" for v in out["configs"]]
-    out["picked"] = out["picked"].fillna("")
-    out = out.rename(columns={"spearman": f"Spearman ρ with {target.upper()}", "picked": "picked (best criterion)",
-                              "picked_target": f"its {target.upper()}",
-                              "best_target": f"best {target.upper()}", "n_clusters": "k"})
-    return out.to_markdown(index=False, disable_numparse=True)
+    """The table of :func:`criteria_correlations` as markdown (:func:`format_table`)."""
+    return format_table(table, target).to_markdown(index=False, disable_numparse=True)

@@ -92,3 +92,23 @@ def test_published_numbers_beside_measured():
     table = _table(agg, pub)
     assert list(table.columns[table.columns.get_loc("ACC"):][:4]) == ["ACC", "ACC published", "NMI", "NMI published"]
     assert table.loc[0, "ACC"] == "23.2 ± 0.2"
+
+
+def test_report_has_the_label_free_criteria_section(tmp_path):
+    from ssl_cluster_bench.leaderboard import append_rows
+    from ssl_cluster_bench.report import write_report
+
+    # silhouette ranks 1 2 3 4 against ACC ranks 1 2 4 3: rho = 1 - 6*2 / (4*15) = +0.80
+    rows = pd.DataFrame({"backbone": ["a", "a", "b", "b"], "weights": "w", "dataset": "digits", "split": "all",
+                         "protocol": "direct", "method": "scan", "n_classes": 10, "n_clusters": 10,
+                         "overcluster": 1.0, "pca_dim": 64, "protocol_hash": "p", "seed": [0, 1, 0, 1],
+                         "acc": [0.5, 0.6, 0.8, 0.7], "nmi": 0.5, "silhouette": [0.1, 0.2, 0.3, 0.4],
+                         "score": [-1.0, -2.0, -3.0, -2.5]})
+    csv = tmp_path / "leaderboard.csv"
+    append_rows(csv, rows.to_dict("records"))
+    paths = write_report(csv)
+    md = paths.markdown.read_text()
+    assert "## Label-free criteria" in md
+    line = next(ln for ln in md.splitlines() if "silhouette" in ln and "all methods" in ln)
+    assert "+0.80" in line and "b · scan" in line and "75.0" in line  # b: mean ACC 0.75, the best
+    assert "Label-free criteria</h2>" in paths.html.read_text()
