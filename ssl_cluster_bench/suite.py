@@ -482,7 +482,7 @@ def _run_direct(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | Non
         df = api.run([ctx.backbone] if ctx.backbone else None, entry.dataset, ctx.roots.get("data"), split,
                      results=ctx.results, cache=ctx.cache, subset=ctx.roots.get("subset"), protocol=part,
                      progress=ctx.progress, **ctx.extract_options)
-        n += len(df)
+        n += df.attrs.get("new_rows", len(df))
     return "ran", n, f"resumed: {done} rows were already in the leaderboard" if done else ""
 
 
