@@ -164,3 +164,17 @@ def test_cache_verify_smoke(tmp_path):
     assert all(r["seconds"] < 1.0 for r in fast)
     assert not (tmp_path / "sscb-verify-cache").exists()  # deleted without --keep
 
+
+
+def test_turtle_step_and_label_free_smoke(tmp_path):
+    out = tmp_path / "step.json"
+    stdout = _run("turtle_step.py", "--quick", "--json", out)
+    rows = json.loads(out.read_text())
+    assert [r["dim"] for r in rows] == [64, 512] and "ratio before/after" in stdout
+    assert all(r["(rᵀ·z)ᵀ ms"] > 0 and r["outer step now, s"] > 0 for r in rows)
+    # the label-free table over the committed digits leaderboard
+    table = tmp_path / "criteria.json"
+    stdout = _run("label_free.py", BENCH.parent / "results" / "leaderboard.csv", "--json", table)
+    lines = json.loads(table.read_text())
+    assert "Spearman ρ with ACC" in stdout
+    assert any(r["criterion"] == "silhouette" and r["scope"] == "all methods" for r in lines)
