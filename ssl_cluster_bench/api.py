@@ -28,7 +28,7 @@ from .cache import CacheEntry, CacheKey, FeatureCache
 from .leaderboard import aggregate, append_rows, default_results_path, read_leaderboard, to_markdown
 from .methods import MethodInputs, get_method, list_methods
 from .metrics import evaluate, silhouette
-from .predictions import make_run_id, save_predictions
+from .predictions import has_predictions, make_run_id, save_predictions
 from .protocol import Protocol, resolve_protocol
 from .safeio import write_error
 
@@ -394,8 +394,9 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     With no arguments: the embedded default (:data:`DEFAULT_BACKBONES` on digits). Every row is appended to the
     leaderboard as soon as it is done, after its cluster assignments are saved
     (:mod:`ssl_cluster_bench.predictions`), so an interrupted run loses at most the fit in progress. Rows whose
-    run id (entry, method, k, seed, protocol) the leaderboard already holds are not run again unless ``rerun``:
-    running the same command twice resumes, it does not duplicate rows. Returns this run's rows, those already
+    run id (entry, method, k, seed, protocol) the leaderboard already holds, with their assignment stored next to
+    it, are not run again unless ``rerun``: running the same command twice resumes, it does not duplicate rows.
+    Rows without a stored assignment (e.g. a leaderboard committed or copied from elsewhere) are run again. Returns this run's rows, those already
     there included (``df.attrs["new_rows"]`` counts the new ones).
     ``joint``: groups of backbones (e.g. ``[("pixels", "random-resnet18")]``) whose aligned features the
     protocol's multi-space methods (turtle) also cluster together, one set of rows per group, after the
@@ -422,7 +423,10 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     if results.is_file() and not rerun:
         existing = read_leaderboard(results)
         if "run_id" in existing.columns:
-            done = {r["run_id"]: r for r in existing.dropna(subset=["run_id"]).to_dict("records")}
+            # A row counts as done only with its assignment stored here: rows that came from elsewhere (a
+            # committed or merged CSV, without predictions/) run again on this machine.
+            done = {r["run_id"]: r for r in existing.dropna(subset=["run_id"]).to_dict("records")
+                    if has_predictions(results, r["run_id"])}
     n_new = 0
 
     def keep(row, labels):  # the assignment first, so that no row names a missing file

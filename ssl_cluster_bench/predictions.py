@@ -37,6 +37,11 @@ def _path(results_csv, run_id: str) -> Path:
     return predictions_dir(results_csv) / f"{run_id}.npy"
 
 
+def has_predictions(results_csv, run_id) -> bool:
+    """Whether the assignment of run ``run_id`` is stored next to the leaderboard ``results_csv``."""
+    return isinstance(run_id, str) and bool(_RUN_ID.match(run_id)) and _path(results_csv, run_id).is_file()
+
+
 def save_predictions(results_csv, run_id: str, labels) -> Path:
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):

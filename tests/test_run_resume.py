@@ -32,6 +32,20 @@ def test_repeating_a_run_resumes_without_duplicates(tmp_path):
     assert forced.attrs["new_rows"] == 1 and len(read_leaderboard(results)) == 4
 
 
+def test_rows_without_a_stored_assignment_run_again(tmp_path):
+    # A leaderboard copied without its predictions/ (as the committed one on a fresh clone): nothing to resume
+    import shutil
+
+    results, cache = tmp_path / "lb.csv", tmp_path / "cache"
+    sscb.run(["pixels"], results=results, cache=cache, protocol={"seeds": 2, "overcluster": [1.0]}, progress=False)
+    shutil.rmtree(tmp_path / "predictions")
+    again = sscb.run(["pixels"], results=results, cache=cache, protocol={"seeds": 2, "overcluster": [1.0]},
+                     progress=False)
+    assert again.attrs["new_rows"] == 2 and len(read_leaderboard(results)) == 4
+    for run_id in again["run_id"]:
+        assert load_predictions(results, run_id).shape == (1797,)
+
+
 def test_an_interrupted_run_keeps_its_finished_rows_and_the_rerun_completes(tmp_path, capsys):
     results, cache = tmp_path / "lb.csv", tmp_path / "cache"
     # A real process, stopped by a real SIGINT (as Ctrl-C) in the middle of its third fit.
