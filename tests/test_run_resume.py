@@ -54,6 +54,9 @@ def test_an_interrupted_run_keeps_its_finished_rows_and_the_rerun_completes(tmp_
         import ssl_cluster_bench as sscb
         from ssl_cluster_bench.methods import KMeansMethod, register_method
 
+        # Python's Ctrl-C handler, also where the test runner was started with SIGINT ignored (nohup, `&`)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
         @register_method("kmeans-interrupted")
         class Interrupted(KMeansMethod):
             def fit(self, inputs):
