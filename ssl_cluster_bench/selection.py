@@ -1,7 +1,8 @@
 """Label-free model selection: how well each unsupervised criterion of the leaderboard rows tracks accuracy.
 
-Entry point:
+Entry points:
     criteria_correlations(df, target="acc") -> DataFrame, one line per dataset × k × criterion × scope
+    format_table(table) -> the same as display strings; to_markdown(table) -> markdown
 
 Every leaderboard row carries two criteria computed without labels: ``silhouette`` (the silhouette coefficient of
 the clustering on the reduced features; higher is better, Lowe et al. 2024) and ``score`` (the method's own
@@ -17,8 +18,8 @@ accuracy does. For each scope this reports
 Scopes: per dataset × split × k, the silhouette over all methods and backbones, and each method's score over its
 backbones; a method whose score does not compare across feature spaces (``score_across_spaces = False``:
 k-means inertia, in feature units; TURTLE's linear accuracy, which rises with the dimension) over the seeds of
-one backbone only. Then pooled over the datasets, at k = the
-number of classes, correlations only (a selection happens within one dataset).
+one backbone only. Then pooled over the datasets, at k = the number of classes, correlations only (a selection
+happens within one dataset).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-__all__ = ["CRITERIA", "criteria_correlations"]
+__all__ = ["CRITERIA", "criteria_correlations", "format_table", "to_markdown"]
 
 #: criterion column -> sign that makes larger better
 CRITERIA = {"silhouette": 1.0, "score": -1.0}
