@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ssl_cluster_bench.leaderboard import read_leaderboard
-from ssl_cluster_bench.selection import criteria_correlations, to_markdown
+from ssl_cluster_bench.selection import LEGEND, criteria_correlations, to_markdown
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,8 +40,7 @@ def main(argv=None) -> int:
     counts = df.groupby(["dataset", "method"]).size().rename("rows").reset_index()
     print(f"{len(df)} rows from {len(args.csv)} leaderboard(s):\n")
     print(counts.to_markdown(index=False))
-    print(f"\nsilhouette: higher is better; score: the method's own, lower is better; ρ is signed so that positive "
-          f"means the criterion agrees with {args.target.upper()}\n")
+    print(f"\n{LEGEND.replace('ACC', args.target.upper())}\n")
     print(to_markdown(table, target=args.target))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -369,11 +369,10 @@ def _cmd_leaderboard(args):
         print("\n" + (section(agg) or "No measured row matches a published result of the model cards "
                                       "(`sscb models` lists which cards have them)."))
     if args.criteria:
-        from .selection import criteria_correlations
+        from .selection import LEGEND, criteria_correlations
         from .selection import to_markdown as criteria_markdown
 
-        print("\nLabel-free criteria (silhouette: higher is better; score: the method's own, lower is better; "
-              "ρ is signed so that positive means the criterion agrees with ACC)\n")
+        print(f"\nLabel-free criteria ({LEGEND})\n")
         print(criteria_markdown(criteria_correlations(df)))
 
 

@@ -27,10 +27,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-__all__ = ["CRITERIA", "criteria_correlations", "format_table", "to_markdown"]
+__all__ = ["CRITERIA", "LEGEND", "criteria_correlations", "format_table", "to_markdown"]
 
 #: criterion column -> sign that makes larger better
 CRITERIA = {"silhouette": 1.0, "score": -1.0}
+
+#: how to read the table (printed above it by the CLI and the benchmark)
+LEGEND = ("silhouette: higher is better; score: the method's own, lower is better; ρ is signed so that positive "
+          "means the criterion agrees with ACC")
 
 COLUMNS = ["dataset", "split", "n_clusters", "criterion", "scope", "rows", "spearman", "p_value", "configs",
            "picked", "picked_target", "best_target"]
