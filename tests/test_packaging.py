@@ -1,7 +1,9 @@
 """The model cards ship with every install: a built wheel in a fresh virtual environment, and an editable install.
 
 Real processes: the wheel is built from a copy of the source tree (so the checkout gets no build/ folder), and
-installed with --no-deps into a venv that borrows the already installed dependencies (--system-site-packages).
+installed with --no-deps into a fresh venv that borrows the dependencies of the interpreter running the tests.
+That interpreter is often itself a venv, where ``--system-site-packages`` would mean the base interpreter (no
+pandas, no torch): so the new venv gets a ``.pth`` file naming the running interpreter's site-packages instead.
 """
 from __future__ import annotations
 
@@ -48,9 +50,15 @@ def source_copy(tmp_path_factory) -> Path:
 
 
 def _venv(path: Path) -> Path:
-    # no pip of its own: the system pip (a --system-site-packages import) installs into the venv's prefix
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", path], cwd=path.parent)
-    return path / "bin" / "python"
+    # No pip of its own: the running interpreter's pip (borrowed through the .pth file) installs into the new
+    # venv's prefix. Plain path lines, so the borrowed folders' own .pth files (an editable install of this
+    # checkout) are not run and cannot shadow the copy installed into the new venv.
+    _run([sys.executable, "-m", "venv", "--without-pip", path], cwd=path.parent)
+    python = path / "bin" / "python"
+    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=path.parent)
+    borrowed = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (Path(purelib.stdout.strip()) / "_borrowed_site.pth").write_text("\n".join(borrowed) + "\n")
+    return python
 
 
 # one interpreter runs the remaining checks: every extra process pays the torch/sklearn import again
