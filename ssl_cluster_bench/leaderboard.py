@@ -64,11 +64,17 @@ OLDER_COLUMNS = [
 _NUMERIC = ["n_clusters", "seed", "n_samples", "seconds", *METRICS]
 # strftime("%Y-%m-%dT%H:%M:%S%z"): a last field shorter than this was cut.
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d([+-]\d{4})?")
-_REPAIR = "restore the file from a copy, or delete that line (the rest of the file is whole)"
 
 
 class LeaderboardFileError(ValueError):
     """The results file is not a whole leaderboard this tool wrote; the message names the file, line and fix."""
+
+
+def _damaged(shown, line: int, problem: str) -> LeaderboardFileError:
+    return LeaderboardFileError(
+        f"leaderboard {shown} line {line} {problem}: the row was cut short or damaged (a full disk, an interrupted "
+        f"copy, an edit), so it is not averaged and nothing was appended; restore the file from a copy or delete "
+        f"line {line} (the next read checks the rest)")
 
 
 def _target(path) -> Path:
@@ -91,13 +97,11 @@ def _parse(data: bytes, shown) -> tuple[list[str], list[list[str]]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise LeaderboardFileError(
-            f"leaderboard {shown} line {_line_of(data, e.start)} is not UTF-8 text (a damaged or foreign file): "
-            f"nothing was read; {_REPAIR}") from None
+        raise _damaged(shown, _line_of(data, e.start), "is not UTF-8 text") from None
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     # the line of a last row without its newline: the one row whose end is not proven by a line break
     unterminated = text.count("\n") + 1 if not text.endswith("\n") else 0
-    rows, header, line = [], None, 0
+    rows, header, numeric, line = [], None, [], 0
     try:
         for record in reader:
             line = reader.line_num
@@ -105,30 +109,26 @@ def _parse(data: bytes, shown) -> tuple[list[str], list[list[str]]]:
                 continue  # a blank line, as pandas skips it
             if header is None:
                 header = record
+                numeric = [(c, header.index(c)) for c in _NUMERIC if c in header]
                 continue
             problem = None
             if len(record) != len(header):
                 problem = f"has {len(record)} of the {len(header)} fields"
             else:
-                for column in _NUMERIC:
-                    if column in header:
-                        value = record[header.index(column)]
-                        try:
-                            float(value or 0)
-                        except ValueError:
-                            problem = f"has {column}={value!r}, not a number"
-                            break
+                for column, i in numeric:
+                    try:
+                        float(record[i] or 0)
+                    except ValueError:
+                        problem = f"has {column}={record[i]!r}, not a number"
+                        break
             if (problem is None and line == unterminated and header[-1] == "timestamp" and record[-1]
                     and not _TIMESTAMP.fullmatch(record[-1])):
                 problem = f"ends in the middle of its timestamp {record[-1]!r} and has no final newline"
             if problem:
-                raise LeaderboardFileError(
-                    f"leaderboard {shown} line {line} {problem}: the row was cut short or damaged (a full disk, "
-                    f"an interrupted copy or an edit), so nothing was read or appended; {_REPAIR}")
+                raise _damaged(shown, line, problem)
             rows.append(record)
     except csv.Error as e:
-        raise LeaderboardFileError(f"leaderboard {shown} line {reader.line_num or line} is not valid CSV ({e}): the "
-                                   f"row was cut short or damaged, so nothing was read or appended; {_REPAIR}") from None
+        raise _damaged(shown, reader.line_num or line, f"is not valid CSV ({e})") from None
     return header or [], rows
 
 
@@ -250,8 +250,12 @@ def append_rows(path, rows, *, unique_run_ids: bool = False, known_counts: Mappi
             with open(tmp, "wb") as f:
                 f.write(payload)
                 f.flush()
-                if st is not None:  # the replacement keeps the file's permissions
+                if st is not None:  # the replacement keeps the file's permissions (and owner, where we may)
                     os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+                    try:
+                        os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                    except PermissionError:
+                        pass  # only root may give a file away; the rows matter more than the owner
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         except OSError as e:
@@ -274,7 +278,8 @@ def read_leaderboard(path) -> pd.DataFrame:
     if not data.strip():
         return pd.DataFrame(columns=COLUMNS)
     _parse(data, path)
-    return pd.read_csv(io.BytesIO(data))
+    # a run id is 16 hex digits, which pandas would read as a number when they happen to look like one ("12e4...")
+    return pd.read_csv(io.BytesIO(data), dtype={"run_id": str})
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:

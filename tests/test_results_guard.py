@@ -156,7 +156,8 @@ def test_a_torn_row_is_refused_on_read_and_on_append_with_its_line_number(tmp_pa
     torn = b"\n".join(lines[:3]) + b"\n" + b",".join(fields[:nmi] + [fields[nmi][:3]])
     path.write_bytes(torn)
     before = _aged(path)
-    with pytest.raises(LeaderboardFileError, match=rf"line 4 has {nmi + 1} of the {len(COLUMNS)} fields.*delete that line"):
+    with pytest.raises(LeaderboardFileError,
+                       match=rf"line 4 has {nmi + 1} of the {len(COLUMNS)} fields.*copy or delete line 4"):
         read_leaderboard(path)
     with pytest.raises(LeaderboardFileError, match="line 4"):
         append_rows(path, _rows((5,)))
@@ -184,6 +185,13 @@ def test_a_torn_row_is_refused_on_read_and_on_append_with_its_line_number(tmp_pa
     assert list(read_leaderboard(path)["seed"]) == [0, 1, 2]
     assert append_rows(path, _rows((5,))) == 1
     assert path.read_bytes().startswith(whole) and list(read_leaderboard(path)["seed"]) == [0, 1, 2, 5]
+
+
+def test_run_ids_are_read_as_text_even_when_they_look_like_numbers(tmp_path):
+    # 16 hex digits can read as a float ("123e4...") or an integer; the done set and the assignment files need the text
+    path = tmp_path / "lb.csv"
+    append_rows(path, [dict(_rows((0,))[0], run_id="123e456789012345")])
+    assert list(read_leaderboard(path)["run_id"]) == ["123e456789012345"]
 
 
 def _lock_waiters(lock: Path, pids) -> set:
