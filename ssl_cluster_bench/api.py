@@ -17,6 +17,8 @@ import logging
 import os
 import platform
 import time
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +27,8 @@ import pandas as pd
 
 from . import __version__
 from .cache import CacheEntry, CacheKey, FeatureCache
-from .leaderboard import aggregate, append_rows, default_results_path, read_leaderboard, to_markdown
+from .leaderboard import (aggregate, append_rows, check_appendable, default_results_path, lock_path, read_leaderboard,
+                          to_markdown)
 from .methods import MethodInputs, get_method, list_methods
 from .metrics import evaluate, silhouette
 from .predictions import has_predictions, make_run_id, save_predictions
@@ -156,7 +159,7 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
     leaderboard's): those are returned as they are, not run again. ``on_row(row, labels)`` is called as each new
     row is done, so that a caller can keep it at once (an interrupted run loses at most the fit in progress).
     """
-    done = done or {}
+    done = {} if done is None else done  # a live view of the leaderboard (run()) may be empty for now
     labels = np.asarray(labels)
     if features.shape[0] != labels.shape[0]:
         raise ValueError(f"features ({features.shape[0]} rows) and labels ({labels.shape[0]}) differ in length")
@@ -308,12 +311,63 @@ def _cluster_entries(entries: list[CacheEntry], protocol: Protocol, progress: bo
 
 
 def _check_writable(path: Path) -> None:
+    check_appendable(path)  # before any file is made next to a file that is not ours
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".lock"), "a"):
+        lock = lock_path(path)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a"):
             pass
     except OSError as e:
         raise OSError(f"results path {path} is not writable: {e}") from e
+
+
+class _DoneRows(Mapping):
+    """run id -> row of the leaderboard rows already done (their assignment stored next to it), re-read whenever
+    the file changed, so that a run started beside an identical one skips what the other stored meanwhile.
+
+    ``baseline`` counts each run id's rows when the run started: rows it runs again on purpose (copied without
+    their assignment) do not count as stored when it appends (see :func:`append_rows`)."""
+
+    def __init__(self, results: Path):
+        self.results = results
+        self._stamp = None
+        self._rows: dict = {}
+        self._ids: list = []
+        self.baseline: Counter = Counter()
+        self._refresh()
+        self.baseline = Counter(self._ids)
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.results)
+        except FileNotFoundError:
+            return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        board = read_leaderboard(self.results)
+        self._ids = list(board["run_id"].dropna()) if "run_id" in board.columns else []
+        # A row counts as done only with its assignment stored here: rows that came from elsewhere (a
+        # committed or merged CSV, without predictions/) run again on this machine.
+        self._rows = ({r["run_id"]: r for r in board.dropna(subset=["run_id"]).to_dict("records")
+                       if has_predictions(self.results, r["run_id"])} if "run_id" in board.columns else {})
+
+    def __getitem__(self, run_id):
+        self._refresh()
+        return self._rows[run_id]
+
+    def __contains__(self, run_id) -> bool:
+        self._refresh()
+        return run_id in self._rows
+
+    def __iter__(self):
+        self._refresh()
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        self._refresh()
+        return len(self._rows)
 
 
 def _entry_for(backbone, dataset, data_root, split, cache: FeatureCache, extract_options: dict) -> CacheEntry:
@@ -395,7 +449,9 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     leaderboard as soon as it is done, after its cluster assignments are saved
     (:mod:`ssl_cluster_bench.predictions`), so an interrupted run loses at most the fit in progress. Rows whose
     run id (entry, method, k, seed, protocol) the leaderboard already holds, with their assignment stored next to
-    it, are not run again unless ``rerun``: running the same command twice resumes, it does not duplicate rows.
+    it, are not run again unless ``rerun``: running the same command twice resumes, it does not duplicate rows;
+    started together, the two store each row once (the done rows are re-read before each fit and checked again
+    under the leaderboard's lock).
     Rows without a stored assignment (e.g. a leaderboard committed or copied from elsewhere) are run again. Returns this run's rows, those already
     there included (``df.attrs["new_rows"]`` counts the new ones).
     ``joint``: groups of backbones (e.g. ``[("pixels", "random-resnet18")]``) whose aligned features the
@@ -419,21 +475,17 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     backbones = list(backbones or DEFAULT_BACKBONES)
     extract_options = {"progress": progress, **extract_options}
     _check_packaged_weights(backbones)
-    done = {}
-    if results.is_file() and not rerun:
-        existing = read_leaderboard(results)
-        if "run_id" in existing.columns:
-            # A row counts as done only with its assignment stored here: rows that came from elsewhere (a
-            # committed or merged CSV, without predictions/) run again on this machine.
-            done = {r["run_id"]: r for r in existing.dropna(subset=["run_id"]).to_dict("records")
-                    if has_predictions(results, r["run_id"])}
+    done = {} if rerun else _DoneRows(results)
     n_new = 0
 
-    def keep(row, labels):  # the assignment first, so that no row names a missing file
+    def keep(row, labels):
         nonlocal n_new
-        save_predictions(results, row["run_id"], labels)
-        append_rows(results, [row])
-        n_new += 1
+        if rerun:  # the assignment first, so that no row names a missing file
+            save_predictions(results, row["run_id"], labels)
+            n_new += append_rows(results, [row])
+        else:  # and, under the leaderboard's lock, only if an identical run beside this one did not store it
+            n_new += append_rows(results, [row], unique_run_ids=True, known_counts=done.baseline,
+                                 before_write=lambda rows: save_predictions(results, row["run_id"], labels))
 
     entries = [[_entry_for(b, dataset, data_root, split, cache, extract_options)] for b in backbones]
     groups = [[_entry_for(b, dataset, data_root, split, cache, extract_options) for b in g] for g in joint]

@@ -2,24 +2,37 @@
 
 Entry points:
     append_rows(path, rows) -> int        add rows; existing rows are never modified or lost
+    check_appendable(path)                 raise unless ``path`` is missing, empty or a whole leaderboard we may write
     read_leaderboard(path) -> DataFrame
     aggregate(df) -> DataFrame            mean ± std over seeds, computed from the rows
     to_markdown(agg) -> str                 best mean in bold, rows within one std of it in italics
+
+The file is guarded (see :func:`check_appendable`): rows are only added to a file whose header is a column set
+this tool wrote (:data:`COLUMNS` or one of :data:`OLDER_COLUMNS`), never to another tool's table; a symlink is
+followed (the rows, the lock and the temporary file go to its target, the link stays); a file without write
+permission is refused. A row cut short (a full disk, an interrupted copy) is refused on read and on append
+with its line number, never averaged. A last row without its final newline is accepted when it is whole: every
+field there, the numbers parse and the timestamp is complete.
 """
 from __future__ import annotations
 
+import csv
 import fcntl
 import io
 import os
+import re
+import stat
+from collections import Counter
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from .safeio import write_error
 
-__all__ = ["COLUMNS", "METRICS", "aggregate", "append_rows", "default_results_path", "mark_best", "read_leaderboard",
-           "to_markdown"]
+__all__ = ["COLUMNS", "METRICS", "OLDER_COLUMNS", "LeaderboardFileError", "aggregate", "append_rows",
+           "check_appendable", "default_results_path", "lock_path", "mark_best", "read_leaderboard", "to_markdown"]
 
 # Identity of a configuration: rows sharing all of these differ only by seed.
 CONFIG_COLUMNS = [
@@ -31,6 +44,129 @@ METRICS = ["acc", "nmi", "ami", "ari", "top5", "acc_tr", "acc_val", "acc_overlap
 COLUMNS = CONFIG_COLUMNS + ["seed", "n_samples"] + METRICS + [
     "score", "silhouette", "flag", "seconds", "run_id", "cache_key", "versions", "timestamp",
 ]
+
+
+def _without(*names: str) -> list[str]:
+    return [c for c in COLUMNS if c not in names]
+
+
+# The column sets earlier versions wrote (newest first; `git log -p ssl_cluster_bench/leaderboard.py`), each an
+# ordered subset of COLUMNS. Their leaderboards are still appended to (the header is widened to COLUMNS); any
+# other header is another tool's table, which is never rewritten.
+OLDER_COLUMNS = [
+    _without("silhouette"),
+    _without("silhouette", "protocol_hash", "score", "run_id"),
+    _without("silhouette", "protocol_hash", "score", "run_id", "n_init", "kmeans_iter", "max_points_per_centroid"),
+    _without("silhouette", "protocol_hash", "score", "run_id", "n_init", "kmeans_iter", "max_points_per_centroid",
+             "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"),
+]
+# Columns that are averaged or grouped on: a value there that is not a number means the row was damaged.
+_NUMERIC = ["n_clusters", "seed", "n_samples", "seconds", *METRICS]
+# strftime("%Y-%m-%dT%H:%M:%S%z"): a last field shorter than this was cut.
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d([+-]\d{4})?")
+
+
+class LeaderboardFileError(ValueError):
+    """The results file is not a whole leaderboard this tool wrote; the message names the file, line and fix."""
+
+
+def _damaged(shown, line: int, problem: str) -> LeaderboardFileError:
+    return LeaderboardFileError(
+        f"leaderboard {shown} line {line} {problem}: the row was cut short or damaged (a full disk, an interrupted "
+        f"copy, an edit), so it is not averaged and nothing was appended; restore the file from a copy or delete "
+        f"line {line} (the next read checks the rest)")
+
+
+def _target(path) -> Path:
+    """The file ``path`` names, its symlinks followed (the rows go to the shared target; the link stays)."""
+    return Path(os.path.realpath(path))
+
+
+def lock_path(path) -> Path:
+    """The lock file of the leaderboard ``path``: next to the resolved target, so every link to one file shares it."""
+    target = _target(path)
+    return target.with_name(target.name + ".lock")
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _parse(data: bytes, shown) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a leaderboard's bytes; raises LeaderboardFileError at the first damaged line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _damaged(shown, _line_of(data, e.start), "is not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    # the line of a last row without its newline: the one row whose end is not proven by a line break
+    unterminated = text.count("\n") + 1 if not text.endswith("\n") else 0
+    rows, header, numeric, line = [], None, [], 0
+    try:
+        for record in reader:
+            line = reader.line_num
+            if not record:
+                continue  # a blank line, as pandas skips it
+            if header is None:
+                header = record
+                numeric = [(c, header.index(c)) for c in _NUMERIC if c in header]
+                continue
+            problem = None
+            if len(record) != len(header):
+                problem = f"has {len(record)} of the {len(header)} fields"
+            else:
+                for column, i in numeric:
+                    try:
+                        float(record[i] or 0)
+                    except ValueError:
+                        problem = f"has {column}={record[i]!r}, not a number"
+                        break
+            if (problem is None and line == unterminated and header[-1] == "timestamp" and record[-1]
+                    and not _TIMESTAMP.fullmatch(record[-1])):
+                problem = f"ends in the middle of its timestamp {record[-1]!r} and has no final newline"
+            if problem:
+                raise _damaged(shown, line, problem)
+            rows.append(record)
+    except csv.Error as e:
+        raise _damaged(shown, reader.line_num or line, f"is not valid CSV ({e})") from None
+    return header or [], rows
+
+
+def _check_permission(target: Path, shown) -> os.stat_result | None:
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # a parent that is a file, a folder we may not enter
+        raise OSError(f"results path {shown} is not writable: {e}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise LeaderboardFileError(f"results path {shown} is not a regular file; pass a CSV file path for the "
+                                   f"results")
+    # The mode bits too: root may write any file, but a file nobody may write was made read-only on purpose.
+    if not os.access(target, os.W_OK) or not st.st_mode & 0o222:
+        raise PermissionError(f"results file {shown} is read-only (mode {stat.S_IMODE(st.st_mode):04o}), so it was "
+                              f"left unchanged; make it writable (chmod u+w {shown}) or pass another results file")
+    return st
+
+
+def _check_header(header: list[str], shown) -> None:
+    if header != COLUMNS and header not in OLDER_COLUMNS:
+        start = ",".join(header[:4]) + (",..." if len(header) > 4 else "")
+        raise LeaderboardFileError(
+            f"results file {shown} is not a leaderboard written by sscb (its header starts {start!r}, a leaderboard's "
+            f"starts {','.join(COLUMNS[:4]) + ',...'!r}), so it was left unchanged; pass another results file (a "
+            f"missing or empty file becomes a new leaderboard)")
+
+
+def check_appendable(path) -> None:
+    """Raise unless rows may be appended to ``path``: missing, empty, or a whole leaderboard this tool wrote
+    (known header, no row cut short) that we may write. Reads only; a refused file is left as it is."""
+    target = _target(path)
+    if _check_permission(target, path) is not None:
+        data = target.read_bytes()
+        if data.strip():
+            header, _ = _parse(data, path)
+            _check_header(header, path)
 
 
 def default_results_path() -> Path:
@@ -48,64 +184,102 @@ def _frame(rows) -> pd.DataFrame:
     return df.reindex(columns=COLUMNS)
 
 
-def append_rows(path, rows) -> int:
+def append_rows(path, rows, *, unique_run_ids: bool = False, known_counts: Mapping[str, int] | None = None,
+                before_write: Callable[[list[dict]], None] | None = None) -> int:
     """Append ``rows`` (dicts) to the CSV at ``path`` and return how many were written.
 
     The new rows are formatted completely before the file is touched, and the file is replaced atomically
-    (temporary file + rename, under an exclusive lock), so an interrupted or failed append leaves the old
-    file intact and concurrent appends never lose each other's rows. Existing lines are copied byte for
-    byte; only a file with an older column set has its header widened.
+    (temporary file + rename next to the target, under an exclusive lock, keeping the file's mode), so an
+    interrupted or failed append leaves the old file intact and concurrent appends never lose each other's rows.
+    Existing lines are copied byte for byte; only a file with an older column set has its header widened. A
+    file that is not a whole leaderboard this tool wrote is refused (:func:`check_appendable`).
+
+    ``unique_run_ids``: rows whose ``run_id`` the file holds when the lock is taken are not written, so two
+    identical runs started together store each run once. ``known_counts`` (run id -> rows the caller saw when it
+    decided to run them again, e.g. rows copied without their assignment) raises the count a run id needs to
+    count as stored. ``before_write(rows)`` is called under the lock with the rows about to be written (e.g. to
+    store their assignments first); if it raises, nothing is appended.
     """
-    path = Path(path)
+    shown = Path(path)
+    target = _target(path)
     rows = list(rows)
     if not rows:
         return 0
     new = _frame(rows)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = path.with_name(path.name + ".lock")
-        lock = open(lock_path, "a")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path(target), "a")
     except OSError as e:
-        raise OSError(f"results path {path} is not writable: {e}") from e
+        raise OSError(f"results path {shown} is not writable: {e}") from e
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        old_bytes = path.read_bytes() if path.exists() else b""
-        if old_bytes.strip():
-            header = old_bytes.split(b"\n", 1)[0].decode().strip().split(",")
-            if header == COLUMNS:
-                body = new.to_csv(index=False, header=False, lineterminator="\n").encode()
-                if not old_bytes.endswith(b"\n"):
-                    old_bytes += b"\n"
-                payload = old_bytes + body
-            else:
-                old = pd.read_csv(io.BytesIO(old_bytes), keep_default_na=False, na_values=[""])
-                extra = [c for c in old.columns if c not in COLUMNS]
-                merged = pd.concat([old, new], ignore_index=True).reindex(columns=COLUMNS + extra)
-                payload = merged.to_csv(index=False, lineterminator="\n").encode()
+        st = _check_permission(target, shown)
+        old_bytes = target.read_bytes() if st is not None else b""
+        header, old_rows = _parse(old_bytes, shown) if old_bytes.strip() else ([], [])
+        if header:
+            _check_header(header, shown)
+        if unique_run_ids:
+            # read under the lock: what a concurrent identical run stored since this one decided to run counts
+            stored = Counter(r[header.index("run_id")] for r in old_rows) if "run_id" in header else Counter()
+            known = known_counts or {}
+            keep = []
+            for run_id in new["run_id"]:
+                if pd.isna(run_id):
+                    keep.append(True)
+                    continue
+                keep.append(stored[run_id] <= known.get(run_id, 0))
+                stored[run_id] += 1  # a run id twice among the new rows is written once
+            new = new[keep]
+            if new.empty:
+                return 0
+        if before_write is not None:
+            before_write(new.to_dict("records"))
+        if header == COLUMNS:
+            body = new.to_csv(index=False, header=False, lineterminator="\n").encode()
+            if not old_bytes.endswith(b"\n"):
+                old_bytes += b"\n"  # a whole last row without its newline (checked by _parse)
+            payload = old_bytes + body
+        elif header:
+            old = pd.read_csv(io.BytesIO(old_bytes), keep_default_na=False, na_values=[""])
+            merged = pd.concat([old, new], ignore_index=True).reindex(columns=COLUMNS)
+            payload = merged.to_csv(index=False, lineterminator="\n").encode()
         else:
             payload = new.to_csv(index=False, lineterminator="\n").encode()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
                 f.write(payload)
                 f.flush()
+                if st is not None:  # the replacement keeps the file's permissions (and owner, where we may)
+                    os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+                    try:
+                        os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                    except PermissionError:
+                        pass  # only root may give a file away; the rows matter more than the owner
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except OSError as e:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass  # report the write error, not the cleanup's
-            raise write_error(e, f"appending {len(new)} row(s) to the leaderboard", path,
-                              f"The leaderboard {path.name} is unchanged (the new rows were not written).") from e
+            raise write_error(e, f"appending {len(new)} row(s) to the leaderboard", shown,
+                              f"The leaderboard {shown.name} is unchanged (the new rows were not written).") from e
     return len(new)
 
 
 def read_leaderboard(path) -> pd.DataFrame:
+    """The leaderboard's rows; an empty file is a leaderboard without rows. A row cut short or damaged is
+    refused with its line number (it would otherwise be averaged as if it were a real result)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no leaderboard at {path}: run `sscb run` first or pass the CSV path")
-    return pd.read_csv(path)
+    data = path.read_bytes()
+    if not data.strip():
+        return pd.DataFrame(columns=COLUMNS)
+    _parse(data, path)
+    # a run id is 16 hex digits, which pandas would read as a number when they happen to look like one ("12e4...")
+    return pd.read_csv(io.BytesIO(data), dtype={"run_id": str})
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:

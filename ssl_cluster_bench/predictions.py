@@ -2,7 +2,7 @@
 bootstrap intervals are drawn later without clustering again.
 
 Entry points:
-    predictions_dir(results_csv) -> Path          ``<results dir>/predictions/``
+    predictions_dir(results_csv) -> Path          ``<results dir>/predictions/`` (of a symlink's target)
     save_predictions(results_csv, run_id, labels) -> Path   compact .npy (int16 when k allows), atomic
     load_predictions(results_csv, run_id) -> (n,) int64
 
@@ -28,7 +28,8 @@ def make_run_id(*parts) -> str:
 
 
 def predictions_dir(results_csv) -> Path:
-    return Path(results_csv).parent / "predictions"
+    # next to the file a symlinked leaderboard points to, where its rows are (and every link finds them)
+    return Path(os.path.realpath(results_csv)).parent / "predictions"
 
 
 def _path(results_csv, run_id: str) -> Path:
