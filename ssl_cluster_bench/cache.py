@@ -948,12 +948,15 @@ class ChunkWriter:
             if not self.entry_complete():
                 tmp = None
                 try:
-                    if self.dir.exists() and not _owned(self.dir):
+                    # The folder is deleted once the entry is assembled: it must be ours (an empty one, left by a
+                    # kill between its mkdir and its marker, holds nothing to lose)
+                    if self.dir.exists() and not _owned(self.dir) and any(self.dir.iterdir()):
                         raise RuntimeError(f"{self.dir} is in the way of the extraction and was not made by sscb "
                                            "(no marker in it); move it out of the feature cache and re-run")
-                    self.chunks_dir.mkdir(parents=True, exist_ok=True)
+                    self.dir.mkdir(parents=True, exist_ok=True)
                     if not (self.dir / OWNER).is_file():
                         _write_owner(self.dir, "partial")
+                    self.chunks_dir.mkdir(exist_ok=True)
                     spec_path = self.chunks_dir / "spec.json"
                     if not spec_path.is_file():
                         fd, tmp = tempfile.mkstemp(prefix=f".spec.{_tag()}.", suffix=".tmp", dir=self.chunks_dir)
