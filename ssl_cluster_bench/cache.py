@@ -22,7 +22,8 @@ two days (:meth:`FeatureCache.sweep`).
 
 ``manifest.json`` holds the key (backbone, weights, dataset, split, transform, variant, data fingerprint), ``feature_dim``,
 ``count``, ``shape``, ``dtype``, ``checksum`` (sha256 of features then labels data bytes), ``indices_checksum``,
-``skipped`` (count and ids of unreadable files), library versions and creation time. Entries are assembled in a
+``skipped`` (count and ids of unreadable files), ``data_source`` (the resolved data root and whether its files
+were keyed by size and mtime or by content), library versions and creation time. Entries are assembled in a
 temporary directory and renamed into place, so a crash never leaves a half-written entry that looks complete.
 
 Sharing (many jobs, one cache): every process that asks for a missing entry helps build it. A chunk is
@@ -97,7 +98,7 @@ class CacheKey:
     weights: str = ""
     transform: str = ""
     variant: str = ""  # e.g. augmented views: "aug:randaugment:views=4:seed=0"
-    data: str = ""  # fingerprint of the dataset content (classes, sample ids, labels)
+    data: str = ""  # fingerprint of the data: classes, labels, the resolved root, each data file's size and mtime
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()

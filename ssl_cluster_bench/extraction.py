@@ -85,8 +85,8 @@ def dataset_fingerprint(dataset, verify_content: bool = False, progress: bool = 
         return h.hexdigest()[:16]
     h.update(json.dumps(data_source(dataset, verify_content)).encode())
     describe = _file_digest if verify_content else _file_stat
-    bar = tqdm(total=len(dataset) if hasattr(dataset, "path") else None, unit="file", desc=f"hash {dataset.name}/{dataset.split}", leave=False,
-               disable=not (progress and verify_content))
+    bar = tqdm(total=len(dataset) if hasattr(dataset, "path") else None, unit="file", leave=False,
+               desc=f"hash {dataset.name}/{dataset.split}", disable=not (progress and verify_content))
     # sha256 and reads release the GIL: a few threads keep a disk (or a network filesystem) busy
     workers = min(8, os.cpu_count() or 1) if verify_content else 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -316,9 +316,9 @@ def _explain_other_data(cache: FeatureCache, key: CacheKey, source: dict) -> Non
             why = ("it was made by an older sscb that keyed entries on file names and labels only, so it may hold "
                    "features of images changed since")
         elif made.get("fingerprint") != source["fingerprint"]:
-            why = (f"it was keyed on the files' {'bytes' if made.get('fingerprint') == 'content' else 'sizes and times'}"
-                   f" and this run keys on their {'bytes' if source['fingerprint'] == 'content' else 'sizes and times'}"
-                   " (--verify-content / verify_content=True)")
+            how = {"content": "bytes", "stat": "sizes and times"}
+            why = (f"it was keyed on the files' {how.get(made.get('fingerprint'), '?')} and this run keys on their "
+                   f"{how.get(source['fingerprint'], '?')} (--verify-content / verify_content=True)")
         else:
             why = (f"the files under {source['root'] or key.dataset} changed since it was made "
                    f"({'bytes' if source['fingerprint'] == 'content' else 'sizes or modification times'} differ), "
