@@ -160,7 +160,7 @@ def _ordinary_folder(root: Path) -> dict:
     (root / "webapp" / "manifest.json").write_text('{"name": "my app"}')  # a manifest that is not sscb's
     (root / "drafts.partial").mkdir()
     (root / "notes.txt").write_text("mine")
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+    return _snapshot(root)
 
 
 def _snapshot(root: Path) -> dict:
@@ -179,8 +179,10 @@ def test_cache_on_an_ordinary_folder_says_so_and_removes_nothing(tmp_path, capsy
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "refusing to delete" in err and "nothing was deleted" in err
     assert _snapshot(folder) == before  # not a byte touched, no lock folder made
-    assert main(["cache", "--cache-dir", str(tmp_path / "empty")]) == 0
-    assert "no entries under" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    for nothing in ("empty", "missing"):
+        assert main(["cache", "--cache-dir", str(tmp_path / nothing)]) == 0
+        assert capsys.readouterr().out == f"no entries under {tmp_path / nothing}\n"
 
 
 def test_entries_beside_other_files_are_listed_and_removable_the_rest_stays(tmp_path, capsys):
