@@ -75,7 +75,8 @@ def _dataset(name: str, root, split, transform=None, subset=None):
 def extract(backbone, dataset: str, data_root=None, split: str | None = None, cache=None, *,
             checkpoint=None, arch=None, subset=None, views: int = 0, batch_size: int = 128, num_workers=None,
             chunk_size: int = 8192, device: str = "auto", progress: bool = True, weights_only: bool = True,
-            momentum_encoder: bool | None = None, checkpoint_key: str | None = None) -> CacheEntry:
+            momentum_encoder: bool | None = None, checkpoint_key: str | None = None,
+            verify_content: bool = False) -> CacheEntry:
     """Extract (or find in the cache) the features of ``backbone`` on ``dataset``; returns the cache entry.
 
     ``backbone`` is a model-card id, a card YAML path, or None with ``arch`` + ``checkpoint`` (a new SSL
@@ -83,6 +84,8 @@ def extract(backbone, dataset: str, data_root=None, split: str | None = None, ca
     ``subset`` (ImageNet only): a class-list file (one wnid per line), e.g. SCAN's 50/100/200-class lists.
     ``weights_only=False`` unpickles a trusted legacy checkpoint; ``momentum_encoder`` / ``checkpoint_key``
     choose which weights inside a checkpoint to load (see :func:`ssl_cluster_bench.backbones.create_backbone`).
+    The entry follows the data files' sizes and modification times; ``verify_content=True`` keys it on their
+    bytes instead, for copies or filesystems whose times cannot be trusted (reads every file).
     """
     from .backbones import create_backbone
     from .extraction import extract_features
@@ -92,7 +95,8 @@ def extract(backbone, dataset: str, data_root=None, split: str | None = None, ca
                          momentum_encoder=momentum_encoder, checkpoint_key=checkpoint_key)
     ds = _dataset(dataset, data_root, split or ds_probe.split, bb.transform, subset)
     return extract_features(bb, ds, _resolve_cache(cache), batch_size=batch_size, num_workers=num_workers,
-                            chunk_size=chunk_size, device=device, views=views, progress=progress)
+                            chunk_size=chunk_size, device=device, views=views, progress=progress,
+                            verify_content=verify_content)
 
 
 def import_features(features, labels, backbone: str, dataset: str, split: str = "all", cache=None,

@@ -9,12 +9,21 @@ On-disk format (one directory per entry under the cache root)::
         labels.npy      int64, shape (count,); -1 where the dataset has no label
         indices.npy     int64, shape (count,); row -> position in the dataset (skipped files leave gaps)
         .verified.json  verified-stamp: the stat of each file when its bytes last matched the manifest
+        .sscb-owner.json  marker: this folder was made by sscb (also in partial and temporary folders)
     <root>/<entry_id>.partial/chunks-of-<C>/   chunks of an extraction in progress (resumed, never read as an entry)
+    <root>/.<entry_id>.tmp-<pid>@<host>.<random>/  an entry being assembled (renamed into place when complete)
     <root>/.locks/                              lock files (empty; never removed, see below)
+
+Ownership: sscb deletes only folders that carry its marker (``.sscb-owner.json``; for entries and partial
+folders of older versions, a manifest or chunk spec that reads as sscb's), so pointing ``--cache-dir`` at an
+ordinary folder never costs a file. Temporary names carry ``<pid>@<host>``: each write into the cache first
+sweeps temporaries whose process is dead (same host, ``kill(pid, 0)``) or, from other hosts, untouched for
+two days (:meth:`FeatureCache.sweep`).
 
 ``manifest.json`` holds the key (backbone, weights, dataset, split, transform, variant, data fingerprint), ``feature_dim``,
 ``count``, ``shape``, ``dtype``, ``checksum`` (sha256 of features then labels data bytes), ``indices_checksum``,
-``skipped`` (count and ids of unreadable files), library versions and creation time. Entries are assembled in a
+``skipped`` (count and ids of unreadable files), ``data_source`` (the resolved data root and whether its files
+were keyed by size and mtime or by content), library versions and creation time. Entries are assembled in a
 temporary directory and renamed into place, so a crash never leaves a half-written entry that looks complete.
 
 Sharing (many jobs, one cache): every process that asks for a missing entry helps build it. A chunk is
@@ -89,7 +98,7 @@ class CacheKey:
     weights: str = ""
     transform: str = ""
     variant: str = ""  # e.g. augmented views: "aug:randaugment:views=4:seed=0"
-    data: str = ""  # fingerprint of the dataset content (classes, sample ids, labels)
+    data: str = ""  # fingerprint of the data: classes, labels, the resolved root, each data file's size and mtime
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
@@ -98,6 +107,86 @@ class CacheKey:
     def entry_id(self) -> str:
         parts = [self.backbone, self.dataset, self.split] + ([self.variant.split(":")[0]] if self.variant else [])
         return "--".join(_slug(p) for p in parts) + "--" + self.digest()[:12]
+
+
+# -- ownership and temporary names ---------------------------------------------------------------------------
+OWNER = ".sscb-owner.json"
+SWEEP_AGE = 2 * 86400  # seconds untouched after which another host's temporaries count as abandoned
+# "<pid>@<host>" in a temporary name: the process that writes it (the last tag counts: a trash folder's name
+# holds the name of the folder it replaced)
+_TAG = re.compile(r"(?<=[.-])(\d+)@([A-Za-z0-9_-]+)(?=\.)")
+_LEGACY_TMP = re.compile(r"^\..+--[0-9a-f]{12}\.tmp-(\d+)-[A-Za-z0-9_]+$")  # before tags had a host
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname()) or "host"
+
+
+def _tag() -> str:
+    """``<pid>@<host>`` of this process, for temporary names a sweeper can judge."""
+    return f"{os.getpid()}@{_host()}"
+
+
+def _write_owner(folder: Path, kind: str) -> None:
+    """Mark ``folder`` as made by sscb (``kind``: entry, partial, temp; informative only)."""
+    _write_text(folder / OWNER, json.dumps({"made_by": "ssl_cluster_bench", "kind": kind, "pid": os.getpid(),
+                                            "host": socket.gethostname(),
+                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+
+
+def _reads_as(path: Path, fields: tuple[str, ...]) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(f in data for f in fields)
+
+
+def _owned(path: Path) -> bool:
+    """Whether sscb made the folder ``path`` (the only folders it ever deletes).
+
+    New folders carry :data:`OWNER`; older entries are recognised by a manifest with sscb's fields, older
+    partial folders by a chunk spec, older temporary folders by their name (entry id, digest and pid)."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if (path / OWNER).is_file():
+        return True
+    if _reads_as(path / "manifest.json", ("key", "checksum", "shape", "feature_dim")):
+        return True
+    if path.name.endswith(".partial") and any(_reads_as(spec, ("key", "n_items", "chunk_size"))
+                                              for spec in path.glob("chunks-of-*/spec.json")):
+        return True
+    return bool(_LEGACY_TMP.match(path.name))
+
+
+def _newest_mtime(path: Path) -> float:
+    """Latest modification time of ``path`` and (a folder) the files directly in it."""
+    try:
+        newest = path.stat().st_mtime
+    except OSError:
+        return time.time()  # vanished or unreadable: treat as fresh, never as abandoned
+    if path.is_dir():
+        try:
+            with os.scandir(path) as it:
+                for e in it:
+                    try:
+                        newest = max(newest, e.stat(follow_symlinks=False).st_mtime)
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return newest
+
+
+def _abandoned(path: Path, max_age: float = SWEEP_AGE) -> bool:
+    """A temporary whose writer is gone: a dead pid of this host, or untouched for ``max_age`` seconds
+    (the only evidence for another host's processes, or for a pid reused since)."""
+    tags = _TAG.findall(path.name)
+    if tags:
+        pid, host = tags[-1]
+        if host == _host() and int(pid) > 0 and not _pid_alive(int(pid)):
+            return True
+    return time.time() - _newest_mtime(path) > max_age
 
 
 def _versions() -> dict:
@@ -265,12 +354,14 @@ def _write_stamp(path: Path, manifest: dict, stats: dict) -> None:
     stamp = {"checksum": manifest.get("checksum"), "indices_checksum": manifest.get("indices_checksum"),
              "files": stats, "verified": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "by": f"{socket.gethostname()}:{os.getpid()}"}
-    tmp = path / f".verified.{os.getpid()}.{time.time_ns()}.tmp"
+    tmp = path / f".verified.{_tag()}.{time.time_ns()}.tmp"
     try:
         _write_text(tmp, json.dumps(stamp, indent=1))
         os.replace(tmp, path / STAMP)
-    except OSError as e:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
         size = sum(s[0] for s in stats.values()) / 2**30
         log.warning("cannot record that %s was verified (%s): every new process will hash its %.1f GiB again",
                     path.name, e, size)
@@ -528,6 +619,7 @@ class FeatureCache:
         existing = self.get(key)
         if existing is not None:
             return existing
+        self.sweep()
         features = features if hasattr(features, "shape") else np.asarray(features)
         labels = np.asarray(labels)
         if features.ndim != 2:
@@ -568,24 +660,31 @@ class FeatureCache:
 
     # -- listing, checking, removing --------------------------------------------------------------------
     def status(self, full: bool = False) -> list[EntryStatus]:
-        """Every folder under the root, classified; ``full`` re-hashes every complete entry (``--verify``)."""
+        """Every folder sscb made under the root, classified; ``full`` re-hashes every complete entry
+        (``--verify``). Anything else there is left out (see :meth:`foreign`)."""
         out: list[EntryStatus] = []
         if not self.root.is_dir():
             return out
         for path in sorted(self.root.iterdir(), key=lambda p: p.name.lstrip(".")):
-            if not path.is_dir() or path.name == ".locks":
+            if path.name == ".locks" or not _owned(path):
                 continue
             if path.name.endswith(".partial"):
                 out.append(self._partial_status(path))
             elif path.name.startswith("."):
                 out.append(self._leftover_status(path))
-            elif not (path / "manifest.json").exists():
+            elif not (path / "manifest.json").exists():  # made by sscb, its manifest lost
                 out.append(EntryStatus(path.name, "incomplete", "no manifest.json (not an entry; a new extraction "
                                        f"replaces it): {option('cache_remove', path.name)}",
                                        nbytes=_dir_bytes(path)))
             else:
                 out.append(self._entry_status(path, full))
         return out
+
+    def foreign(self) -> list[str]:
+        """Names of the files and folders under the root that sscb did not make (never listed, never removed)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.name != ".locks" and not _owned(p))
 
     def _entry_status(self, path: Path, full: bool) -> EntryStatus:
         try:
@@ -624,12 +723,17 @@ class FeatureCache:
         return EntryStatus(path.name, "partial", detail, nbytes=_dir_bytes(path))
 
     def _leftover_status(self, path: Path) -> EntryStatus:
-        # Temporary folders are named .<entry>.tmp-<pid>-…: a live pid on this host may still be writing it.
-        match = re.search(r"\.tmp-(\d+)-", path.name)
-        if match and _pid_alive(int(match.group(1))):
-            return EntryStatus(path.name, "leftover", f"probably being written by process {match.group(1)} on "
+        # Temporary folders are named .<entry>.tmp-<pid>@<host>.…: a live pid on this host may still be writing it.
+        tags = _TAG.findall(path.name)
+        pid, host = tags[-1] if tags else ("", "")
+        if host == _host() and int(pid) > 0 and _pid_alive(int(pid)):
+            return EntryStatus(path.name, "leftover", f"probably being written by process {pid} on "
                                f"this host; if not, {option('cache_remove', path.name)} deletes it",
                                nbytes=_dir_bytes(path))
+        if host and host != _host() and not _abandoned(path):
+            return EntryStatus(path.name, "leftover", f"being written by process {pid} on host {host}, or left "
+                               f"by it; swept after {SWEEP_AGE // 3600} h untouched, or "
+                               f"{option('cache_remove', path.name)} deletes it now", nbytes=_dir_bytes(path))
         return EntryStatus(path.name, "leftover", "temporary folder of an interrupted write; "
                            f"{option('cache_remove', path.name)} deletes it", nbytes=_dir_bytes(path))
 
@@ -647,29 +751,76 @@ class FeatureCache:
     def remove(self, name: str) -> list[str]:
         """Delete entry ``name`` (as listed by ``sscb cache``) with its partial extraction; returns what went.
 
-        ``name`` may also be a ``.partial`` or leftover temporary folder. Refuses while an extraction of the
-        entry is running. The folder is renamed away first, so nobody ever sees it half-deleted.
+        ``name`` may also be a ``.partial`` or leftover temporary folder. Only folders sscb made (see
+        :func:`_owned`) are deleted: anything else under the root is refused, and nothing is deleted then.
+        Refuses while an extraction of the entry is running. The folder is renamed away first, so nobody ever
+        sees it half-deleted.
         """
         name = name.strip().rstrip("/")
+        if not name or "/" in name or os.sep in name or name in (".", "..", ".locks"):
+            raise ValueError(f"{name!r} is not the name of a cache entry; `sscb cache` lists them")
         entry_id = name[: -len(".partial")] if name.endswith(".partial") else name
         targets = [self.root / name] if name.startswith(".") else \
             ([self.root / entry_id] if name == entry_id else []) + [self.root / f"{entry_id}.partial"]
-        targets = [p for p in targets if p.exists()]
-        if not targets or "/" in name or name in ("", ".", "..", ".locks"):
+        targets = [p for p in targets if p.exists() or p.is_symlink()]
+        if not targets:
             known = [s.name for s in self.status()]
             raise ValueError(f"no cache entry named {name!r} under {self.root}; `sscb cache` lists them"
                              + (f" ({len(known)} there)" if known else " (the cache is empty)"))
+        foreign = [p for p in targets if not _owned(p)]
+        if foreign:
+            raise ValueError(f"refusing to delete {foreign[0]}: it is not a feature cache entry (no {OWNER} or "
+                             "sscb manifest in it), so sscb did not make it; nothing was deleted (delete it "
+                             "yourself if it is yours to remove)")
         if not name.startswith(".") and self._in_progress(entry_id):
             raise RuntimeError(f"an extraction of {entry_id} is running right now; wait for it (or stop it) "
                                "before removing the entry")
         removed = []
         with self._entry_lock(entry_id):
             for path in targets:
-                trash = self.root / f".trash-{path.name}-{os.getpid()}-{time.time_ns()}"
-                os.rename(path, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                self._discard(path)
                 removed.append(path.name)
         return removed
+
+    def sweep(self, max_age: float = SWEEP_AGE) -> list[str]:
+        """Delete the temporary files and folders of writers that are gone; returns their paths (relative).
+
+        A temporary is gone when its name's ``<pid>@<host>`` is a dead process of this host, or when nothing in
+        it changed for ``max_age`` seconds (other hosts' processes cannot be asked). Only temporaries inside
+        folders sscb made are touched; partial extractions are kept (re-runs resume them).
+        """
+        swept: list[str] = []
+        if not self.root.is_dir():
+            return swept
+        try:
+            children = list(self.root.iterdir())
+        except OSError:
+            return swept
+        for path in children:
+            name = path.name
+            try:
+                if name.startswith(".") and (".tmp-" in name or name.startswith(".trash-")) and path.is_dir() \
+                        and _abandoned(path, max_age):
+                    if _owned(path):
+                        self._discard(path, trash=not name.startswith(".trash-"))
+                        swept.append(name)
+                    elif name.startswith(".trash-") and _TAG.search(name) and not any(path.iterdir()):
+                        path.rmdir()  # a deletion killed after its marker went: only the empty folder is left
+                        swept.append(name)
+                    continue
+                if not path.is_dir() or name.startswith(".") or not _owned(path):
+                    continue
+                pattern = "chunks-of-*/.*.tmp" if name.endswith(".partial") else ".verified.*.tmp"
+                for tmp in path.glob(pattern):
+                    if _abandoned(tmp, max_age):
+                        tmp.unlink(missing_ok=True)
+                        swept.append(str(tmp.relative_to(self.root)))
+            except OSError as e:  # another process swept it first, or a read-only cache
+                log.debug("not swept: %s (%s)", path, e)
+        if swept:
+            log.info("removed %d temporary file(s)/folder(s) of processes that died: %s", len(swept),
+                     ", ".join(swept[:5]) + (" ..." if len(swept) > 5 else ""))
+        return swept
 
     # -- internals ---------------------------------------------------------------------------------------
     def _lock_path(self, entry_id: str, kind: str) -> Path:
@@ -685,11 +836,42 @@ class FeatureCache:
         """The lock held while an entry is created, assembled, renamed into place or removed."""
         return FileLock(self._lock_path(entry_id, "entry"))
 
+    def _discard(self, path: Path, trash: bool = True) -> None:
+        """Delete the sscb-made folder ``path``: renamed out of sight first (``trash``), its marker deleted last,
+        so that a kill half-way leaves a folder the sweeper still recognises as its own."""
+        if not (path / OWNER).is_file():
+            _write_owner(path, "legacy")  # proven ours by the caller (an older manifest, spec or name)
+        if trash:
+            moved = self.root / f".trash-{path.name}.{_tag()}.{time.time_ns()}"
+            os.rename(path, moved)
+            path = moved
+        for child in path.iterdir():
+            if child.name == OWNER:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        (path / OWNER).unlink(missing_ok=True)
+        try:
+            path.rmdir()
+        except OSError as e:
+            log.warning("could not delete all of %s (%s)", path, e)
+
     def _tmp_dir(self, key: CacheKey) -> Path:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix=f".{key.entry_id}.tmp-{os.getpid()}-", dir=self.root))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key.entry_id}.tmp-{_tag()}.", dir=self.root))
         except OSError as e:
+            raise write_error(e, f"creating a folder in the feature cache {self.root}", self.root,
+                              "Nothing was written.") from e
+        try:
+            _write_owner(tmp, "entry")  # travels with the folder when it is renamed into place
+            return tmp
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(e, OSError):
+                raise
             raise write_error(e, f"creating a folder in the feature cache {self.root}", self.root,
                               "Nothing was written.") from e
 
@@ -722,10 +904,12 @@ class FeatureCache:
             shutil.rmtree(tmp, ignore_errors=True)
             return self.get(key)
         if final.exists():
-            # A folder without a manifest is never an entry (entries appear complete, by rename): replace it.
-            trash = self.root / f".trash-{final.name}-{os.getpid()}-{time.time_ns()}"
-            os.rename(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            # A folder without a manifest is never an entry (entries appear complete, by rename): replace it if
+            # sscb made it (an entry whose manifest was lost), never a folder of someone else.
+            if not _owned(final):
+                raise RuntimeError(f"{final} is in the way of the new cache entry and was not made by sscb (no "
+                                   "marker in it); move it out of the feature cache and re-run")
+            self._discard(final)
         try:
             os.rename(tmp, final)
         except OSError as e:
@@ -760,18 +944,32 @@ class ChunkWriter:
         # One folder per layout: jobs resuming with another chunk size never delete each other's chunks.
         self.chunks_dir = self.dir / f"chunks-of-{chunk_size}"
         self._active = FileLock(cache._lock_path(key.entry_id, "active"), shared=True)
+        cache.sweep()  # temporaries of jobs that died (a kill -9, a node that went down)
         with cache._entry_lock(key.entry_id):
             if not self.entry_complete():
+                tmp = None
                 try:
-                    self.chunks_dir.mkdir(parents=True, exist_ok=True)
+                    # The folder is deleted once the entry is assembled: it must be ours (an empty one, left by a
+                    # kill between its mkdir and its marker, holds nothing to lose)
+                    if self.dir.exists() and not _owned(self.dir) and any(self.dir.iterdir()):
+                        raise RuntimeError(f"{self.dir} is in the way of the extraction and was not made by sscb "
+                                           "(no marker in it); move it out of the feature cache and re-run")
+                    self.dir.mkdir(parents=True, exist_ok=True)
+                    if not (self.dir / OWNER).is_file():
+                        _write_owner(self.dir, "partial")
+                    self.chunks_dir.mkdir(exist_ok=True)
                     spec_path = self.chunks_dir / "spec.json"
                     if not spec_path.is_file():
-                        fd, tmp = tempfile.mkstemp(prefix=".spec.", suffix=".tmp", dir=self.chunks_dir)
+                        fd, tmp = tempfile.mkstemp(prefix=f".spec.{_tag()}.", suffix=".tmp", dir=self.chunks_dir)
                         os.close(fd)
                         _write_text(Path(tmp), json.dumps({"key": asdict(key), "n_items": n_items,
                                                            "chunk_size": chunk_size}))
                         os.replace(tmp, spec_path)
-                except OSError as e:
+                except BaseException as e:
+                    if tmp is not None:
+                        Path(tmp).unlink(missing_ok=True)
+                    if not isinstance(e, OSError):
+                        raise
                     raise write_error(e, f"creating the extraction folder of {key.entry_id}", self.chunks_dir,
                                       "Nothing was written.") from e
             self._active.acquire()  # before the entry lock goes, so `remove` cannot slip in between
@@ -844,8 +1042,9 @@ class ChunkWriter:
         _check_features(features.astype(np.float32, copy=False), f"chunk {i}")
         tmp = None
         try:
-            # a unique name (O_EXCL): two jobs or hosts never write into the same temporary file
-            fd, tmp = tempfile.mkstemp(prefix=f".chunk-{i:06d}.{os.getpid()}.", suffix=".tmp", dir=self.chunks_dir)
+            # a unique name (O_EXCL): two jobs or hosts never write into the same temporary file; <pid>@<host>
+            # in it tells a later run whether its writer is still alive
+            fd, tmp = tempfile.mkstemp(prefix=f".chunk-{i:06d}.{_tag()}.", suffix=".tmp", dir=self.chunks_dir)
             os.close(fd)
             with open(tmp, "wb") as f:
                 np.savez(f, features=features.astype(np.float16), labels=np.asarray(labels, dtype=np.int64),
@@ -854,12 +1053,14 @@ class ChunkWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self._chunk_path(i))
-        except OSError as e:
+        except BaseException as e:  # a signal (KeyboardInterrupt) as much as a full disk: no temporary stays
             if tmp is not None:
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
+            if not isinstance(e, OSError):
+                raise
             if e.errno == errno.ENOENT and self.entry_complete():
                 return  # another job (without working locks) assembled the entry and removed the folder
             done = len(self.done_chunks())

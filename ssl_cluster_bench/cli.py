@@ -80,6 +80,9 @@ def _add_extract(p):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: by dataset size)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--verify-content", action="store_true",
+                   help="key cached features on the bytes of every data file, not on their sizes and modification "
+                        "times (for copies or filesystems whose times cannot be trusted; reads every file)")
 
 
 def _add_rerun(p) -> None:
@@ -280,7 +283,7 @@ def _cmd_run(args):
                  joint=args.joint, results=args.results, cache=args.cache_dir, subset=args.subset,
                  batch_size=args.batch_size,
                  num_workers=args.workers, device=args.device, progress=not args.quiet, rerun=args.rerun,
-                 **_checkpoint_options(args))
+                 verify_content=args.verify_content, **_checkpoint_options(args))
     _print_run(df, args.results)
 
 
@@ -318,7 +321,8 @@ def _cmd_scan(args):
     df = api.run([args.backbone] if args.backbone else None, args.dataset, args.data_root, args.split,
                  protocol=_protocol(args, **changes), results=args.results, cache=args.cache_dir,
                  subset=args.subset, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                 progress=not args.quiet, rerun=args.rerun, **_checkpoint_options(args))
+                 progress=not args.quiet, rerun=args.rerun, verify_content=args.verify_content,
+                 **_checkpoint_options(args))
     _print_run(df, args.results)
 
 
@@ -330,7 +334,7 @@ def _cmd_extract(args):
     entry = api.extract(args.backbone, args.dataset, args.data_root, args.split, args.cache_dir,
                         subset=args.subset, views=args.views, batch_size=args.batch_size,
                         num_workers=args.workers, chunk_size=args.chunk_size, device=args.device,
-                        progress=not args.quiet, **_checkpoint_options(args))
+                        progress=not args.quiet, verify_content=args.verify_content, **_checkpoint_options(args))
     m = entry.manifest
     print(f"{entry.path}\n  shape {tuple(m['shape'])} float16, skipped {m['skipped']['count']} unreadable file(s)")
 
@@ -401,7 +405,7 @@ def _cmd_objectnet(args):
                          imagenet_split=args.imagenet_split, results=args.results, cache=args.cache_dir,
                          protocol=_protocol(args), checkpoint=args.checkpoint, arch=args.arch,
                          batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                         progress=not args.quiet)
+                         progress=not args.quiet, verify_content=args.verify_content)
     print(summary_table(rows))
 
 
@@ -418,7 +422,7 @@ def _cmd_suite(args):
     state = run_suite(suite, args.backbones, roots, results=results, cache=args.cache_dir, sweep=args.sweep,
                       only=args.only, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                       progress=not args.quiet, report=not args.no_report, interface="cli",
-                      **_checkpoint_options(args))
+                      verify_content=args.verify_content, **_checkpoint_options(args))
     table = state.status_table()
     print(table.to_markdown(index=False))
     from .leaderboard import default_results_path
@@ -516,7 +520,15 @@ def _cmd_cache(args):
         for name in cache.remove(args.remove):
             print(f"removed {cache.root / name}")
         return 0
+    if cache.root.exists() and not cache.root.is_dir():
+        raise NotADirectoryError(f"--cache-dir {cache.root} is a file, not a feature cache folder")
     rows = cache.status(full=args.verify)
+    foreign = cache.foreign()
+    some = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    if not rows and foreign:
+        raise ValueError(f"{cache.root} is not a feature cache: none of its {len(foreign)} files and folders "
+                         f"({some}) was made by sscb; pass the cache folder as --cache-dir (default: "
+                         "$SSCB_CACHE_DIR or ~/.cache/ssl_cluster_bench/features)")
     if not rows:
         print(f"no entries under {cache.root}")
     for s in rows:
@@ -524,12 +536,53 @@ def _cmd_cache(args):
             if s.entry is not None else ""
         print(f"{s.name}  {s.state}  {s.nbytes / 2**20:.1f} MiB{shape}"
               + (f"\n    {s.describe('cli')}" if s.detail else ""))
+    if foreign:
+        print(f"{len(foreign)} other file(s)/folder(s) under {cache.root} were not made by sscb: not listed, never "
+              f"removed ({some})")
     bad = [s for s in rows if s.state == "damaged"]
     if args.verify:
         n_ok = sum(s.state == "ok" for s in rows)
         print(f"{n_ok} entr{'y' if n_ok == 1 else 'ies'} verified, {len(bad)} damaged under {cache.root}",
               file=sys.stderr if bad else sys.stdout)
     return 1 if bad and args.verify else 0
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, taken the way Ctrl-C is: finished work kept, temporary files removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on_signals() -> dict:
+    """Make SIGTERM (a scheduler's time limit, `kill`) and SIGHUP (a closed terminal) raise :class:`Stopped` in
+    the main thread; returns the handlers they replace. Signals set to be ignored (nohup) stay ignored. The
+    first signal disarms both, so that a second one cannot cut the clean-up short."""
+    import signal
+
+    def stop(signum, frame):
+        for s in handlers:
+            signal.signal(s, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    handlers = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None or signal.getsignal(signum) == signal.SIG_IGN:
+            continue
+        try:
+            handlers[signum] = signal.signal(signum, stop)
+        except ValueError:  # not the main thread (main() called from a worker thread): leave them alone
+            break
+    return handlers
+
+
+def _restore_signals(handlers: dict) -> None:
+    import signal
+
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 COMMANDS = {"run": _cmd_run, "scan": _cmd_scan, "extract": _cmd_extract, "import-features": _cmd_import,
@@ -546,11 +599,16 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    handlers = _stop_on_signals()
     try:
         rc = COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("interrupted: finished cache chunks and appended rows are kept; re-run to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        import signal
+
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"sscb {args.command}: stopped by {signal.Signals(signum).name}: finished cache chunks and appended "
+              "rows are kept, temporary files removed; re-run the same command to resume", file=sys.stderr)
+        return 128 + signum
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         if args.verbose:
             raise
@@ -558,6 +616,8 @@ def main(argv=None) -> int:
 
         print(f"sscb {args.command}: error: {message_for(e, 'cli')}", file=sys.stderr)
         return 1
+    finally:
+        _restore_signals(handlers)
     return rc or 0
 
 

@@ -14,13 +14,16 @@ strongly-augmented views per image in a separate entry (for self-labeling heads)
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,27 +31,86 @@ from tqdm.auto import tqdm
 
 from .cache import CacheEntry, CacheKey, FeatureCache
 
-__all__ = ["augmentation_transform", "cache_key_for", "dataset_fingerprint", "extract_features"]
+__all__ = ["augmentation_transform", "cache_key_for", "data_source", "dataset_fingerprint", "extract_features"]
 
 log = logging.getLogger(__name__)
 
 
-def dataset_fingerprint(dataset) -> str:
-    """Hash of what identifies a dataset's content without reading images: size, classes, labels and a
-    spread of sample ids (relative paths), so two folders that share a name never share cache entries."""
+FINGERPRINT_FORMAT = 2  # 1: names, classes and labels only (before sizes, times and the root were keyed)
+_STAT_BATCH = 4096
+
+
+def _file_digest(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        return f"unreadable:{e.errno}"  # extraction skips it as unreadable; a later fix changes the key
+
+
+def _file_stat(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"unreadable:{e.errno}"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def data_source(dataset, verify_content: bool = False) -> dict:
+    """Where a dataset's pixels come from, as recorded in its cache entries' manifests: the resolved root and
+    how its files are fingerprinted ("stat": sizes and times, "content": bytes, "none": no files)."""
+    root = getattr(dataset, "root", None)
+    kind = "none" if not hasattr(dataset, "data_files") else "content" if verify_content else "stat"
+    return {"format": FINGERPRINT_FORMAT, "root": str(Path(root).resolve()) if root is not None else "",
+            "fingerprint": kind}
+
+
+def dataset_fingerprint(dataset, verify_content: bool = False, progress: bool = False) -> str:
+    """Hash of what decides a dataset's pixels and labels, so that a cache entry follows the data.
+
+    Always: the size, classes, labels and a spread of sample ids. For datasets read from files
+    (``dataset.data_files()``: every image of an image folder; the data files of CIFAR, STL-10, MNIST): the
+    resolved root and, per file, its path relative to the root, size and modification time (ns), so that a
+    rewritten image or a second folder with the same file names never finds old features. With
+    ``verify_content`` each file's sha256 replaces its modification time (for copies or filesystems whose
+    mtimes cannot be trusted); that reads every byte (see benchmarks/README.md for both costs).
+    """
     n = len(dataset)
     probe = np.unique(np.linspace(0, n - 1, num=min(n, 512)).astype(np.int64)) if n else []
     h = hashlib.sha256()
     h.update(json.dumps([n, list(map(str, dataset.classes)), [dataset.sample_id(int(i)) for i in probe]]).encode())
     h.update(np.ascontiguousarray(np.asarray(dataset.targets, dtype=np.int64)).tobytes())
+    files = getattr(dataset, "data_files", None)
+    if files is None:  # data shipped inside a package (digits): nothing on disk to follow
+        return h.hexdigest()[:16]
+    h.update(json.dumps(data_source(dataset, verify_content)).encode())
+    describe = _file_digest if verify_content else _file_stat
+    bar = tqdm(total=len(dataset) if hasattr(dataset, "path") else None, unit="file", leave=False,
+               desc=f"hash {dataset.name}/{dataset.split}", disable=not (progress and verify_content))
+    # sha256 and reads release the GIL: a few threads keep a disk (or a network filesystem) busy
+    workers = min(8, os.cpu_count() or 1) if verify_content else 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        batch: list[tuple[str, str]] = []
+        for item in itertools.chain(files(), [None]):
+            if item is not None:
+                batch.append(item)
+                if len(batch) < _STAT_BATCH:
+                    continue
+            paths = [p for _, p in batch]
+            described = pool.map(describe, paths) if workers > 1 else map(describe, paths)
+            h.update("".join(f"{rel}\0{d}\n" for (rel, _), d in zip(batch, described)).encode())
+            bar.update(len(batch))
+            batch = []
+    bar.close()
     return h.hexdigest()[:16]
 
 
-def cache_key_for(backbone, dataset, variant: str = "") -> CacheKey:
+def cache_key_for(backbone, dataset, variant: str = "", verify_content: bool = False,
+                  progress: bool = False) -> CacheKey:
     """The cache key of ``backbone`` features on ``dataset`` (same key <=> same weights, data, preprocessing)."""
     return CacheKey(backbone=backbone.card.id, dataset=dataset.name, split=dataset.split,
                     weights=backbone.weights_id, transform=backbone.transform_id, variant=variant,
-                    data=dataset_fingerprint(dataset))
+                    data=dataset_fingerprint(dataset, verify_content, progress))
 
 
 def _collate(batch):
@@ -150,12 +212,14 @@ def _resolve_device(device: str, local_rank: int) -> torch.device:
 def extract_features(backbone, dataset, cache: FeatureCache | None = None, *, batch_size: int = 128,
                      num_workers: int | None = None, chunk_size: int = 8192, device: str = "auto",
                      amp: str | bool = "auto", channels_last: str | bool = "auto", views: int = 0,
-                     augment_seed: int = 0, progress: bool = True) -> CacheEntry:
+                     augment_seed: int = 0, progress: bool = True, verify_content: bool = False) -> CacheEntry:
     """Features of ``backbone`` (a :class:`~ssl_cluster_bench.backbones.Backbone`) on ``dataset``.
 
     Returns the cache entry, computing only what the cache lacks. ``views > 0`` returns instead the entry
     of ``views`` augmented views per image (features shape (views, n, dim)).
     ``amp``: autocast on CUDA ("auto": bf16 where supported, else fp16); never on CPU.
+    The entry is keyed on the data files' sizes and modification times (:func:`dataset_fingerprint`);
+    ``verify_content=True`` keys it on their bytes instead (reads every file once per call).
     """
     cache = cache or FeatureCache()
     if batch_size <= 0 or chunk_size <= 0:
@@ -166,10 +230,12 @@ def extract_features(backbone, dataset, cache: FeatureCache | None = None, *, ba
     if n == 0:
         raise ValueError(f"dataset {dataset.name}/{dataset.split} is empty")
     variant = f"aug:randaugment-n2-m10:views={views}:seed={augment_seed}" if views else ""
-    key = cache_key_for(backbone, dataset, variant)
+    key = cache_key_for(backbone, dataset, variant, verify_content, progress)
     entry = cache.get(key)
     if entry is not None:
         return entry
+    source = data_source(dataset, verify_content)
+    _explain_other_data(cache, key, source)
 
     rank, world, local_rank = _distributed()
     dev = _resolve_device(device, local_rank)
@@ -228,11 +294,38 @@ def extract_features(backbone, dataset, cache: FeatureCache | None = None, *, ba
 
         _barrier(world)
         if rank == 0:
-            entry = writer.finalize({"n_views": views, "card": backbone.card.id})
+            entry = writer.finalize({"n_views": views, "card": backbone.card.id, "data_source": source})
         _barrier(world)
         if rank != 0:
             entry = cache.get(key)
     return entry
+
+
+def _explain_other_data(cache: FeatureCache, key: CacheKey, source: dict) -> None:
+    """Say why entries of the same backbone, dataset and split are not reused: they were made from other data."""
+    for other in cache.find(key.backbone, key.dataset, key.split, key.variant):
+        k = other.key
+        if (k.weights, k.transform) != (key.weights, key.transform) or k.data == key.data:
+            continue
+        made = other.manifest.get("data_source") or {}
+        if made.get("root") and made["root"] != source["root"]:
+            log.info("extracting %s on %s/%s from %s; %s holds the features of another folder (%s) and stays as "
+                     "it is", key.backbone, key.dataset, key.split, source["root"], other.name, made["root"])
+            continue
+        if not made:
+            why = ("it was made by an older sscb that keyed entries on file names and labels only, so it may hold "
+                   "features of images changed since")
+        elif made.get("fingerprint") != source["fingerprint"]:
+            how = {"content": "bytes", "stat": "sizes and times"}
+            why = (f"it was keyed on the files' {how.get(made.get('fingerprint'), '?')} and this run keys on their "
+                   f"{how.get(source['fingerprint'], '?')} (--verify-content / verify_content=True)")
+        else:
+            why = (f"the files under {source['root'] or key.dataset} changed since it was made "
+                   f"({'bytes' if source['fingerprint'] == 'content' else 'sizes or modification times'} differ), "
+                   "or another selection of them (classes, subset) is used")
+        log.warning("extracting %s on %s/%s again: the cache entry %s is not reused because %s. Remove it with "
+                    "`sscb cache --remove %s` once nothing needs it.", key.backbone, key.dataset, key.split,
+                    other.name, why, other.name)
 
 
 def _sources(backbone, dataset, views: int, augment_seed: int) -> list:

@@ -553,7 +553,8 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
                   imagenet_split: str = "train", results: str | os.PathLike | None = None,
                   cache: str | os.PathLike | FeatureCache | None = None, protocol=None,
                   checkpoint: str | os.PathLike | None = None, arch: str | None = None, batch_size: int = 128,
-                  num_workers: int | None = None, device: str = "auto", progress: bool = True) -> pd.DataFrame:
+                  num_workers: int | None = None, device: str = "auto", progress: bool = True,
+                  verify_content: bool = False) -> pd.DataFrame:
     """Run both ObjectNet protocols for one backbone and append their rows to the leaderboard CSV.
 
     ``backbone`` is a model-card id / card path (or None with ``arch`` + ``checkpoint``). Features of ObjectNet
@@ -592,7 +593,7 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
              len(on_dataset.classes), len(imagenet_classes))
 
     options = {"checkpoint": checkpoint, "arch": arch, "batch_size": batch_size, "num_workers": num_workers,
-               "device": device, "progress": progress}
+               "device": device, "progress": progress, "verify_content": verify_content}
     row_hash = protocol.row_hash("kmeans")
     ks = ({"n_clusters": list(protocol.n_clusters)} if protocol.n_clusters
           else {"overcluster": protocol.overcluster})

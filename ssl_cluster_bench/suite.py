@@ -498,7 +498,7 @@ def _run_objectnet(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | 
     if min(done.values()) >= expected:
         return "already in leaderboard", sum(done.values()), ""
     options = {k: v for k, v in ctx.extract_options.items() if k in ("checkpoint", "arch", "batch_size",
-                                                                      "num_workers", "device")}
+                                                                      "num_workers", "device", "verify_content")}
     df = run_objectnet(ctx.backbone, ctx.roots["imagenet"], ctx.roots["objectnet"], imagenet_split=entry.split or
                        "train", results=ctx.results, cache=ctx.cache, protocol=protocol, progress=ctx.progress,
                        **options)
@@ -524,7 +524,8 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
               *, results=None, cache=None, checkpoint=None, arch=None, weights_only: bool = True,
               momentum_encoder: bool | None = None, checkpoint_key: str | None = None, sweep: bool = False,
               only: Sequence[str] | None = None, batch_size: int = 128, num_workers=None, device: str = "auto",
-              progress: bool = True, report: bool = True, interface: str = "api") -> SuiteState:
+              progress: bool = True, report: bool = True, interface: str = "api",
+              verify_content: bool = False) -> SuiteState:
     """Run every entry of ``suite`` for every backbone (or the checkpoint); returns the suite state.
 
     ``backbones``: model-card ids (default: the suite's); ``checkpoint`` + ``arch``: a new SSL checkpoint
@@ -558,7 +559,8 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
         raise ValueError(f"suite {suite.name} names no backbones: pass some (or a checkpoint)")
     extract_options = {"checkpoint": checkpoint, "arch": arch, "weights_only": weights_only,
                        "momentum_encoder": momentum_encoder, "checkpoint_key": checkpoint_key,
-                       "batch_size": batch_size, "num_workers": num_workers, "device": device}
+                       "batch_size": batch_size, "num_workers": num_workers, "device": device,
+                       "verify_content": verify_content}
     label = {s: s for s in specs}
     if checkpoint:
         label[None] = f"{Path(str(checkpoint)).name} ({arch})"

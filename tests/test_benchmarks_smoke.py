@@ -178,3 +178,14 @@ def test_turtle_step_and_label_free_smoke(tmp_path):
     lines = json.loads(table.read_text())
     assert "Spearman ρ with ACC" in stdout
     assert any(r["criterion"] == "silhouette" and r["scope"] == "all methods" for r in lines)
+
+
+def test_fingerprint_cost_runs_and_reports_every_step(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    out = tmp_path / "rows.json"
+    assert _load("fingerprint_cost").main(["--quick", "--workdir", str(tmp_path), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["step"].split(" ")[0] for r in rows] == ["names", "all", "stat:", "content,", "content,", "indexing"]
+    assert all(r["seconds"] > 0 for r in rows) and rows[0]["× names only"] == 1
+    assert "| stat: path, size, mtime" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == [out]  # the synthetic tree is deleted

@@ -20,7 +20,7 @@ import logging
 import os
 import pickle
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -216,6 +216,11 @@ class ImageDataset(Dataset):
         """Stable identifier of sample ``index`` (relative path or ``"<file>:<index>"``)."""
         raise NotImplementedError
 
+    def data_files(self) -> Iterator[tuple[str, str]]:
+        """(name relative to ``root``, absolute path) of every file whose bytes decide the pixels, in a fixed
+        order; the feature cache keys its entries on their sizes and times (or bytes). Lazy: ImageNet has 1.28M."""
+        return iter(())
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -249,6 +254,12 @@ class FileImageDataset(ImageDataset):
     def path(self, index: int) -> Path:
         """Absolute path of the image file of sample ``index``."""
         return self.root / self.sample_id(index)
+
+    def data_files(self) -> Iterator[tuple[str, str]]:
+        prefix = os.path.join(str(self.root), "")
+        for f in self._files:
+            rel = f.decode("utf-8")
+            yield rel, prefix + rel
 
     def _load_image(self, i: int) -> Image.Image | None:
         return _open_rgb(self.root / self._files[i].decode("utf-8"))
@@ -432,6 +443,9 @@ class _ArrayImageDataset(ImageDataset):
 
     def _array(self, i: int) -> np.ndarray:
         raise NotImplementedError
+
+    def data_files(self) -> Iterator[tuple[str, str]]:
+        return ((name, str(Path(self.root) / name)) for name in self._sources)
 
     def _load_image(self, i: int) -> Image.Image | None:
         return Image.fromarray(np.ascontiguousarray(self._array(i)))
