@@ -144,6 +144,9 @@ def _k_values(protocol: Protocol, n_classes: int) -> list[tuple[float, int]]:
     """(overcluster factor, k) of every k the protocol asks for; explicit k values take precedence."""
     if protocol.n_clusters:
         return [(round(k / n_classes, 4), int(k)) for k in protocol.n_clusters]
+    too_large = [f for f in protocol.overcluster if not n_classes * f < 2 ** 62]  # int() of inf would overflow
+    if too_large:
+        raise ValueError(f"overcluster {too_large[0]} × {n_classes} classes is not a usable number of clusters")
     return [(f, max(2, int(round(n_classes * f)))) for f in protocol.overcluster]
 
 
