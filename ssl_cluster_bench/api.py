@@ -152,8 +152,8 @@ def _check_imported(feats: np.ndarray, fname: str, labs: np.ndarray, lname: str)
         # float labels are accepted only when they are whole numbers (3.0); 0.7 or NaN would be silently cast
         bad = np.flatnonzero(~np.isfinite(labs) | (labs != np.round(labs)))
         if bad.size:
-            raise ValueError(f"{lname}: row {bad[0]} is {labs[bad[0]].item()!r}, not an integer class id ({bad.size} such "
-                             f"row(s)); labels must be integers, -1 for unlabelled")
+            raise ValueError(f"{lname}: row {bad[0]} is {labs[bad[0]].item()!r}, not an integer class id "
+                             f"({bad.size} such row(s)); labels must be integers, -1 for unlabelled")
     bad = np.flatnonzero(labs < -1)
     if bad.size:
         raise ValueError(f"{lname}: row {bad[0]} is {labs[bad[0]].item()!r}; labels must be class ids >= 0, or -1 for "

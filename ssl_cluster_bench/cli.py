@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of clusters (default: #classes × --overcluster)")
     p.add_argument("--heads", type=_positive, default=10, help="heads trained at once; the lowest-loss one is kept")
     p.add_argument("--head", choices=["linear", "mlp"], default="linear")
-    p.add_argument("--entropy-weight", type=_non_negative_float, default=None, help="λ of the entropy term (default: SCAN's)")
+    p.add_argument("--entropy-weight", type=_non_negative_float, default=None,
+                   help="λ of the entropy term (default: SCAN's)")
     p.add_argument("--epochs", type=_positive, default=None, help="SCAN epochs (default: SCAN's)")
     p.add_argument("--neighbors", type=_positive, default=20, help="K nearest neighbours mined per sample")
     p.add_argument("--self-label", action="store_true", help="also run the self-labeling step")
