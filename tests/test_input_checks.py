@@ -76,7 +76,6 @@ def test_string_boolean_in_a_suite_protocol_is_refused_naming_the_suite(tmp_path
     ({"seeds": [-1, 2]}, r"seeds must be a count >= 1 or a list of integers >= 0"),
     ({"seeds": [1, 1]}, r"seeds lists a seed twice"),
     ({"l2_normalize": 1}, r"l2_normalize must be true or false"),
-    ({"pca_dim": 12.0}, r"pca_dim must be a positive integer"),
     ({"kmeans": {"n_iters": 3}}, r"kmeans: unknown setting 'n_iters' \(did you mean 'n_iter'\?\)"),
     ({"methods": ["kmean"]}, r"unknown method 'kmean'. Did you mean kmeans"),
 ])
@@ -99,7 +98,9 @@ def test_method_options_are_checked_against_the_estimator(options, message):
         Protocol(method_options=options)
 
 
-def test_valid_method_options_pass():
+def test_options_the_method_sets_itself_are_refused_and_valid_ones_pass():
+    with pytest.raises(ValueError, match=r"method_options.scan: unknown option 'self_label'"):
+        Protocol(method_options={"scan": {"self_label": True}})  # scan vs scan+selflabel decides it
     p = Protocol(methods=("scan", "temi"), method_options={
         "scan": {"n_neighbors": 5, "entropy_weight": 2, "self_label_lr": None, "head": "mlp"},
         "temi": {"batch_size": "auto"}})
@@ -108,23 +109,33 @@ def test_valid_method_options_pass():
 
 # --- the CLI: one line, exit 1, traceback only with --debug ---------------------------------------------------
 
-def test_cli_refuses_bad_numbers_in_one_line(tmp_path):
-    for argv, flag in ((["run", "--overcluster", "inf"], "--overcluster"),
-                       (["run", "--backbones", "pixels", "--seeds", "0"], "--seeds")):
-        line = _one_line(_sscb(*argv, "--cache-dir", "cache", "--results", "lb.csv", cwd=tmp_path))
-        assert f"argument {flag}:" in line and "positive" in line
+def test_cli_refuses_bad_numbers_in_one_line(tmp_path, capsys):
+    line = _one_line(_sscb("run", "--backbones", "pixels", "--overcluster", "inf", "--cache-dir", "cache",
+                           "--results", "lb.csv", cwd=tmp_path))
+    assert line == ("sscb run: error: argument --overcluster: expected comma-separated positive finite numbers, "
+                    "got 'inf' (see `sscb run --help`)")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "lb.csv").exists()
+    for argv in (["run", "--seeds", "0"], ["run", "--overcluster=-1"], ["run", "--pca-dim", "-3"],
+                 ["extract", "--batch-size", "0"], ["scan", "--epochs", "0"], ["leaderboard", "--level", "nan"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 1 and len(err.splitlines()) == 1 and f"argument {argv[1].split('=')[0]}:" in err
 
 
-def test_cli_protocol_file_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
-    _write(tmp_path / "p.yaml", "methods: [scan]\nmethod_options: {scan: {n_neigbors: 5}}\n")
+def test_cli_protocol_file_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    _write(tmp_path / "p.yaml", 'seeds: 1\nwhiten: "no"\n')
     argv = ("run", "--backbones", "pixels", "--protocol", "p.yaml", "--cache-dir", "cache", "--results", "lb.csv")
     line = _one_line(_sscb(*argv, cwd=tmp_path))
-    assert "protocol file p.yaml" in line and "did you mean 'n_neighbors'" in line
-    verbose = _sscb("-v", *argv, cwd=tmp_path)  # -v is debug logging, not tracebacks
-    assert verbose.returncode == 1 and "Traceback" not in verbose.stderr
+    assert line == "sscb run: error: protocol file p.yaml: whiten must be true or false (unquoted in YAML), got 'no'"
     debug = _sscb("--debug", *argv, cwd=tmp_path)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ValueError: protocol file" in debug.stderr
+    _write(tmp_path / "p.yaml", "methods: [scan]\nmethod_options: {scan: {n_neigbors: 5}}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["-v", *argv]) == 1  # -v is debug logging, not tracebacks
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sscb run: error: protocol file p.yaml: method_options.scan: unknown option 'n_neigbors' "
+                          "(did you mean 'n_neighbors'?)") and len(err.splitlines()) == 1
     assert not (tmp_path / "cache").exists()
 
 
@@ -169,6 +180,9 @@ def test_labels_must_be_integer_class_ids(tmp_path, features, labels, message):
 
 def test_whole_float_labels_are_accepted_as_integers(tmp_path, features):
     path = tmp_path / "labels.npy"
+    np.save(path, np.array([0, 1, 2, 3, -1, 2, 0, 1.5], dtype=np.float64))
+    with pytest.raises(ValueError, match=r"row 7 is 1.5"):
+        sscb.import_features(features, path, "b", "d", cache=tmp_path / "cache")
     np.save(path, np.array([0, 1, 2, 3, -1, 2, 0, 1], dtype=np.float64))
     entry = sscb.import_features(features, path, "b", "d", cache=tmp_path / "cache")
     assert entry.labels.dtype == np.int64 and entry.labels.tolist() == [0, 1, 2, 3, -1, 2, 0, 1]
@@ -221,6 +235,8 @@ def _truncated_zip(path):
     (lambda p: p.write_bytes(b""), r"is empty \(0 bytes"),
     (_truncated_zip, r"is a damaged or truncated zip archive"),
     (lambda p: p.write_text("<!DOCTYPE html><html>Sign in</html>"), r"is an HTML/XML page"),
+    (lambda p: p.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\n"),
+     r"is a Git LFS pointer, not the file itself \(run `git lfs pull`"),
     (lambda p: p.write_bytes(__import__("pickle").dumps([1, 2])), r"is a Python pickle but not one written by "
                                                                    r"torch.save"),
     (lambda p: torch.save([torch.zeros(2)], p), r": the file holds a list, not weights: expected a state dict"),
@@ -235,13 +251,6 @@ def test_files_that_are_not_checkpoints_are_refused_naming_the_file(tmp_path, ca
     assert err.startswith(f"sscb extract: error: checkpoint {path}")
     assert __import__("re").search(message, err), err
     assert "--trust-checkpoint" not in err  # never advise unpickling a file that is not a checkpoint
-
-
-def test_cli_text_file_as_checkpoint_is_one_line(tmp_path):
-    (tmp_path / "model.pth").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
-    line = _one_line(_sscb("extract", "--checkpoint", "model.pth", "--arch", "torchvision:resnet18", "--dataset",
-                           "digits", "--cache-dir", "cache", cwd=tmp_path))
-    assert "checkpoint model.pth is a Git LFS pointer" in line and "git lfs pull" in line
 
 
 # --- model cards: URLs and checksums --------------------------------------------------------------------------
