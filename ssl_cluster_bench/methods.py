@@ -19,7 +19,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-import numbers
 import time
 from typing import Callable, Mapping
 
@@ -82,10 +81,11 @@ def _annotation_types(annotation) -> set[str] | None:
 
 
 def _type_ok(value, types: set[str]) -> bool:
+    # plain Python values only (as YAML gives them): the options are dumped to YAML and hashed as JSON
     return ((value is None and "None" in types) or (isinstance(value, bool) and "bool" in types)
             or (not isinstance(value, bool) and (
-                (isinstance(value, numbers.Integral) and ("int" in types or "float" in types))
-                or (isinstance(value, numbers.Real) and "float" in types)
+                (isinstance(value, int) and ("int" in types or "float" in types))
+                or (isinstance(value, float) and "float" in types)
                 or (isinstance(value, str) and "str" in types))))
 
 
@@ -114,7 +114,7 @@ def check_options(method: str, options: Mapping) -> None:
         if types is not None and not _type_ok(value, types):
             words = " or ".join(_TYPE_WORDS[t] for t in sorted(types, key=list(_TYPE_WORDS).index))
             raise ValueError(f"{where} must be {words}, got {value!r}")
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             low, high, inclusive = OPTION_RANGES.get(key, (-math.inf, math.inf, True))
             if not (math.isfinite(value) and (low <= value if inclusive else low < value) and value <= high):
                 bound = (f"in [{low:g}, {high:g}]" if high < math.inf else

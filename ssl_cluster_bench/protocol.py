@@ -17,7 +17,6 @@ import difflib
 import hashlib
 import json
 import math
-import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +64,12 @@ class KMeansSettings:
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+    # plain Python numbers (numpy floats are floats): the record is dumped to YAML and hashed as JSON
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _as_tuple(value) -> tuple | None:
