@@ -102,7 +102,7 @@ def _read_array(x, what: str) -> tuple[np.ndarray, str]:
     name = f"{what} file {path}"
     if path.suffix != ".npy":
         try:
-            return np.loadtxt(path, ndmin=1), name
+            return np.loadtxt(path, ndmin=2 if what == "features" else 1), name
         except ValueError as e:
             raise ValueError(f"{name}: not a text file of numbers ({e}); save the array with numpy.save as "
                              f".npy") from None
