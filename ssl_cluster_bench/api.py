@@ -99,29 +99,96 @@ def extract(backbone, dataset: str, data_root=None, split: str | None = None, ca
                             verify_content=verify_content)
 
 
+def _read_array(x, what: str) -> tuple[np.ndarray, str]:
+    """(array, name for messages) of an array or a ``.npy`` / text file, refusing what is not one plain array."""
+    if not isinstance(x, (str, os.PathLike)):
+        return np.asarray(x), f"{what} array"
+    path = Path(x).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    name = f"{what} file {path}"
+    if path.suffix != ".npy":
+        try:
+            return np.loadtxt(path, ndmin=2 if what == "features" else 1), name
+        except ValueError as e:
+            raise ValueError(f"{name}: not a text file of numbers ({e}); save the array with numpy.save as "
+                             f".npy") from None
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"PK\x03\x04"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = ", ".join(m.removesuffix(".npy") for m in z.namelist()[:5])
+        except zipfile.BadZipFile:
+            members = "unreadable"
+        raise ValueError(f"{name} is an .npz archive (arrays: {members}), not an .npy array: save the one array "
+                         f"with numpy.save, e.g. np.save('{path.stem}.npy', np.load('{path}')['<name>'])")
+    if magic != b"\x93NUMPY":
+        raise ValueError(f"{name} is not a .npy file (it does not start with the .npy header): save the array "
+                         f"with numpy.save")
+    try:
+        # no pickles: an object array in a .npy file could run code when loaded
+        return np.load(path, mmap_mode="r", allow_pickle=False), name
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Python objects" in str(e):
+            raise ValueError(f"{name} holds Python objects (dtype object), not numbers: convert it to a numeric "
+                             f"array (e.g. np.asarray(x, dtype=np.float32)) and save it again") from None
+        raise ValueError(f"{name} is damaged or truncated ({e}): save it again with numpy.save") from None
+
+
+def _check_imported(feats: np.ndarray, fname: str, labs: np.ndarray, lname: str) -> np.ndarray:
+    """Refuse features and labels that would not make a cache entry (one message each); the labels as int64."""
+    if feats.dtype.kind not in "iuf":
+        raise ValueError(f"{fname} has dtype {feats.dtype}, expected a real numeric array (float or int)")
+    if feats.ndim != 2:
+        raise ValueError(f"{fname} has shape {feats.shape}, expected 2-D (n_samples, dim)")
+    if feats.shape[0] == 0 or feats.shape[1] == 0:
+        raise ValueError(f"{fname} has shape {feats.shape}: it needs at least one row and one feature column")
+    if labs.dtype.kind not in "iuf":
+        raise ValueError(f"{lname} has dtype {labs.dtype}, expected integer class ids (-1 = unlabelled); map "
+                         f"class names to integers first")
+    if labs.ndim != 1:
+        raise ValueError(f"{lname} has shape {labs.shape}, expected 1-D (n_samples,)")
+    if labs.shape[0] != feats.shape[0]:
+        raise ValueError(f"{fname} has {feats.shape[0]} rows but {lname} has {labs.shape[0]}: lengths must match "
+                         f"(one label per row)")
+    labs = np.asarray(labs)
+    if labs.dtype.kind == "f":
+        # float labels are accepted only when they are whole numbers (3.0); 0.7 or NaN would be silently cast
+        bad = np.flatnonzero(~np.isfinite(labs) | (labs != np.round(labs)))
+        if bad.size:
+            raise ValueError(f"{lname}: row {bad[0]} is {labs[bad[0]].item()!r}, not an integer class id "
+                             f"({bad.size} such row(s)); labels must be integers, -1 for unlabelled")
+    bad = np.flatnonzero(labs < -1)
+    if bad.size:
+        raise ValueError(f"{lname}: row {bad[0]} is {labs[bad[0]].item()!r}; labels must be class ids >= 0, or -1 for "
+                         f"unlabelled ({bad.size} such row(s))")
+    return labs.astype(np.int64)
+
+
 def import_features(features, labels, backbone: str, dataset: str, split: str = "all", cache=None,
                     weights: str = "") -> CacheEntry:
     """Store precomputed features (arrays, or paths to ``.npy`` files) as a cache entry.
 
     The entry is keyed by ``backbone``/``dataset``/``split`` and, unless ``weights`` is given, by a hash of
-    the feature file (or array) so different feature sets under one name never collide.
+    the feature file (or array) so different feature sets under one name never collide. Features must be a
+    finite 2-D numeric array, labels integer class ids (whole floats such as 3.0 pass; -1 = unlabelled) with
+    one per row; anything else is refused naming the file and the first bad row.
     """
-    def load(x, what):
-        if isinstance(x, (str, os.PathLike)):
-            p = Path(x)
-            if not p.is_file():
-                raise FileNotFoundError(f"{what} file {p} does not exist")
-            return np.load(p, mmap_mode="r") if p.suffix == ".npy" else np.loadtxt(p)
-        return np.asarray(x)
-
-    feats, labs = load(features, "features"), load(labels, "labels")
-    if not weights:
-        h = hashlib.sha256()
-        h.update(str(feats.shape).encode())
-        flat = feats.reshape(feats.shape[0], -1) if feats.ndim else feats
-        for start in range(0, flat.shape[0], 65536):
-            h.update(np.ascontiguousarray(flat[start:start + 65536]).tobytes())
-        weights = "imported:" + h.hexdigest()[:16]
+    feats, fname = _read_array(features, "features")
+    labs, lname = _read_array(labels, "labels")
+    labs = _check_imported(feats, fname, labs, lname)
+    h = hashlib.sha256()
+    h.update(str(feats.shape).encode())
+    for start in range(0, feats.shape[0], 65536):
+        block = np.ascontiguousarray(feats[start:start + 65536])
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if bad.size:
+            raise ValueError(f"{fname}: row {start + bad[0]} holds NaN or inf; features must be finite")
+        h.update(block.tobytes())
+    weights = weights or "imported:" + h.hexdigest()[:16]
     key = CacheKey(backbone=backbone, dataset=dataset, split=split, weights=weights, transform="imported")
     return _resolve_cache(cache).put(key, feats, labs, meta={"imported": True})
 
@@ -151,6 +218,9 @@ def _k_values(protocol: Protocol, n_classes: int) -> list[tuple[float, int]]:
     """(overcluster factor, k) of every k the protocol asks for; explicit k values take precedence."""
     if protocol.n_clusters:
         return [(round(k / n_classes, 4), int(k)) for k in protocol.n_clusters]
+    too_large = [f for f in protocol.overcluster if not n_classes * f < 2 ** 62]  # int() of inf would overflow
+    if too_large:
+        raise ValueError(f"overcluster {too_large[0]} × {n_classes} classes is not a usable number of clusters")
     return [(f, max(2, int(round(n_classes * f)))) for f in protocol.overcluster]
 
 

@@ -3,17 +3,49 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from . import __version__
 
 
-def _floats(text: str) -> list[float]:
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in the CLI's form: one line naming the flag, exit status 1 (no usage block)."""
+
+    def error(self, message):
+        self.exit(1, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _factors(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        values = []
+    # float() also reads "inf" and "nan", which make no number of clusters
+    if not values or not all(0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive finite numbers, got {text!r}")
+    return values
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (e.g. 0.95), got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def _names(text: str) -> list[str]:
@@ -33,9 +65,12 @@ def _pca_dim(text: str):
     if text.lower() in ("none", "0", "off"):
         return None
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--pca-dim takes an integer or 'none', got {text!r}") from None
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'none' (no PCA), got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -45,6 +80,26 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _n_clusters(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a number of clusters >= 2, got {text!r}")
     return value
 
 
@@ -77,8 +132,8 @@ def _checkpoint_options(args) -> dict:
 
 
 def _add_extract(p):
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: by dataset size)")
+    p.add_argument("--batch-size", type=_positive, default=128)
+    p.add_argument("--workers", type=_non_negative, default=None, help="DataLoader workers (default: by dataset size)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--verify-content", action="store_true",
                    help="key cached features on the bytes of every data file, not on their sizes and modification "
@@ -96,11 +151,11 @@ def _add_protocol(p):
     # --protocol, else Protocol()'s defaults), and `--pca-dim none` stays distinct from "not given".
     p.add_argument("--protocol", default=None, metavar="YAML",
                    help="protocol file (a Protocol as YAML); the flags below override its fields")
-    p.add_argument("--overcluster", type=_floats, default=argparse.SUPPRESS,
+    p.add_argument("--overcluster", type=_factors, default=argparse.SUPPRESS,
                    help="k = round(factor × #classes), comma-separated (default 1,1.5)")
-    p.add_argument("--seeds", type=int, default=argparse.SUPPRESS, help="seeds per configuration (default 5)")
+    p.add_argument("--seeds", type=_positive, default=argparse.SUPPRESS, help="seeds per configuration (default 5)")
     p.add_argument("--pca-dim", type=_pca_dim, default=argparse.SUPPRESS,
-                   help="PCA output dim, or 'none' (default 256)")
+                   help="PCA output dim, or 'none' (also 0 or off): no PCA (default 256)")
     p.add_argument("--whiten", action="store_true", default=argparse.SUPPRESS, help="whiten the PCA output")
     p.add_argument("--l2-normalize", action="store_true", default=argparse.SUPPRESS,
                    help="L2-normalise the reduced features")
@@ -139,11 +194,13 @@ def _protocol(args, **changes):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sscb", description="Benchmark image backbones by clustering their frozen features.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback instead of the one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="extract what is missing, cluster, append to the leaderboard "
@@ -164,12 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="SCAN clustering heads (+ self-labeling) on cached features, beside k-means")
     p.add_argument("--backbone", default=None, help="model-card id (features are extracted if missing)")
     _add_checkpoint(p)
-    p.add_argument("--k", type=int, default=None, help="number of clusters (default: #classes × --overcluster)")
-    p.add_argument("--heads", type=int, default=10, help="heads trained at once; the lowest-loss one is kept")
+    p.add_argument("--k", type=_n_clusters, default=None,
+                   help="number of clusters (default: #classes × --overcluster)")
+    p.add_argument("--heads", type=_positive, default=10, help="heads trained at once; the lowest-loss one is kept")
     p.add_argument("--head", choices=["linear", "mlp"], default="linear")
-    p.add_argument("--entropy-weight", type=float, default=None, help="λ of the entropy term (default: SCAN's)")
-    p.add_argument("--epochs", type=int, default=None, help="SCAN epochs (default: SCAN's)")
-    p.add_argument("--neighbors", type=int, default=20, help="K nearest neighbours mined per sample")
+    p.add_argument("--entropy-weight", type=_non_negative_float, default=None,
+                   help="λ of the entropy term (default: SCAN's)")
+    p.add_argument("--epochs", type=_positive, default=None, help="SCAN epochs (default: SCAN's)")
+    p.add_argument("--neighbors", type=_positive, default=20, help="K nearest neighbours mined per sample")
     p.add_argument("--self-label", action="store_true", help="also run the self-labeling step")
     p.add_argument("--with-kmeans", action="store_true", help="also add k-means rows for the same k")
     _add_rerun(p)
@@ -181,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="extract frozen features into the cache (resumable)")
     p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
     _add_checkpoint(p)
-    p.add_argument("--views", type=int, default=0, help="also store N seeded augmented views per image")
-    p.add_argument("--chunk-size", type=int, default=8192, help="images per resumable chunk")
+    p.add_argument("--views", type=_non_negative, default=0, help="also store N seeded augmented views per image")
+    p.add_argument("--chunk-size", type=_positive, default=8192, help="images per resumable chunk")
     _add_data(p, required=True)
     _add_extract(p)
 
@@ -202,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print 95%% intervals for ACC / NMI (bootstrap over images with each clustering fixed, "
                         "plus the spread over seeds; needs the stored predictions and the feature cache)")
     p.add_argument("--no-mark", action="store_true", help="no bold / italic marking of the best rows")
-    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the images (default 200)")
+    p.add_argument("--level", type=_fraction, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--n-boot", type=_positive, default=200, help="bootstrap resamples of the images (default 200)")
     p.add_argument("--cache-dir", default=None, help="feature cache the rows were made from (for the labels)")
     p.add_argument("--reported", action="store_true",
                    help="also show the published clustering numbers of the model cards next to matching rows")
@@ -216,10 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("backbone_b")
     p.add_argument("--dataset", required=True)
     p.add_argument("--method", default="kmeans")
-    p.add_argument("--k", type=int, default=None, help="number of clusters (default: the number of classes)")
+    p.add_argument("--k", type=_n_clusters, default=None, help="number of clusters (default: the number of classes)")
     p.add_argument("--results", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
-    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the images (default 200)")
+    p.add_argument("--level", type=_fraction, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--n-boot", type=_positive, default=200, help="bootstrap resamples of the images (default 200)")
     p.add_argument("--cache-dir", default=None, help="feature cache the rows were made from (for the labels)")
 
     p = sub.add_parser("objectnet", help="ObjectNet: direct clustering and ImageNet -> ObjectNet transfer")
@@ -248,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML file of 'NAME: PATH' lines (--data-root wins where both name a root)")
     p.add_argument("--only", type=_names, default=None, help="comma-separated dataset ids of the suite to run")
     p.add_argument("--sweep", action="store_true", help="also run the suite's PCA-dim and k grids (Figure 2 ablation)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: the suite's)")
+    p.add_argument("--seeds", type=_positive, default=None, help="seeds per configuration (default: the suite's)")
     p.add_argument("--results", default=None, help="leaderboard CSV (default results/leaderboard.csv); the "
                                                    "report is written next to it")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $SSCB_CACHE_DIR or "
@@ -273,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-hash every entry against its manifest; exit 1 if any is damaged")
     p.add_argument("--remove", metavar="NAME", default=None,
                    help="delete one entry (name as listed) with its partial extraction")
+    for command in sub.choices.values():
+        # also after the command (`sscb run ... --debug`); SUPPRESS keeps a --debug given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -610,11 +672,20 @@ def main(argv=None) -> int:
               "rows are kept, temporary files removed; re-run the same command to resume", file=sys.stderr)
         return 128 + signum
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        if args.verbose:
+        # inputs are checked where they enter and refused with these types: one message, no traceback
+        if args.debug:
             raise
         from .errors import message_for
 
         print(f"sscb {args.command}: error: {message_for(e, 'cli')}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        # anything else is a bug or an input no check caught yet: one line still, the traceback on request
+        if args.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"sscb {args.command}: error: unexpected {type(e).__name__}: {first} (run again with --debug for the "
+              f"traceback, and please report it)", file=sys.stderr)
         return 1
     finally:
         _restore_signals(handlers)

@@ -22,6 +22,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
                          "sscb.run(..., weights_only=False))", "--trust-checkpoint"),
     "checkpoint": ("checkpoint=PATH", "--checkpoint PATH"),
     "arch": ("arch=ARCH", "--arch ARCH"),
+    "checkpoint_key": ("checkpoint_key=KEY", "--checkpoint-key KEY"),
     "data_root": ("root=PATH", "--data-root PATH"),
     "suite_data_root": ("data_roots={{'{v}': PATH}}", "--data-root {v}=PATH"),
     "cache_remove": ("FeatureCache(cache_dir).remove('{v}')", "`sscb cache --remove {v}`"),

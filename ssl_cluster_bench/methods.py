@@ -4,6 +4,7 @@ Entry points:
     @register_method("name")         class decorator: makes the class available by name
     get_method(name) -> class        (clear error listing the known names)
     list_methods() -> [names]
+    check_options(name, options)     protocol ``method_options`` of one method checked against its parameters
     MethodInputs(features, protocol, augmented=None, spaces=None)   what a method may use, computed once
 
 A method class follows the estimator contract: ``__init__(n_clusters, random_state=0, verbose=False,
@@ -16,14 +17,17 @@ uses every aligned space in ``inputs.spaces`` (joint runs over several backbones
 from __future__ import annotations
 
 import difflib
+import inspect
+import math
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
 from .protocol import Protocol
 
-__all__ = ["ClusteringMethod", "MethodInputs", "get_method", "list_methods", "register_method"]
+__all__ = ["OPTION_RANGES", "ClusteringMethod", "MethodInputs", "check_options", "get_method", "list_methods",
+           "register_method"]
 
 _REGISTRY: dict[str, type] = {}
 
@@ -50,6 +54,72 @@ def get_method(name: str) -> type:
         close = difflib.get_close_matches(str(name), _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown method {name!r}.{hint} Known methods: {', '.join(_REGISTRY)}") from None
+
+
+# Set by the runner from the protocol (k, seed, progress), never by a method's options
+_RUNNER_ARGS = ("self", "n_clusters", "random_state", "verbose")
+# Ranges of the numeric options the heads share, declared once: a value outside is refused where the protocol is
+# read, not after the features are extracted. (low, high, low inclusive); options not listed need only be finite.
+OPTION_RANGES: dict[str, tuple[float, float, bool]] = {
+    **{name: (0, math.inf, False) for name in (
+        "n_heads", "hidden_dim", "bottleneck_dim", "n_neighbors", "epochs", "batch_size", "lr", "self_label_epochs",
+        "self_label_lr", "sigma", "temperature", "student_temperature", "teacher_temperature", "n_steps",
+        "inner_steps", "inner_lr", "score_folds", "score_max_samples")},
+    **{name: (0, math.inf, True) for name in ("weight_decay", "entropy_weight", "warmup_epochs", "gamma", "beta")},
+    **{name: (0, 1, True) for name in ("confidence", "momentum", "final_momentum", "prior_momentum")},
+}
+_TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "None": "null"}
+
+
+def _annotation_types(annotation) -> set[str] | None:
+    """{"int", "None", ...} of a parameter annotated with plain types, or None when it is not checked here."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    names = {t.strip().replace("NoneType", "None") for t in text.split("|")}
+    return names if names <= set(_TYPE_WORDS) else None
+
+
+def _type_ok(value, types: set[str]) -> bool:
+    # plain Python values only (as YAML gives them): the options are dumped to YAML and hashed as JSON
+    return ((value is None and "None" in types) or (isinstance(value, bool) and "bool" in types)
+            or (not isinstance(value, bool) and (
+                (isinstance(value, int) and ("int" in types or "float" in types))
+                or (isinstance(value, float) and "float" in types)
+                or (isinstance(value, str) and "str" in types))))
+
+
+def check_options(method: str, options: Mapping) -> None:
+    """Raise ValueError unless every option is a parameter of ``method`` with a value of its type and range.
+
+    The message names ``method_options.<method>.<option>``, the close spellings (difflib) and the parameters
+    the method takes. Methods whose ``__init__`` takes ``**options`` (the base class) are not checked.
+    """
+    try:
+        cls = get_method(method)
+    except ValueError as e:
+        raise ValueError(f"method_options: {e}") from None
+    params = cls.option_parameters()
+    if params is None:
+        return
+    for key, value in options.items():
+        where = f"method_options.{method}.{key}"
+        if key not in params:
+            close = difflib.get_close_matches(str(key), list(params), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            takes = f"{method} takes: {', '.join(params)}" if params else f"{method} takes no options"
+            raise ValueError(f"method_options.{method}: unknown option {key!r}{hint}; {takes}"
+                             + (f". {cls.options_note}" if cls.options_note else ""))
+        types = _annotation_types(params[key].annotation)
+        if types is not None and not _type_ok(value, types):
+            words = " or ".join(_TYPE_WORDS[t] for t in sorted(types, key=list(_TYPE_WORDS).index))
+            raise ValueError(f"{where} must be {words}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, high, inclusive = OPTION_RANGES.get(key, (-math.inf, math.inf, True))
+            if not (math.isfinite(value) and (low <= value if inclusive else low < value) and value <= high):
+                bound = (f"in [{low:g}, {high:g}]" if high < math.inf else
+                         f"{'>=' if inclusive else '>'} {low:g}" if low > -math.inf else "finite")
+                raise ValueError(f"{where} must be {bound}, got {value!r}")
 
 
 class MethodInputs:
@@ -109,11 +179,22 @@ class ClusteringMethod:
     #: compared only between runs on the same space(s) (:mod:`ssl_cluster_bench.selection`).
     score_across_spaces = True
 
+    #: shown after the list of options when an unknown one is given (where the method's settings live instead)
+    options_note = ""
+
     def __init__(self, n_clusters: int, random_state: int = 0, verbose: bool = False, **options):
         self.n_clusters = n_clusters
         self.random_state = random_state
         self.verbose = verbose
         self.options = options
+
+    @classmethod
+    def option_parameters(cls) -> dict[str, inspect.Parameter] | None:
+        """The options a protocol may set (name -> parameter of ``__init__``); None: any (``**options``)."""
+        params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return None
+        return {n: p for n, p in params.items() if n not in _RUNNER_ARGS}
 
     @classmethod
     def from_protocol(cls, protocol: Protocol, n_clusters: int, random_state: int, verbose: bool = False):
@@ -131,6 +212,12 @@ class KMeansMethod(ClusteringMethod):
     """k-means on the PCA-reduced features, as ``protocol.kmeans`` says; score = inertia per row."""
 
     score_across_spaces = False
+    options_note = ("k-means is set by the protocol's kmeans field (backend, n_init, n_iter, "
+                    "max_points_per_centroid), not by method_options")
+
+    @classmethod
+    def option_parameters(cls):
+        return {}
 
     @classmethod
     def from_protocol(cls, protocol, n_clusters, random_state, verbose=False):
@@ -165,6 +252,14 @@ class HeadMethod(ClusteringMethod):
 
     def _estimator(self):
         raise NotImplementedError
+
+    @classmethod
+    def option_parameters(cls):
+        # the estimator's __init__ is the list of options; _estimator reads no state, so a bare instance names it
+        est = object.__new__(cls)._estimator()
+        params = inspect.signature(est.__init__).parameters
+        return {n: p for n, p in params.items() if n not in _RUNNER_ARGS and n not in cls.head_options
+                and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
 
     def _fit_estimator(self, est, inputs: MethodInputs):
         return est.fit(inputs.features, augmented=inputs.augmented)

@@ -13,8 +13,10 @@ diffed and shared, and rows made under different protocols are never averaged to
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,26 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _is_number(x) -> bool:
+    # plain Python numbers (numpy floats are floats): the record is dumped to YAML and hashed as JSON
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _as_tuple(value) -> tuple | None:
+    """``value`` as a tuple when it is a list-like of values (not a string, mapping or scalar), else None."""
+    if isinstance(value, (str, bytes, Mapping)):
+        return None
+    try:
+        return tuple(value)
+    except TypeError:
+        return None
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 # Fields that list which rows to make; each row depends only on its own method, k and seed, so these are left
 # out of a row's hash (adding a seed or a method to a run does not change the rows it already made).
 _RUN_LIST_FIELDS = ("methods", "overcluster", "n_clusters", "seeds")
@@ -95,37 +117,59 @@ class Protocol:
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
-        methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
+        methods = (self.methods,) if isinstance(self.methods, str) else _as_tuple(self.methods)
         if not methods or not all(isinstance(m, str) and m for m in methods):
             raise ValueError(f"methods must be a non-empty list of method names, got {self.methods!r}")
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods lists a method twice: {list(methods)}")
+        from .methods import get_method  # the registry imports this module; looked up at construction time
+
+        for name in methods:
+            get_method(name)  # an unknown name fails here, before any feature is extracted (with did-you-mean)
         set_("methods", methods)
-        try:
-            overcluster = tuple(float(f) for f in self.overcluster)
-        except (TypeError, ValueError):
-            raise ValueError(f"overcluster must be a list of numbers, got {self.overcluster!r}") from None
-        if not overcluster or any(not f > 0 for f in overcluster):
-            raise ValueError(f"overcluster factors must be positive numbers, got {list(overcluster)}")
-        set_("overcluster", overcluster)
+        overcluster = _as_tuple(self.overcluster)
+        if not overcluster or not all(_is_number(f) and 0 < f < math.inf for f in overcluster):
+            raise ValueError(f"overcluster factors must be positive finite numbers (k = factor × #classes), given "
+                             f"as a non-empty list; got {self.overcluster!r}")
+        set_("overcluster", tuple(float(f) for f in overcluster))
         if self.n_clusters is not None:
-            ks = tuple(self.n_clusters)
+            ks = _as_tuple(self.n_clusters)
             if not ks or not all(_is_int(k) and k >= 2 for k in ks):
-                raise ValueError(f"n_clusters must be a list of integers >= 2, got {list(ks)}")
-            set_("n_clusters", ks)
-        seeds = tuple(range(self.seeds)) if _is_int(self.seeds) else tuple(self.seeds)
-        if not seeds or not all(_is_int(s) for s in seeds):
-            raise ValueError(f"seeds must be a count >= 1 or a list of integers, got {self.seeds!r}")
+                raise ValueError(f"n_clusters must be a list of integers >= 2, got {self.n_clusters!r}")
+            set_("n_clusters", tuple(int(k) for k in ks))
+        if _is_int(self.seeds):
+            if self.seeds < 1:
+                raise ValueError(f"seeds must be a count >= 1 or a list of integers >= 0, got {self.seeds!r}")
+            seeds = tuple(range(self.seeds))
+        elif _as_tuple(self.seeds) and all(_is_int(s) and s >= 0 for s in _as_tuple(self.seeds)):
+            seeds = tuple(int(s) for s in _as_tuple(self.seeds))
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"seeds lists a seed twice: {list(seeds)} (each seed is one run)")
+        else:
+            raise ValueError(f"seeds must be a count >= 1 or a list of integers >= 0, got {self.seeds!r}")
         set_("seeds", seeds)
         if self.pca_dim is not None and (not _is_int(self.pca_dim) or self.pca_dim < 1):
-            raise ValueError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
+            raise ValueError(f"pca_dim must be a positive integer or null (no PCA), got {self.pca_dim!r}")
+        for name in ("whiten", "l2_normalize"):
+            # YAML reads `whiten: "no"` as a string, which is truthy: only real booleans are accepted
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false (unquoted in YAML), got {getattr(self, name)!r}")
         if isinstance(self.kmeans, Mapping):
+            known = [f.name for f in dataclasses.fields(KMeansSettings)]
+            unknown = [k for k in self.kmeans if k not in known]
+            if unknown:
+                raise ValueError(f"kmeans: unknown setting {unknown[0]!r}{_did_you_mean(unknown[0], known)}; "
+                                 f"known settings: {', '.join(known)}")
             set_("kmeans", KMeansSettings(**self.kmeans))
         elif not isinstance(self.kmeans, KMeansSettings):
             raise ValueError(f"kmeans must be KMeansSettings or a dict, got {type(self.kmeans).__name__}")
         if not isinstance(self.method_options, Mapping) or not all(
                 isinstance(v, Mapping) for v in self.method_options.values()):
             raise ValueError("method_options must map a method name to a dict of its options")
+        from .methods import check_options
+
+        for name, options in self.method_options.items():
+            check_options(name, options)
         set_("method_options", {str(k): dict(v) for k, v in self.method_options.items()})
 
     # --- conversions ----------------------------------------------------------------------------------------
@@ -144,7 +188,8 @@ class Protocol:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown protocol field(s) {unknown}; known fields: {sorted(known)}")
+            raise ValueError(f"unknown protocol field(s) {unknown}{_did_you_mean(unknown[0], known)}; "
+                             f"known fields: {sorted(known)}")
         return cls(**d)
 
     def to_yaml(self, path=None) -> str:

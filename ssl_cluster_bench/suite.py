@@ -41,6 +41,7 @@ rewritten next to the leaderboard.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import sys
@@ -197,6 +198,10 @@ def _parse_suite(data, source: str) -> Suite:
         unknown = set(raw) - _ENTRY_KEYS
         if unknown:
             _fail(source, where, f"unknown key(s) {sorted(unknown)}; known: {sorted(_ENTRY_KEYS)}")
+        for key in ("id", "dataset", "split", "root", "default_root", "kind", "note"):
+            # YAML turns `split: 2017` or `root: off` into a number or a boolean: they must be quoted
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                _fail(source, f"{where}.{key}", f"expected a string (quote it in YAML), got {raw[key]!r}")
         kind = raw.get("kind", "direct")
         if kind not in RUNNERS:
             _fail(source, where, f"unknown kind {kind!r}; known: {', '.join(RUNNERS)}")
@@ -240,10 +245,14 @@ def _parse_suite(data, source: str) -> Suite:
             _fail(source, "sweep.datasets", f"{sorted(missing)} are not dataset ids of this suite")
         _check_protocol(_mapping(sweep.get("protocol"), source, "sweep.protocol"), protocol, source,
                         "sweep.protocol")
-        for axis in ("pca_dim", "overcluster"):
+        for axis, ok, wanted in (
+                ("pca_dim", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                 "positive integers (PCA dims)"),
+                ("overcluster", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and 0 < v < math.inf, "positive finite numbers (k = factor × #classes)")):
             values = sweep.get(axis, [])
-            if not isinstance(values, list) or not all(isinstance(v, (int, float)) and v > 0 for v in values):
-                _fail(source, f"sweep.{axis}", "expected a list of positive numbers")
+            if not isinstance(values, list) or not all(ok(v) for v in values):
+                _fail(source, f"sweep.{axis}", f"expected a list of {wanted}, got {values!r}")
     return Suite(name=str(data["name"]), description=str(data.get("description", "")).strip(),
                  backbones=tuple(backbones), protocol=protocol, entries=tuple(entries), sweep=sweep, source=source)
 

@@ -289,7 +289,8 @@ def test_plain_module_prefixed_state_dict(tmp_path):
 
 
 def test_mocov3_vit_url_card_with_model_kwargs(tmp_path):
-    """A url card (file://) with prefix hint and model_kwargs; MoCo v3 stores two encoders with equal keys."""
+    """A url card (its file already in the torch hub cache) with prefix hint and model_kwargs; MoCo v3 stores two
+    encoders with equal keys."""
     torch.manual_seed(5)
     kwargs = dict(img_size=32, num_heads=12, depth=2)  # small and fast; num_heads as in MoCo v3
     base, momentum = (timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs) for _ in range(2))
@@ -297,10 +298,12 @@ def test_mocov3_vit_url_card_with_model_kwargs(tmp_path):
     state.update({f"module.momentum_encoder.{k}": v for k, v in momentum.state_dict().items()})
     state.update({"module.base_encoder.head.0.weight": torch.randn(64, 192),
                   "module.predictor.0.weight": torch.randn(64, 64)})
-    ckpt = tmp_path / "vit-t-test.pth.tar"
+    url = "https://example.org/moco-v3/vit-t-test.pth.tar"
+    ckpt = tmp_path / "torch_hub" / "checkpoints" / "vit-t-test.pth.tar"  # where a download of url lands
+    ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": state, "epoch": 300}, ckpt)
     cards = tmp_path / "cards"
-    _write_card(cards, id="mocov3-test", source="url", url=ckpt.as_uri(), arch="timm:vit_tiny_patch16_224",
+    _write_card(cards, id="mocov3-test", source="url", url=url, arch="timm:vit_tiny_patch16_224",
                 model_kwargs=kwargs, checkpoint_key="state_dict", prefix="module.base_encoder.",
                 feature={"description": "cls", "dim": 192},
                 preprocessing={"resize": 32, "crop": "center", "input_size": 32, "interpolation": "bicubic",
@@ -308,7 +311,7 @@ def test_mocov3_vit_url_card_with_model_kwargs(tmp_path):
     card = load_card("mocov3-test", cards_dir=cards)
     x = torch.randn(2, 3, 32, 32)
     backbone = create_backbone(card)
-    assert backbone.weights_id == f"url:{ckpt.as_uri()}" and backbone.feature_dim == 192
+    assert backbone.weights_id == f"url:{url}" and backbone.feature_dim == 192
     assert torch.allclose(_reference(backbone.model, x), _reference(base, x), atol=1e-5)
     mom = create_backbone(card, momentum_encoder=True)
     assert torch.allclose(_reference(mom.model, x), _reference(momentum, x), atol=1e-5)
@@ -688,11 +691,12 @@ def test_msn_target_encoder_layout(tmp_path):
     kwargs = dict(img_size=32, depth=2)
     target, online = (timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs) for _ in range(2))
     head = {"module.fc.fc1.weight": torch.randn(64, 192), "module.fc.bn1.weight": torch.randn(64)}
-    path = tmp_path / "msn_test.pth.tar"
+    path = tmp_path / "torch_hub" / "checkpoints" / "msn_test.pth.tar"  # already downloaded
+    path.parent.mkdir(parents=True)
     torch.save({"target_encoder": {**{f"module.{k}": v for k, v in target.state_dict().items()}, **head},
                 "encoder": {f"module.{k}": v for k, v in online.state_dict().items()},
                 "prototypes": torch.randn(1024, 64), "epoch": 600}, path)
-    _write_card(tmp_path / "cards", id="msn-test", source="url", url=path.as_uri(), arch="timm:vit_tiny_patch16_224",
+    _write_card(tmp_path / "cards", id="msn-test", source="url", url="https://example.org/msn/msn_test.pth.tar", arch="timm:vit_tiny_patch16_224",
                 model_kwargs=kwargs, checkpoint_key="target_encoder", prefix="module.",
                 feature={"description": "cls", "dim": 192})
     backbone = create_backbone(load_card("msn-test", cards_dir=tmp_path / "cards"))

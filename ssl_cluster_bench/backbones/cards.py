@@ -23,7 +23,9 @@ Card schema (YAML mapping; ``*`` = required)::
       hub          repo* "owner/name:ref"; entrypoint*; arch (timm/torchvision architecture with the same
                    state-dict keys, used for --checkpoint files and offline loading); weights_url (the file
                    the entrypoint downloads, so the cache can be checked without running hub code)
-      url          url*; arch*; checkpoint_key (key of the state dict inside the file); prefix (key prefix to
+      url          url* (https://; plain http:// only with allow_http: true, file:// never: pass a local file
+                   with --checkpoint); arch*; sha256 (of the file: a download that differs is removed and
+                   refused); checkpoint_key (key of the state dict inside the file); prefix (key prefix to
                    strip); momentum_encoder (bool, load a MoCo-style momentum encoder instead of the query one)
       manual       filename*; arch*; obtain* (how to get the file: the official download and the conversion
                    command); checkpoint_key; prefix. For weights published only as TensorFlow/JAX files or
@@ -38,6 +40,8 @@ Card schema (YAML mapping; ``*`` = required)::
                    dropped) or "order" (the file's i-th tensor goes to the i-th tensor of the full timm or
                    torchvision arch, classifier included, every shape checked; for ports of an architecture with
                    other module names)
+    allow_http     true allows a plain http:// url / weights_url (a warning is logged on download); give
+                   sha256 with it
     arch           "timm:<name>", "torchvision:<name>" or "sscb:<name>" (our own, see backbones/archs.py);
                    a bare name is looked up in timm, then torchvision
     model_kwargs   extra keyword arguments for the architecture builder, e.g. {img_size: 224}
@@ -104,7 +108,7 @@ _TOP_KEYS = {
     "id", "name", "architecture", "source", "model", "weights", "repo", "entrypoint", "url", "arch",
     "weights_url", "checkpoint_key", "prefix", "momentum_encoder", "model_kwargs", "pretrained", "seed",
     "pretraining", "feature", "preprocessing", "reported", "notes", "filename", "obtain", "status",
-    "package", "file", "key_match",
+    "package", "file", "key_match", "sha256", "allow_http",
 }
 _REQUIRED_BY_SOURCE = {
     "timm": ("model",),
@@ -323,6 +327,8 @@ class ModelCard:
     filename: str | None = None
     obtain: str | None = None
     status: str = "verified"
+    sha256: str | None = None
+    allow_http: bool = False
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -386,9 +392,32 @@ class ModelCard:
             raise _fail(where, "weights", f"must look like 'ResNet50_Weights.IMAGENET1K_V2', got {raw['weights']!r}")
         if source == "hub" and not re.match(r"^[\w.-]+/[\w.-]+(:[\w./-]+)?$", raw["repo"]):
             raise _fail(where, "repo", f"must look like 'owner/name:ref', got {raw['repo']!r}")
+        if "allow_http" in raw and not isinstance(raw["allow_http"], bool):
+            raise _fail(where, "allow_http", f"must be true or false, got {raw['allow_http']!r}")
         for key in ("url", "weights_url"):
-            if raw.get(key) is not None and not re.match(r"^(https?|file)://", raw[key]):
-                raise _fail(where, key, f"must be an http(s):// or file:// URL, got {raw[key]!r}")
+            url = raw.get(key)
+            scheme = url.partition("://")[0].lower() if url is not None and "://" in url else None
+            if url is None or scheme == "https" or (scheme == "http" and raw.get("allow_http")):
+                continue
+            if scheme == "file":
+                # a path is no identity for weights (a replaced file would reuse stale cached features), and the
+                # card would only work on this machine
+                raise _fail(where, key, f"file:// URLs are not allowed in a card, got {url!r}: pass the file as a "
+                                        f"checkpoint (sscb --checkpoint PATH, with --backbone <card> to keep its "
+                                        f"architecture and preprocessing), or publish it at an https:// URL")
+            if scheme == "http":
+                raise _fail(where, key, f"plain http:// is refused, got {url!r}: anything on the network path can "
+                                        f"alter the file. Use the https:// URL; only if the server has none, set "
+                                        f"allow_http: true (and sha256: of the file) in the card")
+            raise _fail(where, key, f"must be an https:// URL, got {url!r}")
+        sha256 = raw.get("sha256")
+        if sha256 is not None:
+            if source != "url":
+                raise _fail(where, "sha256", f"only applies to source 'url' (the file it downloads), not {source!r}")
+            if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
+                raise _fail(where, "sha256", f"must be the 64 hex digits of the file's SHA-256 (sha256sum FILE), "
+                                             f"got {sha256!r}")
+            sha256 = sha256.strip().lower()
         key_match = raw.get("key_match") or "name"
         if key_match not in KEY_MATCHES:
             raise _fail(where, "key_match", f"must be one of {', '.join(KEY_MATCHES)}, got {key_match!r}")
@@ -461,7 +490,7 @@ class ModelCard:
             prefix=raw.get("prefix"), momentum_encoder=bool(raw.get("momentum_encoder", False)),
             model_kwargs=dict(model_kwargs), pretrained=bool(raw.get("pretrained", True)), seed=seed,
             reported=reported, notes=raw.get("notes"), filename=raw.get("filename"), obtain=raw.get("obtain"),
-            status=status, path=path,
+            status=status, sha256=sha256, allow_http=bool(raw.get("allow_http", False)), path=path,
         )
 
 

@@ -27,12 +27,12 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from ..errors import OptionRuntimeError, option
+from ..errors import OptionRuntimeError, OptionValueError, option
 
 __all__ = ["LoadReport", "load_checkpoint", "load_by_order", "map_by_order", "read_checkpoint", "find_state_dict",
            "match_prefix",
@@ -79,26 +79,97 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:  # size/mtime make the 
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
+# what torch.save writes first in its legacy (pre-1.6) format: a pickled magic number (LONG1 opcode + 10 bytes,
+# after the protocol header and, from protocol 4 on, a frame header)
+_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:-1]
+_EXPECTED = ("expected a PyTorch checkpoint written by torch.save (.pth / .pt / .pth.tar) or a .safetensors "
+             "file")
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch.save file, judged from its first bytes (None when it may be one).
+
+    Checked before torch.load so that a text or HTML file gets its own message instead of a pickle error (or
+    the advice to unpickle it with weights_only=False).
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes; an interrupted download or copy?)"
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return f"is a damaged or truncated zip archive ({size} bytes; an interrupted download?)"
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return f"is a zip archive but not one written by torch.save (no data.pkl; members: {names[:3]})"
+        return None
+    if head.startswith(b"\x80") and _LEGACY_MAGIC in head[:32]:
+        return None
+    if head.startswith(b"\x80"):
+        return "is a Python pickle but not one written by torch.save (no torch magic number)"
+    text = head.lstrip().lower()
+    if text.startswith(b"version https://git-lfs"):
+        return "is a Git LFS pointer, not the file itself (run `git lfs pull` where it came from)"
+    if text.startswith((b"<!doctype", b"<html", b"<?xml")):
+        return "is an HTML/XML page (the server sent a web page, e.g. a login or error page, not the file)"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return f"is a text file (it starts with {head[:24].decode(errors='replace')!r})"
+    return "does not start like a torch.save file (neither a zip archive nor a torch pickle)"
+
+
 def read_checkpoint(path: str | os.PathLike, weights_only: bool = True) -> Any:
-    """``torch.load`` on CPU; with ``weights_only=True`` (default) no arbitrary code can run while loading."""
+    """``torch.load`` on CPU; with ``weights_only=True`` (default) no arbitrary code can run while loading.
+
+    A file that is not a checkpoint (empty, text, HTML, a truncated archive, a plain pickle) raises a one-line
+    ValueError naming the file and what was expected.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own SafetensorError (and OSError / ValueError)
+            raise ValueError(f"checkpoint {path} is not a readable .safetensors file ({e}); download or "
+                             f"convert it again") from None
+    problem = _not_a_checkpoint(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} {problem}: {_EXPECTED}")
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as e:
-        if not weights_only:
-            raise
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not (weights_only and "Weights only load failed" in str(e)):
+            raise ValueError(f"checkpoint {path} is damaged or truncated ({_first_line(e)}): {_EXPECTED}; "
+                             f"download it again") from None
         raise OptionRuntimeError(
             f"checkpoint {path} stores Python objects besides tensors, so it cannot be loaded safely "
-            f"(torch.load with weights_only=True: {first_line}). If you trust where the file comes from, "
+            f"(torch.load with weights_only=True: {_first_line(e)}). If you trust where the file comes from, "
             f"load it with {option('trust_checkpoint')}; unpickling an untrusted file can run arbitrary code."
         ) from None
+    except (EOFError, RuntimeError, ValueError, KeyError, IndexError, OSError) as e:
+        # what torch.load raises on a truncated zip or pickle (EOFError, "failed finding central directory")
+        raise ValueError(f"checkpoint {path} is damaged or truncated ({type(e).__name__ + (': ' + _first_line(e) if str(e).strip() else '')}): "
+                         f"{_EXPECTED}; download it again") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _in_file(source: str, find: Callable):
+    """``find()``, its ValueError prefixed with ``source`` (the file), so the message says which file it was."""
+    try:
+        return find()
+    except ValueError as e:
+        raise type(e)(f"{source}: {Exception.__str__(e)}") from None
 
 
 def _tensor_dict(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -135,9 +206,13 @@ def find_state_dict(checkpoint: Any, checkpoint_key: str | None = None) -> tuple
     found = _tensor_dict(checkpoint)
     if found is not None:
         return found, None
-    keys = sorted(map(str, checkpoint))[:20] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-    raise ValueError(f"no state dict found in the checkpoint (looked under {', '.join(STATE_DICT_KEYS)} and the "
-                     f"top level; top-level keys: {keys}); pass checkpoint_key=...")
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"the file holds a {type(checkpoint).__name__}, not weights: expected a state dict (a "
+                         f"mapping of parameter names to tensors, as torch.save(model.state_dict(), path) writes) "
+                         f"or a training checkpoint holding one")
+    keys = sorted(map(str, checkpoint))[:20]
+    raise OptionValueError(f"no state dict found in the checkpoint (looked under {', '.join(STATE_DICT_KEYS)} and "
+                           f"the top level; top-level keys: {keys}); pass {option('checkpoint_key')}")
 
 
 def _candidate_prefixes(keys) -> set[str]:
@@ -242,7 +317,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, checkpoint_key: s
     """Load the backbone weights of an SSL checkpoint file into ``model`` (see the module docstring)."""
     source = f"checkpoint {os.fspath(path)}"
     raw = read_checkpoint(path, weights_only=weights_only)
-    state_dict, key = find_state_dict(raw, checkpoint_key)
+    state_dict, key = _in_file(source, lambda: find_state_dict(raw, checkpoint_key))
     model_keys = set(model.state_dict())
     if prefix is None:
         prefix, _ = match_prefix(state_dict, model_keys, momentum_encoder)
@@ -291,7 +366,8 @@ def load_by_order(model: nn.Module, path: str | os.PathLike, checkpoint_key: str
     the file and of the model is used (strict load), see :func:`map_by_order`.
     """
     source = f"checkpoint {os.fspath(path)}"
-    state_dict, key = find_state_dict(read_checkpoint(path, weights_only=weights_only), checkpoint_key)
+    raw = read_checkpoint(path, weights_only=weights_only)
+    state_dict, key = _in_file(source, lambda: find_state_dict(raw, checkpoint_key))
     renamed = map_by_order(state_dict, model.state_dict(), source)
     model.load_state_dict(renamed, strict=True)
     n = sum(1 for k in renamed if not k.endswith("num_batches_tracked"))

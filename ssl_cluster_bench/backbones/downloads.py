@@ -10,13 +10,14 @@ ships (no network at all: the package manager already put it on disk).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import re
 import socket
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 __all__ = ["CONNECT_TIMEOUT_S", "offline_reason", "host_reachable", "require_network", "hub_dir",
            "hub_checkpoint_path", "hub_repo_dir", "hf_cache_dir", "hf_cached_file", "fetch_url", "package_file"]
@@ -124,24 +125,58 @@ def hf_cached_file(repo_id: str, filenames: list[str]) -> Path | None:
     return None
 
 
-def fetch_url(url: str, what: str, remedy: str) -> Path:
-    """The local file for ``url``: ``file://`` paths directly, else the torch hub checkpoints cache, downloading
-    into it (with a progress bar) only after :func:`require_network` passes."""
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        path = Path(url2pathname(parsed.path))
-        if not path.is_file():
-            raise FileNotFoundError(f"{what}: {url} does not exist")
-        return path
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size/mtime make the cached digest stale on change
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fetch_url(url: str, what: str, remedy: str, *, sha256: str | None = None, allow_http: bool = False) -> Path:
+    """The local file for an ``https://`` ``url`` in the torch hub checkpoints cache, downloading it there (with a
+    progress bar) only after :func:`require_network` passes.
+
+    Plain ``http://`` is refused unless ``allow_http`` (a card's ``allow_http: true``), and then logged as a
+    warning. With ``sha256`` the file is checked: a download that does not match is removed before it reaches
+    the cache, a cached file that does not match is refused (it is not ours to delete).
+    """
+    scheme = urlparse(url).scheme.lower()
+    if scheme == "http" and not allow_http:
+        raise ValueError(f"{what}: {url} is plain http://, which anything on the network path can alter: use its "
+                         f"https:// URL (a card whose server has no https can set allow_http: true with sha256:; "
+                         f"a checkpoint can be downloaded by hand and passed as a local path)")
+    if scheme not in ("https", "http"):
+        raise ValueError(f"{what}: {url} is not an https:// URL (for a local file pass its path, not a URL)")
     target = hub_checkpoint_path(url)
     if target.is_file():
+        if sha256:
+            st = target.stat()
+            found = _sha256(str(target), st.st_size, st.st_mtime_ns)
+            if found != sha256:
+                raise ValueError(f"{what}: the cached file {target} has SHA-256 {found}, not the expected {sha256} "
+                                 f"(another file of the same name, or a damaged copy): delete it to download "
+                                 f"{url} again")
         return target
     require_network(url, what, remedy)
+    if scheme == "http":
+        log.warning("%s: downloading %s over plain http:// (allow_http)%s", what, url,
+                    "" if sha256 else " with no sha256 to check it against")
     import torch
 
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s to %s", url, target)
-    torch.hub.download_url_to_file(url, str(target), progress=True)
+    try:
+        # torch downloads into a temporary file and moves it into place only after the hash matched
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=sha256, progress=True)
+    except RuntimeError as e:
+        if "invalid hash value" not in str(e):
+            raise
+        got = re.search(r'got "([0-9a-f]+)"', str(e))
+        raise ValueError(f"{what}: the file downloaded from {url} has SHA-256 {got.group(1) if got else '?'}, not "
+                         f"the expected {sha256}; it was removed. The file at the URL changed or the download was "
+                         f"corrupted: check the URL, or fix sha256 if the new file is the right one") from None
+    except OSError as e:  # urllib's URLError / HTTPError ("HTTP Error 404: Not Found") name neither URL nor file
+        raise RuntimeError(f"{what}: downloading {url} failed ({e}); nothing was stored in {target.parent}") \
+            from None
     return target
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import torch
 from torch import nn
@@ -358,7 +359,8 @@ def _load_url(card: ModelCard, weights_only: bool, momentum_encoder: bool) -> tu
     target = downloads.hub_checkpoint_path(card.url)
     remedy = "\n".join(["Supply them without a network:", _checkpoint_hint(card, card.url),
                         f"  * or put the file {target.name} into {target.parent}"])
-    path = downloads.fetch_url(card.url, f"Weights for {_where(card)}", remedy)
+    path = downloads.fetch_url(card.url, f"Weights for {_where(card)}", remedy, sha256=card.sha256,
+                               allow_http=card.allow_http)
     model = _load_file_into_arch(card, path, weights_only, momentum_encoder)
     return model, f"url:{card.url}" + ("#momentum_encoder" if momentum_encoder else "")
 
@@ -520,6 +522,9 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
         if spec is None:
             raise OptionValueError(f"{_where(card)} has no architecture to load checkpoint {checkpoint!r} into; "
                                    f"pass {option('arch')}")
+        if checkpoint.lower().startswith("file://"):
+            # a local file however it is spelled: known by its content digest below, like a plain path
+            checkpoint = url2pathname(urlparse(checkpoint).path)
         if "://" in checkpoint:
             path = downloads.fetch_url(checkpoint, f"Checkpoint {checkpoint}",
                                        "Download it on a connected machine and pass its local path instead.")
