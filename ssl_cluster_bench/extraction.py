@@ -63,8 +63,8 @@ def _collate(batch, dataset=None):
             raise ValueError(
                 f"images of different sizes reach the backbone ({name(kept[0])} is "
                 f"{'x'.join(map(str, kept[0][0].shape))}, {name(odd)} is {'x'.join(map(str, odd[0].shape))}): "
-                "its preprocessing keeps each image's own size; bring the images to one size first, or use a "
-                "card whose preprocessing resizes (preprocessing.resize)")
+                "the backbone's preprocessing keeps each image's own size; bring the images to one size first, or "
+                "use a card whose preprocessing resizes (preprocessing.resize)")
         images = torch.stack([b[0] for b in kept])
         labels = torch.tensor([int(b[1]) for b in kept], dtype=torch.int64)
         index = torch.tensor([int(b[2]) for b in kept], dtype=torch.int64)

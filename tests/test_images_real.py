@@ -141,7 +141,7 @@ def test_non_utf8_name_is_skipped_listed_and_the_rest_extracted(tmp_path, caplog
         ds = ImageFolderDataset(root)
     ids = [ds.sample_id(i) for i in range(len(ds))]
     assert ids == ["a/0.png", "a/1.png", "b/0.png", "b/1.png", "b/caf\\xe9.png", "b/gone.png"]
-    assert "not valid UTF-8" in caplog.text and "b/caf\\\\xe9.png" in caplog.text
+    assert "not valid UTF-8" in caplog.text and "'b/caf\\xe9.png'" in caplog.text
     assert ds.path(4).exists()  # the real name is kept for the file itself
     pd.DataFrame({"id": ids}).to_csv(tmp_path / "ids.csv", index=False)  # every id is encodable
 
@@ -155,6 +155,16 @@ def test_non_utf8_name_is_skipped_listed_and_the_rest_extracted(tmp_path, caplog
     assert manifest["skipped"] == {"count": 2, "ids": ["b/caf\\xe9.png", "b/gone.png"]}
     assert manifest["shape"] == [4, 512]
     assert "skipped 2 unreadable file(s)" in out.out
+
+
+def test_non_utf8_class_folder_is_one_clear_error(tmp_path):
+    root = tmp_path / "imgs"
+    _grey(root / "a" / "0.png", np.zeros((4, 4), dtype=np.uint8))
+    os.mkdir(os.fsencode(root) + b"/caf\xe9")
+    _grey(root / os.fsdecode(b"caf\xe9") / "0.png", np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"class folder '.*/imgs/caf\\xe9' has a name that is not valid UTF-8; "
+                                         r"rename it"):
+        ImageFolderDataset(root)
 
 
 def test_mixed_aspect_ratios_extract_at_one_size(tmp_path):

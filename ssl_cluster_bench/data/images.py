@@ -6,6 +6,12 @@ Every dataset here is a ``torch.utils.data.Dataset`` whose ``__getitem__(i)`` re
 sample instead of the whole run; the engine's collate drops the ``None`` items and reports
 ``sample_id(i)`` for each. Labels are available without opening any image via ``targets``.
 
+Image files are decoded upright (EXIF orientation) to 8-bit RGB with high bit depths scaled, not
+clipped, and transparency composited on white (:func:`_to_rgb8`). Folders are walked with symlinks
+followed but each real folder and file listed once (:func:`index_class_folders`); a file whose
+name is not valid UTF-8 is kept as a position, skipped like a corrupt image and listed with an
+escaped id (``caf\\xe9.png``), so every id can go through JSON and CSV.
+
 Datasets: :class:`ImageFolderDataset` (``root/[split/]<class>/<img>``), :class:`ImageNetDataset`
 (with optional class-subset files such as SCAN's 50/100/200-class lists), :class:`CIFAR10Dataset`,
 :class:`CIFAR100Dataset` (20 superclasses by default, i.e. CIFAR-100-20) and
@@ -221,7 +227,8 @@ def index_class_folders(
 def _show(path: str, prefix: str = "") -> str:
     """``path`` (relative to ``prefix`` when under it) quoted for a message, whatever bytes its name holds."""
     rel = path[len(prefix):] if prefix and path.startswith(prefix) else path
-    return repr(os.fsencode(rel).decode("utf-8", "backslashreplace"))
+    # quoted by hand: repr() would double the backslash of an escaped byte (\\xff)
+    return "'" + os.fsencode(rel).decode("utf-8", "backslashreplace") + "'"
 
 
 class _Walker:
@@ -439,7 +446,7 @@ class FileImageDataset(ImageDataset):
             logger.warning(
                 "%d file(s) under %s have names that are not valid UTF-8 and are skipped like unreadable "
                 "images (listed in the cache manifest; rename them to UTF-8, e.g. with convmv, to include "
-                "them), e.g. %r", len(undecodable), self.root, self.sample_id(undecodable[0]))
+                "them), e.g. '%s'", len(undecodable), self.root, self.sample_id(undecodable[0]))
 
     def sample_id(self, index: int) -> str:
         """Path of sample ``index`` relative to ``root``, with ``/`` separators.
@@ -547,6 +554,13 @@ class ImageFolderDataset(FileImageDataset):
                     f"{_preview(unknown)}; available class folders: {_preview(found)}"
                 )
 
+        undecodable = [c for c in self.classes if not _is_utf8(os.fsencode(c))]
+        if undecodable:
+            # A class name goes into reports and leaderboards: one spelled with stray bytes cannot.
+            raise ValueError(
+                f"class folder {_show(os.path.join(str(image_dir), undecodable[0]))} has a name that is not valid "
+                "UTF-8; rename it to UTF-8 (e.g. with convmv)"
+            )
         files, labels, empty = index_class_folders(
             image_dir,
             {c: k for k, c in enumerate(self.classes)},
