@@ -238,7 +238,7 @@ class _Walker:
         self.extensions = extensions
         # A link to the root or above it would list the whole dataset (or disk) again under one class.
         self.visited: set[tuple[int, int]] = set()
-        for folder in (image_dir, *image_dir.resolve().parents):
+        for folder in (image_dir, *Path(os.path.abspath(image_dir)).parents, *image_dir.resolve().parents):
             try:
                 st = folder.stat()
             except OSError:
