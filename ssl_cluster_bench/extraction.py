@@ -17,6 +17,7 @@ import collections
 import concurrent.futures
 import contextlib
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -113,10 +114,19 @@ def cache_key_for(backbone, dataset, variant: str = "", verify_content: bool = F
                     data=dataset_fingerprint(dataset, verify_content, progress))
 
 
-def _collate(batch):
+def _collate(batch, dataset=None):
     kept = [b for b in batch if b[0] is not None]
     skipped = [int(b[2]) for b in batch if b[0] is None]
     if kept:
+        odd = next((b for b in kept if b[0].shape != kept[0][0].shape), None)
+        if odd is not None:  # only a card that neither resizes nor crops (pixels) keeps each image's size
+            def name(b):
+                return repr(dataset.sample_id(int(b[2]))) if dataset is not None else f"sample {int(b[2])}"
+            raise ValueError(
+                f"images of different sizes reach the backbone ({name(kept[0])} is "
+                f"{'x'.join(map(str, kept[0][0].shape))}, {name(odd)} is {'x'.join(map(str, odd[0].shape))}): "
+                "the backbone's preprocessing keeps each image's own size; bring the images to one size first, or "
+                "use a card whose preprocessing resizes (preprocessing.resize)")
         images = torch.stack([b[0] for b in kept])
         labels = torch.tensor([int(b[1]) for b in kept], dtype=torch.int64)
         index = torch.tensor([int(b[2]) for b in kept], dtype=torch.int64)
@@ -251,7 +261,8 @@ def extract_features(backbone, dataset, cache: FeatureCache | None = None, *, ba
 
     if num_workers is None:
         num_workers = 0 if n < 5000 else min(8, max(1, (os.cpu_count() or 2) - 1))
-    loader_options = {"num_workers": num_workers, "collate_fn": _collate, "pin_memory": dev.type == "cuda"}
+    loader_options = {"num_workers": num_workers, "collate_fn": functools.partial(_collate, dataset=dataset),
+                      "pin_memory": dev.type == "cuda"}
 
     def run_model(images):
         images = images.to(dev, non_blocking=True)

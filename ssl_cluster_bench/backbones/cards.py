@@ -53,7 +53,9 @@ Card schema (YAML mapping; ``*`` = required)::
                    transforms):
                    input_size  network input side (int or [h, w]) after the crop; null = image size
                    resize      shorter side (int), exact [h, w], or null (no resize)
-                   crop        "center" (center crop to input_size) or null
+                   crop        "center" (center crop to input_size) or null (after a shorter-side resize
+                               to s the image is still center-cropped to s x s, so every aspect ratio
+                               gives one size; square images are unchanged by that crop)
                    interpolation  nearest | bilinear | bicubic | box | hamming | lanczos
                    mean*, std* per channel (1 value when grayscale is 1, else 3)
                    grayscale   null (RGB), 1 or 3 output channels
@@ -226,7 +228,12 @@ class Preprocessing:
 
     @property
     def transform_id(self) -> str:
-        """Canonical string of the preprocessing: equal strings <=> the transform maps images identically."""
+        """Canonical string of the preprocessing: equal strings <=> the transform maps images identically.
+
+        Kept as it was before ``crop: null`` started to center-crop non-square images after a shorter-side
+        resize (:attr:`crop_size`), so square-image features cached by the shipped cards (and the cache
+        keys in committed leaderboards) stay valid; ``crop=-`` with an int resize now means that crop.
+        """
         def size(v):
             if v is None:
                 return "-"
@@ -246,8 +253,26 @@ class Preprocessing:
             f"std={floats(self.std)}",
         ])
 
+    @property
+    def crop_size(self) -> int | tuple[int, int] | None:
+        """Side (or [h, w]) of the center crop after the resize; ``None`` when nothing is cropped.
+
+        ``crop: center`` crops ``input_size``. Without it, a shorter-side resize to ``s`` is still
+        followed by an ``s x s`` center crop, as in timm's and torchvision's eval transforms: images of
+        every aspect ratio then come out one size and can be batched, and a square image comes out
+        exactly as the resize alone made it (the crop takes all of it). Only a card that neither
+        resizes nor crops (``pixels``) keeps each image's own size.
+        """
+        if self.crop:
+            return self.input_size
+        return self.resize if isinstance(self.resize, int) else None
+
     def build_transform(self) -> Callable:
-        """torchvision ``Compose``: PIL.Image -> float tensor (C x H x W), deterministic."""
+        """torchvision ``Compose``: PIL.Image -> float tensor (C x H x W), deterministic.
+
+        Every card that resizes gives one output size whatever the image's aspect ratio (see
+        :attr:`crop_size`).
+        """
         import torch
         from torchvision import transforms as T
         from torchvision.transforms import v2
@@ -258,8 +283,9 @@ class Preprocessing:
         if self.resize is not None:
             steps.append(T.Resize(self.resize, interpolation=T.InterpolationMode(self.interpolation),
                                   antialias=True))
-        if self.crop:
-            steps.append(T.CenterCrop(self.input_size))
+        crop = self.crop_size
+        if crop is not None:
+            steps.append(T.CenterCrop(crop))
         if self.scale_to_unit:
             steps.append(T.ToTensor())
         else:

@@ -6,6 +6,12 @@ Every dataset here is a ``torch.utils.data.Dataset`` whose ``__getitem__(i)`` re
 sample instead of the whole run; the engine's collate drops the ``None`` items and reports
 ``sample_id(i)`` for each. Labels are available without opening any image via ``targets``.
 
+Image files are decoded upright (EXIF orientation) to 8-bit RGB with high bit depths scaled, not
+clipped, and transparency composited on white (:func:`_to_rgb8`). Folders are walked with symlinks
+followed but each real folder and file listed once (:func:`index_class_folders`); a file whose
+name is not valid UTF-8 is kept as a position, skipped like a corrupt image and listed with an
+escaped id (``caf\\xe9.png``), so every id can go through JSON and CSV.
+
 Datasets: :class:`ImageFolderDataset` (``root/[split/]<class>/<img>``), :class:`ImageNetDataset`
 (with optional class-subset files such as SCAN's 50/100/200-class lists), :class:`CIFAR10Dataset`,
 :class:`CIFAR100Dataset` (20 superclasses by default, i.e. CIFAR-100-20) and
@@ -25,9 +31,9 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -54,18 +60,78 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Imag
 
 
 def _open_rgb(path: PathLike) -> Image.Image | None:
-    """Decode ``path`` fully into an RGB PIL image; ``None`` (logged at debug level) if unreadable.
+    """Decode ``path`` fully into an 8-bit RGB PIL image; ``None`` (logged at debug level) if unreadable.
 
+    The image is turned upright by its EXIF orientation, then brought to 8-bit RGB by
+    :func:`_to_rgb8` (high bit depths scaled, not clipped; transparency composited on white).
     Truncated files count as unreadable unless the caller has set
     ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``, in which case PIL pads them instead.
     """
     try:
         with Image.open(path) as img:
-            # convert() forces the full decode inside the try, so truncation is caught here.
-            return img.convert("RGB")
+            if _exif_orientation(img, path) != 1:
+                img = ImageOps.exif_transpose(img)
+            # The conversion forces the full decode inside the try, so truncation is caught here.
+            return _to_rgb8(img)
     except _DECODE_ERRORS as exc:
         logger.debug("skipping unreadable image %s: %s: %s", path, type(exc).__name__, exc)
         return None
+
+
+def _exif_orientation(img: Image.Image, path: PathLike) -> int:
+    """EXIF orientation tag (1 = upright); a malformed EXIF block costs the rotation, not the image."""
+    try:
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1) or 1)
+    except (*_DECODE_ERRORS, KeyError, TypeError) as exc:
+        logger.debug("ignoring unreadable EXIF data of %s: %s: %s", path, type(exc).__name__, exc)
+        return 1
+
+
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, every mode scaled by its own range convention.
+
+    - 16-bit modes (``I;16``, ``I;16B``, ``I;16L``, ...): divided by 257, rounded (65535 -> 255),
+      where PIL's own ``convert`` would clip every value above 255 to white.
+    - ``I`` (32-bit integer; how PIL opens 16-bit PGM and some 16-bit PNG/TIFF files): read as
+      16-bit data, i.e. clipped to 0..65535 and divided by 257.
+    - ``F`` (32-bit float), by the range of its finite values: within [0, 1] -> x 255; within
+      [0, 255] -> taken as 8-bit values; within [0, 65535] -> divided by 257; anything else (negative
+      or larger values) -> the image's own min..max stretched to 0..255. NaN counts as the minimum.
+    - Transparency (``RGBA``, ``LA``, ``PA``, palette or ``L``/``RGB`` with a transparent colour) is
+      composited on a white background, as a browser shows it on a white page, rather than dropped
+      (dropping shows whatever colour the transparent pixels happen to store, often black).
+    - Everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ...) goes through PIL's ``convert``;
+      embedded ICC profiles are not applied (as in torchvision's loader).
+    Grey images come back with the grey value in all three channels.
+    """
+    mode = img.mode
+    if mode.startswith("I") or mode.startswith("F"):
+        values = np.asarray(img)
+        if mode.startswith("I;16") or mode == "I":
+            grey = (np.clip(values.astype(np.int64), 0, 65535) + 128) // 257
+        else:
+            grey = _float_to_8bit(values.astype(np.float64))
+        return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _float_to_8bit(values: np.ndarray) -> np.ndarray:
+    """Float pixels to 0..255 by the convention their range reveals (see :func:`_to_rgb8`)."""
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    if low >= 0 and high <= 1:
+        scaled = values * 255
+    elif low >= 0 and high <= 255:
+        scaled = values
+    elif low >= 0 and high <= 65535:
+        scaled = values / 257
+    else:  # a constant image out of every range comes back black
+        scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255)
 
 
 def _normalize_extensions(extensions: str | Sequence[str]) -> tuple[str, ...]:
@@ -127,22 +193,155 @@ def index_class_folders(
     """Walk ``image_dir/<folder>/**`` for every folder of ``folder_to_label``, in the dict's order.
 
     Returns ``(files, labels, empty_folders)``: image paths relative to ``relative_to`` (POSIX
-    separators, sorted within each folder), their integer labels, and the folders that held no file
-    with one of ``extensions``.
+    separators, sorted within each folder as torchvision's ``make_dataset`` sorts them), their
+    integer labels, and the folders that held no file with one of ``extensions``.
+
+    Symlinked folders are followed, but every real folder (device, inode) is walked once: a link
+    back to ``image_dir``, to one of its ancestors or to a folder already walked (a symlink loop
+    such as ``cat/loop -> ..``) is not followed again. The whole tree without links is walked
+    before any link, so a file reached under several names (a symlink or hard link to a file
+    already listed) is counted once, under its real name when that is in the tree (else under the
+    first link in walking order). Folders that cannot be listed are logged and left out.
     """
+    image_dir = Path(image_dir).expanduser()
     prefix = os.path.join(str(Path(relative_to).expanduser()), "")
+    folders = list(folder_to_label)
+    walker = _Walker(tuple(e.lower() for e in extensions), image_dir)
+    for position, folder in enumerate(tqdm(folders, desc=desc, unit="class", leave=False)):
+        walker.walk_class(os.path.join(str(image_dir), folder), position)
+    walker.follow_links()
+    found = walker.unique_files()
+    walker.warn_dropped(prefix)
+
     files: list[str] = []
     labels: list[int] = []
-    empty: list[str] = []
-    for folder, label in tqdm(folder_to_label.items(), desc=desc, unit="class", leave=False):
-        found = make_dataset(str(image_dir), {folder: label}, extensions=extensions, allow_empty=True)
-        if not found:
-            empty.append(folder)
-        for path, _ in found:
-            rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, prefix)
-            files.append(Path(rel).as_posix())
-            labels.append(label)
+    for path, position in found:
+        rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, prefix)
+        files.append(Path(rel).as_posix())
+        labels.append(folder_to_label[folders[position]])
+    present = {position for _, position in found}
+    empty = [folder for position, folder in enumerate(folders) if position not in present]
     return files, labels, empty
+
+
+def _show(path: str, prefix: str = "") -> str:
+    """``path`` (relative to ``prefix`` when under it) quoted for a message, whatever bytes its name holds."""
+    rel = path[len(prefix):] if prefix and path.startswith(prefix) else path
+    # quoted by hand: repr() would double the backslash of an escaped byte (\\xff)
+    return "'" + os.fsencode(rel).decode("utf-8", "backslashreplace") + "'"
+
+
+class _Walker:
+    """The file listing of :func:`index_class_folders`: class trees first, then the symlinked folders."""
+
+    def __init__(self, extensions: tuple[str, ...], image_dir: Path) -> None:
+        self.extensions = extensions
+        # A link to the root or above it would list the whole dataset (or disk) again under one class.
+        self.visited: set[tuple[int, int]] = set()
+        for folder in (image_dir, *Path(os.path.abspath(image_dir)).parents, *image_dir.resolve().parents):
+            try:
+                st = folder.stat()
+            except OSError:
+                continue
+            self.visited.add((st.st_dev, st.st_ino))
+        self.links: list[tuple[str, int]] = []  # symlinked folders met, walked after every real tree
+        self.not_followed: list[str] = []
+        self.unlisted: list[str] = []
+        # (class position, folder, file name, identity or None, reached through a link)
+        self.records: list[tuple[int, str, str, tuple[int, int] | None, bool]] = []
+        self.duplicates: list[tuple[str, str]] = []
+
+    def walk_class(self, start: str, label: int) -> None:
+        if os.path.islink(start):
+            self.links.append((start, label))
+        elif os.path.isdir(start):
+            self._walk(start, label, through_link=False)
+
+    def follow_links(self) -> None:
+        while self.links:
+            start, label = self.links.pop(0)
+            self._walk(start, label, through_link=True)
+
+    def _walk(self, start: str, label: int, through_link: bool) -> None:
+        try:
+            st = os.stat(start)
+        except OSError as exc:  # a dangling folder link
+            self.unlisted.append(f"{start} ({exc.strerror or exc})")
+            return
+        if (st.st_dev, st.st_ino) in self.visited:
+            self.not_followed.append(start)
+            return
+        self.visited.add((st.st_dev, st.st_ino))
+        stack = [(start, st.st_dev)]
+        while stack:
+            folder, device = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                self.unlisted.append(f"{folder} ({exc.strerror or exc})")
+                continue
+            subfolders = []
+            for entry in entries:
+                try:
+                    is_link, is_dir = entry.is_symlink(), entry.is_dir()
+                except OSError:
+                    is_link, is_dir = False, False
+                if is_dir and is_link:
+                    self.links.append((entry.path, label))
+                elif is_dir:
+                    try:
+                        sub = entry.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        self.unlisted.append(f"{entry.path} ({exc.strerror or exc})")
+                        continue
+                    if (sub.st_dev, sub.st_ino) not in self.visited:
+                        self.visited.add((sub.st_dev, sub.st_ino))
+                        subfolders.append((entry.path, sub.st_dev))
+                elif entry.name.lower().endswith(self.extensions):
+                    identity: tuple[int, int] | None = (device, entry.inode())
+                    if is_link:
+                        try:
+                            target = entry.stat()
+                            identity = (target.st_dev, target.st_ino)
+                        except OSError:  # dangling: listed, then reported unreadable at extraction
+                            identity = None
+                    self.records.append((label, folder, entry.name, identity, through_link or is_link))
+            stack.extend(reversed(subfolders))
+
+    def unique_files(self) -> list[tuple[str, int]]:
+        """``(path, class position)`` in make_dataset's order (class, folder path, name), each real file once."""
+        self.records.sort(key=lambda r: r[:3])
+        keep: dict[tuple[int, int], int] = {}
+        for i, (_, _, _, identity, through_link) in enumerate(self.records):
+            if identity is None:
+                continue
+            j = keep.get(identity)
+            if j is None or (self.records[j][4] and not through_link):
+                keep[identity] = i
+        chosen = {i for i, r in enumerate(self.records) if r[3] is None or keep[r[3]] == i}
+        out = []
+        for i, (label, folder, name, identity, _) in enumerate(self.records):
+            if i in chosen:
+                out.append((os.path.join(folder, name), label))
+            else:
+                kept = self.records[keep[identity]]
+                self.duplicates.append((os.path.join(folder, name), os.path.join(kept[1], kept[2])))
+        return out
+
+    def warn_dropped(self, prefix: str) -> None:
+        if self.not_followed:
+            logger.warning("%d symlinked folder(s) lead to a folder already listed (a loop or a second link) and "
+                           "were not followed again, e.g. %s", len(self.not_followed),
+                           _show(self.not_followed[0], prefix))
+        if self.duplicates:
+            twin, kept = self.duplicates[0]
+            logger.warning("%d file(s) are a second name (symlink or hard link) of an image already listed and "
+                           "count once, e.g. %s is %s", len(self.duplicates), _show(twin, prefix),
+                           _show(kept, prefix))
+        if self.unlisted:
+            logger.warning("%d folder(s) could not be listed and their images are left out, e.g. %s",
+                           len(self.unlisted), _show(self.unlisted[0], prefix))
 
 
 def read_class_list(path: PathLike) -> dict[str, str]:
@@ -244,16 +443,27 @@ class FileImageDataset(ImageDataset):
     def _set_files(self, files: Sequence[str], labels: Sequence[int]) -> None:
         # Byte-string numpy array rather than a list of str: DataLoader workers forked from this
         # process would otherwise duplicate the list page by page through refcount updates.
-        self._files = np.array([f.encode("utf-8") for f in files], dtype=np.bytes_)
+        # os.fsencode keeps a name's raw bytes, so names that are not valid UTF-8 survive too.
+        self._files = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
         self.targets = np.asarray(labels, dtype=np.int64)
+        undecodable = [i for i, f in enumerate(self._files) if not _is_utf8(f)]
+        if undecodable:
+            logger.warning(
+                "%d file(s) under %s have names that are not valid UTF-8 and are skipped like unreadable "
+                "images (listed in the cache manifest; rename them to UTF-8, e.g. with convmv, to include "
+                "them), e.g. '%s'", len(undecodable), self.root, self.sample_id(undecodable[0]))
 
     def sample_id(self, index: int) -> str:
-        """Path of sample ``index`` relative to ``root``, with ``/`` separators."""
-        return self._files[self._index(index)].decode("utf-8")
+        """Path of sample ``index`` relative to ``root``, with ``/`` separators.
+
+        Bytes of a name that are not valid UTF-8 are written as ``\\xNN``, so every id can go
+        through JSON and CSV; such files are never decoded (see ``_load_image``).
+        """
+        return self._files[self._index(index)].decode("utf-8", "backslashreplace")
 
     def path(self, index: int) -> Path:
-        """Absolute path of the image file of sample ``index``."""
-        return self.root / self.sample_id(index)
+        """Absolute path of the image file of sample ``index`` (its real name, whatever its bytes)."""
+        return self.root / os.fsdecode(self._files[self._index(index)])
 
     def data_files(self) -> Iterator[tuple[str, str]]:
         prefix = os.path.join(str(self.root), "")
@@ -262,7 +472,21 @@ class FileImageDataset(ImageDataset):
             yield rel, prefix + rel
 
     def _load_image(self, i: int) -> Image.Image | None:
-        return _open_rgb(self.root / self._files[i].decode("utf-8"))
+        name = self._files[i]
+        if not _is_utf8(name):
+            # Its id is an escaped spelling that no file has: skipped like a corrupt image, so the
+            # manifest and the leaderboard only ever name files that can be found again.
+            logger.debug("skipping %s: its name is not valid UTF-8", self.sample_id(i))
+            return None
+        return _open_rgb(self.root / name.decode("utf-8"))
+
+
+def _is_utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _FOLDER_LAYOUT = """\
@@ -341,6 +565,13 @@ class ImageFolderDataset(FileImageDataset):
                     f"{_preview(unknown)}; available class folders: {_preview(found)}"
                 )
 
+        undecodable = [c for c in self.classes if not _is_utf8(os.fsencode(c))]
+        if undecodable:
+            # A class name goes into reports and leaderboards: one spelled with stray bytes cannot.
+            raise ValueError(
+                f"class folder {_show(os.path.join(str(image_dir), undecodable[0]))} has a name that is not valid "
+                "UTF-8; rename it to UTF-8 (e.g. with convmv)"
+            )
         files, labels, empty = index_class_folders(
             image_dir,
             {c: k for k, c in enumerate(self.classes)},
