@@ -468,8 +468,8 @@ class FileImageDataset(ImageDataset):
     def data_files(self) -> Iterator[tuple[str, str]]:
         prefix = os.path.join(str(self.root), "")
         for f in self._files:
-            rel = f.decode("utf-8")
-            yield rel, prefix + rel
+            # the escaped spelling names the file in the key; fsdecode keeps its real bytes for the stat
+            yield f.decode("utf-8", "backslashreplace"), prefix + os.fsdecode(f)
 
     def _load_image(self, i: int) -> Image.Image | None:
         name = self._files[i]
