@@ -93,7 +93,8 @@ def extract(backbone, dataset: str, data_root=None, split: str | None = None, ca
     ds_probe = _dataset(dataset, data_root, split, subset=subset)  # fail on bad data before loading weights
     bb = create_backbone(backbone, checkpoint=checkpoint, arch=arch, device="cpu", weights_only=weights_only,
                          momentum_encoder=momentum_encoder, checkpoint_key=checkpoint_key)
-    ds = _dataset(dataset, data_root, split or ds_probe.split, bb.transform, subset)
+    ds = ds_probe  # indexed once: a large folder is not walked (nor its warnings printed) twice
+    ds.transform = bb.transform
     return extract_features(bb, ds, _resolve_cache(cache), batch_size=batch_size, num_workers=num_workers,
                             chunk_size=chunk_size, device=device, views=views, progress=progress,
                             verify_content=verify_content)
