@@ -413,6 +413,8 @@ def _cmd_leaderboard(args):
 
     path = args.csv or default_results_path()
     df = read_leaderboard(path)
+    if df.empty:
+        raise ValueError(f"leaderboard {path} holds no rows yet: `sscb run --results {path}` adds some")
     if args.dataset:
         df = df[df["dataset"] == args.dataset]
         if df.empty:

@@ -60,6 +60,10 @@ OLDER_COLUMNS = [
     _without("silhouette", "protocol_hash", "score", "run_id", "n_init", "kmeans_iter", "max_points_per_centroid",
              "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"),
 ]
+# What one mean ± std is taken over: the configuration and the data it ran on (a cache entry follows the data).
+GROUP_COLUMNS = CONFIG_COLUMNS + ["cache_key"]
+# Columns every row has: a file without them in its header is no leaderboard.
+_REQUIRED = ("backbone", "dataset", "method", "n_clusters", "seed", "acc")
 # Columns that are averaged or grouped on: a value there that is not a number means the row was damaged.
 _NUMERIC = ["n_clusters", "seed", "n_samples", "seconds", *METRICS]
 # strftime("%Y-%m-%dT%H:%M:%S%z"): a last field shorter than this was cut.
@@ -178,7 +182,7 @@ def _frame(rows) -> pd.DataFrame:
     unknown = sorted(set(df.columns) - set(COLUMNS))
     if unknown:
         raise ValueError(f"leaderboard rows have unknown columns {unknown}; known columns: {COLUMNS}")
-    missing = [c for c in ("backbone", "dataset", "method", "n_clusters", "seed", "acc") if c not in df.columns]
+    missing = [c for c in _REQUIRED if c not in df.columns]
     if missing:
         raise ValueError(f"leaderboard rows lack required columns {missing}")
     return df.reindex(columns=COLUMNS)
@@ -268,6 +272,12 @@ def append_rows(path, rows, *, unique_run_ids: bool = False, known_counts: Mappi
     return len(new)
 
 
+def _cut_from(header: list[str], known: list[str]) -> bool:
+    """Whether ``header`` is ``known`` cut off somewhere (inside its last field included)."""
+    n = len(header)
+    return 0 < n <= len(known) and header[:-1] == known[:n - 1] and known[n - 1].startswith(header[-1])
+
+
 def read_leaderboard(path) -> pd.DataFrame:
     """The leaderboard's rows; an empty file is a leaderboard without rows. A row cut short or damaged is
     refused with its line number (it would otherwise be averaged as if it were a real result)."""
@@ -277,14 +287,24 @@ def read_leaderboard(path) -> pd.DataFrame:
     data = path.read_bytes()
     if not data.strip():
         return pd.DataFrame(columns=COLUMNS)
-    _parse(data, path)
+    header, _ = _parse(data, path)
+    if header != COLUMNS and header not in OLDER_COLUMNS:
+        if b"\n" not in data and any(_cut_from(header, known) for known in [COLUMNS, *OLDER_COLUMNS]):
+            raise LeaderboardFileError(f"leaderboard {path} ends inside its header line (cut short: a full disk, an "
+                                       f"interrupted copy), so it holds no rows; restore it from a copy")
+        raise LeaderboardFileError(
+            f"{path} is not a leaderboard written by sscb (its header starts {','.join(header[:4])!r}); pass the "
+            f"leaderboard CSV that sscb run wrote")
     # a run id is 16 hex digits, which pandas would read as a number when they happen to look like one ("12e4...")
     return pd.read_csv(io.BytesIO(data), dtype={"run_id": str})
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of every metric, one row per configuration (sorted best ACC first)."""
-    keys = [c for c in CONFIG_COLUMNS if c in df.columns]
+    """Mean and std over seeds of every metric, one row per configuration (sorted best ACC first).
+
+    A configuration includes its cache entry (``cache_key``): rows made on other data under the same dataset
+    name (images rewritten between two runs, another folder) are never averaged together."""
+    keys = [c for c in GROUP_COLUMNS if c in df.columns]
     metrics = [m for m in METRICS if m in df.columns and df[m].notna().any()]
     grouped = df.groupby(keys, sort=False, dropna=False)
     agg = grouped[metrics].agg(["mean", "std"])
@@ -340,6 +360,10 @@ def to_markdown(agg: pd.DataFrame, columns=("backbone", "dataset", "split", "met
     those metrics then also show their interval in brackets.
     """
     out = pd.DataFrame({c: agg[c] for c in columns if c in agg.columns})
+    if "cache_key" in agg.columns and "cache_key" not in out.columns and len(out.columns) and \
+            out.duplicated(keep=False).any():
+        # the same configuration on different data (e.g. images rewritten between runs): say which entry
+        out["cache entry"] = agg["cache_key"]
     marks = mark_best(agg) if mark else None
     style = {"best": "**{}**", "within": "*{}*", "": "{}"}
     for m in METRICS:

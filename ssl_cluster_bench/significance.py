@@ -223,9 +223,9 @@ def leaderboard_intervals(df, results_csv, cache=None, metrics=("acc", "nmi"), *
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .leaderboard import CONFIG_COLUMNS, aggregate
+    from .leaderboard import GROUP_COLUMNS, aggregate
 
-    keys = [c for c in CONFIG_COLUMNS if c in df.columns]
+    keys = [c for c in GROUP_COLUMNS if c in df.columns]
     agg = aggregate(df)
     entries: dict = {}
     out = pd.DataFrame(index=agg.index, columns=[f"{m}_{s}" for m in metrics for s in ("low", "high")],

@@ -235,3 +235,37 @@ def test_two_identical_runs_started_together_store_each_run_once(tmp_path, digit
     # between them the two runs appended the two rows: each says how many it added
     appended = [int(out.split(" rows appended")[0].split()[-1]) for out, _ in outs]
     assert sum(appended) == 2, outs
+
+
+def test_reading_a_foreign_or_header_cut_csv_is_one_clear_error(tmp_path, capsys):
+    foreign = tmp_path / "notes.csv"
+    foreign.write_text("id,agent\n007,bond\n")
+    with pytest.raises(LeaderboardFileError, match="not a leaderboard written by sscb"):
+        read_leaderboard(foreign)
+    board = tmp_path / "board.csv"
+    append_rows(board, _rows())
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes(board.read_bytes()[:150])  # inside the header line: no row survives
+    assert b"\n" not in cut.read_bytes()
+    with pytest.raises(LeaderboardFileError, match="ends inside its header line"):
+        read_leaderboard(cut)
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    assert main(["leaderboard", str(empty)]) == 1
+    assert "holds no rows yet" in capsys.readouterr().err
+
+
+def test_rows_of_one_configuration_on_different_data_are_never_averaged(tmp_path):
+    from ssl_cluster_bench.leaderboard import aggregate, to_markdown
+
+    board = tmp_path / "board.csv"
+    old = [{**r, "cache_key": "b--imgs--all--aaaaaaaaaaaa", "acc": 0.9} for r in _rows()]
+    new = [{**r, "cache_key": "b--imgs--all--bbbbbbbbbbbb", "acc": 0.5} for r in _rows()]
+    append_rows(board, old + new)
+    agg = aggregate(read_leaderboard(board))
+    assert sorted(agg["acc_mean"]) == pytest.approx([0.5, 0.9])  # two configurations, not one 0.7 ± 0.22
+    assert list(agg["acc_std"]) == pytest.approx([0.0, 0.0])
+    table = to_markdown(agg)
+    assert "cache entry" in table and "aaaaaaaaaaaa" in table and "bbbbbbbbbbbb" in table
+    # one entry per configuration: no extra column
+    assert "cache entry" not in to_markdown(aggregate(read_leaderboard(board).iloc[:3]))
