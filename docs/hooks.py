@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from pathlib import Path
+
+# document the parser of this checkout, whatever ssl_cluster_bench an environment has installed
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 MARKER = "<!-- CLI-REFERENCE -->"
 # schema blocks taken from module docstrings: marker -> (module, the line that introduces the block, language)
