@@ -90,12 +90,12 @@ def cli_markdown(parser: argparse.ArgumentParser | None = None) -> str:
         from ssl_cluster_bench.cli import build_parser
 
         parser = build_parser()
-    lines = ["## Global options", "", "```", parser.format_usage().strip(), "```", ""]
+    lines = ["### Global options", "", "```", parser.format_usage().strip(), "```", ""]
     if parser.description:
         lines += [_escape(parser.description), ""]
     lines += _actions_markdown(parser) + [""]
     subs = subcommands(parser)
-    lines += ["## Subcommands", ""]
+    lines += ["### Subcommands", ""]
     lines += [f"- [`{parser.prog} {name}`](#sscb-{name}): {_escape(help_)}" for name, help_, _ in subs] + [""]
     for name, help_, sub in subs:
         lines += [f"### `{parser.prog} {name}` {{#sscb-{name}}}", ""]

@@ -49,7 +49,7 @@ def test_cli_reference_names_every_subcommand_and_option():
     names = [name for name, _, _ in subs]
     sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert names == list(sub_action.choices) and len(names) >= 10
-    sections = re.split(r"^### ", text, flags=re.M)
+    sections = re.split(r"^### (?=`sscb )", text, flags=re.M)
     by_name = {}
     for section in sections[1:]:
         by_name[re.match(r"`sscb ([\w-]+)`", section).group(1)] = section
