@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -664,6 +665,11 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     handlers = _stop_on_signals()
+    # -q: no bar at all, also the dataset indexing's, which takes no progress flag (datasets are built deep inside
+    # every command); restored on the way out, as main() may be called in-process
+    quiet_before = os.environ.get("SSCB_QUIET")
+    if args.quiet:
+        os.environ["SSCB_QUIET"] = "1"
     try:
         rc = COMMANDS[args.command](args)
     except KeyboardInterrupt as e:
@@ -691,6 +697,11 @@ def main(argv=None) -> int:
         return 1
     finally:
         _restore_signals(handlers)
+        if args.quiet:
+            if quiet_before is None:
+                os.environ.pop("SSCB_QUIET", None)
+            else:
+                os.environ["SSCB_QUIET"] = quiet_before
     return rc or 0
 
 

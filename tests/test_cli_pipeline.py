@@ -1,5 +1,6 @@
 """The CLI end to end on real extraction paths: a new SSL checkpoint, an ImageNet class subset, the default."""
 
+import os
 import numpy as np
 import timm
 import torch
@@ -139,3 +140,18 @@ def test_cached_augmented_views_reach_the_heads(tmp_path, monkeypatch):
     views = _augmented_views(plain)
     assert views is not None and views.shape == (2, 1797, 64)
     assert not np.array_equal(np.asarray(views[0]), np.asarray(plain.features))
+
+
+def test_quiet_prints_no_progress_bar_not_even_the_folder_indexing(tmp_path, capsys, monkeypatch):
+    from fakes import write_image_tree
+
+    root = write_image_tree(tmp_path)
+    monkeypatch.delenv("SSCB_QUIET", raising=False)
+    args = ["extract", "--backbone", "pixels", "--dataset", "imagefolder", "--data-root", str(root),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    assert "indexing" in capsys.readouterr().err  # the bar is there without -q ...
+    assert main(["-q", *args]) == 0
+    err = capsys.readouterr().err
+    assert "indexing" not in err and "it/s" not in err and "img/s" not in err  # ... and gone with it
+    assert "SSCB_QUIET" not in os.environ  # restored for whatever runs next in this process

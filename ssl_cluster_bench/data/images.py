@@ -207,7 +207,9 @@ def index_class_folders(
     prefix = os.path.join(str(Path(relative_to).expanduser()), "")
     folders = list(folder_to_label)
     walker = _Walker(tuple(e.lower() for e in extensions), image_dir)
-    for position, folder in enumerate(tqdm(folders, desc=desc, unit="class", leave=False)):
+    # datasets are built deep inside every command with no progress flag: `sscb -q` says so through SSCB_QUIET
+    quiet = os.environ.get("SSCB_QUIET") == "1"
+    for position, folder in enumerate(tqdm(folders, desc=desc, unit="class", leave=False, disable=quiet)):
         walker.walk_class(os.path.join(str(image_dir), folder), position)
     walker.follow_links()
     found = walker.unique_files()
