@@ -4,7 +4,7 @@ Entry points:
     append_rows(path, rows) -> int        add rows; existing rows are never modified or lost
     check_appendable(path)                 raise unless ``path`` is missing, empty or a whole leaderboard we may write
     read_leaderboard(path) -> DataFrame
-    aggregate(df) -> DataFrame            mean ± std over seeds, computed from the rows
+    aggregate(df) -> DataFrame            mean ± std over seeds, computed from the rows (one per run id)
     to_markdown(agg) -> str                 best mean in bold, rows within one std of it in italics
 
 The file is guarded (see :func:`check_appendable`): rows are only added to a file whose header is a column set
@@ -31,7 +31,7 @@ import pandas as pd
 
 from .safeio import write_error
 
-__all__ = ["COLUMNS", "METRICS", "OLDER_COLUMNS", "LeaderboardFileError", "aggregate", "append_rows",
+__all__ = ["COLUMNS", "METRICS", "OLDER_COLUMNS", "LeaderboardFileError", "aggregate", "append_rows", "latest_runs",
            "check_appendable", "default_results_path", "lock_path", "mark_best", "read_leaderboard", "to_markdown"]
 
 # Identity of a configuration: rows sharing all of these differ only by seed.
@@ -299,11 +299,22 @@ def read_leaderboard(path) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data), dtype={"run_id": str})
 
 
+def latest_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with one row per run id, the last one written: a run repeated (a committed leaderboard re-run on a
+    fresh clone, where its assignments are missing; ``--rerun``) is the same run, so it must not count as two
+    seeds in a standard deviation. Rows without a run id are all kept."""
+    if "run_id" not in df.columns:
+        return df
+    repeated = df["run_id"].notna() & df["run_id"].duplicated(keep="last")
+    return df[~repeated] if repeated.any() else df
+
+
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds of every metric, one row per configuration (sorted best ACC first).
 
     A configuration includes its cache entry (``cache_key``): rows made on other data under the same dataset
     name (images rewritten between two runs, another folder) are never averaged together."""
+    df = latest_runs(df)
     keys = [c for c in GROUP_COLUMNS if c in df.columns]
     metrics = [m for m in METRICS if m in df.columns and df[m].notna().any()]
     grouped = df.groupby(keys, sort=False, dropna=False)

@@ -260,7 +260,9 @@ def test_rows_of_one_configuration_on_different_data_are_never_averaged(tmp_path
 
     board = tmp_path / "board.csv"
     old = [{**r, "cache_key": "b--imgs--all--aaaaaaaaaaaa", "acc": 0.9} for r in _rows()]
-    new = [{**r, "cache_key": "b--imgs--all--bbbbbbbbbbbb", "acc": 0.5} for r in _rows()]
+    # a run id names its cache entry, so runs on the new data have their own
+    new = [{**r, "cache_key": "b--imgs--all--bbbbbbbbbbbb", "acc": 0.5, "run_id": "b" + r["run_id"][1:]}
+           for r in _rows()]
     append_rows(board, old + new)
     agg = aggregate(read_leaderboard(board))
     assert sorted(agg["acc_mean"]) == pytest.approx([0.5, 0.9])  # two configurations, not one 0.7 ± 0.22
@@ -269,3 +271,18 @@ def test_rows_of_one_configuration_on_different_data_are_never_averaged(tmp_path
     assert "cache entry" in table and "aaaaaaaaaaaa" in table and "bbbbbbbbbbbb" in table
     # one entry per configuration: no extra column
     assert "cache entry" not in to_markdown(aggregate(read_leaderboard(board).iloc[:3]))
+
+
+def test_a_run_stored_twice_counts_once_in_the_mean_and_std(tmp_path):
+    """A committed leaderboard re-run on a fresh clone (no assignments there) stores each run id again: the
+    repeat is the same run, not another seed, so the std must be that of the distinct runs."""
+    from ssl_cluster_bench.leaderboard import aggregate
+
+    board = tmp_path / "board.csv"
+    rows = _rows(seeds=(0, 1, 2))  # acc 0.5, 0.6, 0.7: std 0.1
+    append_rows(board, rows)
+    append_rows(board, [{**r, "acc": r["acc"] + 0.001} for r in rows])  # the re-run, written last
+    agg = aggregate(read_leaderboard(board))
+    assert len(agg) == 1 and agg.loc[0, "n_seeds"] == 3
+    assert agg.loc[0, "acc_mean"] == pytest.approx(0.601)  # the last copy of each run
+    assert agg.loc[0, "acc_std"] == pytest.approx(0.1)  # over 6 rows with duplicates it would be 0.089
