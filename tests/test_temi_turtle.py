@@ -269,6 +269,23 @@ def test_turtle_defaults_reach_the_official_labelling_in_two_wide_spaces():
     np.testing.assert_allclose(est.inner_lr_, [0.75 / np.abs(z).sum(1).mean() for z in seen], rtol=1e-4)
 
 
+def test_official_heads_benchmark_refuses_a_folder_without_the_official_code(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "official_heads.py"), "--turtle-repo",
+                           str(tmp_path), "--scratch", str(tmp_path / "scratch"), "--emit-reference"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"--turtle-repo {tmp_path}: no run_turtle.py there; pass a checkout of github.com/mlbio-epfl/turtle"]
+    assert not (tmp_path / "scratch").exists()  # nothing copied, nothing written
+
+
 # ----------------------------------------------------------------------------- registry, joint runs, row scores
 def test_registry_has_temi_and_turtle_and_explains_unknown_names():
     assert {"temi", "turtle"} <= set(list_methods())
