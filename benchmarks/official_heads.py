@@ -17,7 +17,9 @@ fashion-pixels+lite0 (the joint space). For each set and head: ``--seeds`` seeds
 ours, mean ± std of ACC / NMI / ARI and wall seconds; ours/official ratios; for TURTLE the loss-equality check
 (5 outer steps of both from identical weights, classifiers and batches on our standardised features: largest
 |Δ loss| and |Δ weight|). ``--steps`` gives both the same number of outer steps T (default: each its own
-default, official T = 6000, ours "auto"). Rows are written to ``--csv`` after every run, and a re-run with the
+default, official T = 6000, ours "auto"). ``--official-input standardised`` runs only the official code, fed
+the features as our TURTLE sees them (centred, one RMS scale per space): rows "official-std", which separate
+the preprocessing from the other differences. Rows are written to ``--csv`` after every run, and a re-run with the
 same ``--csv`` skips the runs already there. Heads are one function each (``HEADS``): ``turtle`` here; another
 head adds its own ``run_<head>`` and ``equality_<head>``.
 """
@@ -191,10 +193,19 @@ def equality_turtle(code: Path, scratch: Path, spaces: list[np.ndarray], labels:
                                          for a, b in zip(ours, theirs)))}
 
 
-def run_turtle(code: Path, scratch: Path, spaces, labels, k: int, seed: int, steps: int | None) -> list[dict]:
-    """One seed of the official TURTLE and of ours (library defaults) on the same raw features."""
+def run_turtle(code: Path, scratch: Path, spaces, labels, k: int, seed: int, steps: int | None,
+               official_input: str = "raw") -> list[dict]:
+    """One seed of the official TURTLE and of ours (library defaults) on the same cached features. The official
+    code gets them raw (as it is meant to be used), or with official_input="standardised" as our TURTLE sees
+    them (row "official-std": the official code with our preprocessing, to separate its effect)."""
     from ssl_cluster_bench.heads.turtle import TURTLE
 
+    rows = []
+    if official_input == "standardised":
+        seen = standardised(spaces)
+        official = run_official_turtle(code, scratch / "run", seen, labels, k, seed, steps)
+        return [{"impl": "official-std", "wall_s": official["wall"],
+                 **evaluate(labels, official_turtle_labels(official["layers"], seen))}]
     official = run_official_turtle(code, scratch / "run", spaces, labels, k, seed, steps)
     rows = [{"impl": "official", "wall_s": official["wall"],
              **evaluate(labels, official_turtle_labels(official["layers"], spaces))}]
@@ -249,18 +260,21 @@ def emit_reference(code: Path, scratch: Path) -> None:
 # ----------------------------------------------------------------------------- table
 def summary(rows: pd.DataFrame, checks: dict) -> str:
     """One markdown table: mean ± std per head × set × implementation, the ours/official ratios of mean ACC and
-    mean wall time, and the equality check."""
-    lines = ["| head | features | T | seeds | official ACC | ours ACC | ACC ratio | official NMI | ours NMI | "
-             "official wall s | ours wall s | time ratio | max Δloss / ΔW (5 steps) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    mean wall time, and the equality check; the ratios are ours / official on raw input."""
+    lines = ["| head | features | T | seeds | official ACC | official ACC, standardised input (seeds) | ours ACC | "
+             "ACC ratio | official NMI | ours NMI | official wall s | ours wall s | time ratio | "
+             "max Δloss / ΔW (5 steps) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (head, name, steps), group in rows.groupby(["head", "set", "steps"], sort=False):
         stat = {impl: g for impl, g in group.groupby("impl")}
-        if set(stat) != {"official", "ours"}:
+        if not {"official", "ours"} <= set(stat):
             continue
         o, u = stat["official"], stat["ours"]
         fmt = lambda s: f"{s.mean():.3f} ± {s.std(ddof=1) if len(s) > 1 else 0:.3f}"  # noqa: E731
+        std = stat.get("official-std")
         check = checks.get((head, name))
-        lines.append(f"| {head} | {name} | {steps} | {len(u)} | {fmt(o['acc'])} | {fmt(u['acc'])} | "
+        lines.append(f"| {head} | {name} | {steps} | {len(u)} | {fmt(o['acc'])} | "
+                     f"{fmt(std['acc']) + f' ({len(std)})' if std is not None else '–'} | {fmt(u['acc'])} | "
                      f"{u['acc'].mean() / o['acc'].mean():.3f} | {fmt(o['nmi'])} | {fmt(u['nmi'])} | "
                      f"{o['wall_s'].mean():.0f} | {u['wall_s'].mean():.0f} | "
                      f"{u['wall_s'].mean() / o['wall_s'].mean():.2f} | "
@@ -280,6 +294,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--csv", type=Path, default=None, help="per-run rows, written after every run; resumes")
     parser.add_argument("--scratch", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--no-check", action="store_true", help="skip the loss-equality check")
+    parser.add_argument("--official-input", choices=("raw", "standardised"), default="raw",
+                        help="standardised: only run the official code, on our standardised features")
     parser.add_argument("--emit-reference", action="store_true", help="print the numbers of the tests and stop")
     args = parser.parse_args(argv)
     args.heads = [h.strip() for h in args.heads.split(",") if h.strip()]
@@ -320,10 +336,11 @@ def main(argv=None) -> int:
                 checks[(head, name)] = equality(code, scratch, spaces, labels, k)
                 print(f"{head} {name}: equality over {EQUALITY_STEPS} steps {checks[(head, name)]}", flush=True)
             for seed in range(args.seeds):
+                impls = {"official-std"} if args.official_input == "standardised" else {"official", "ours"}
                 if any(r["head"] == head and r["set"] == name and r["seed"] == seed and str(r["steps"]) == steps_label
-                       for r in rows):
+                       and r["impl"] in impls for r in rows):
                     continue
-                for row in run_head(code, scratch, spaces, labels, k, seed, args.steps):
+                for row in run_head(code, scratch, spaces, labels, k, seed, args.steps, args.official_input):
                     rows.append({"head": head, "set": name, "steps": steps_label, "seed": seed, **row})
                     print(f"{head} {name} T={steps_label} seed {seed} {row['impl']}: ACC {row['acc']:.3f} "
                           f"NMI {row['nmi']:.3f} ({row['wall_s']:.0f} s)", flush=True)
