@@ -319,13 +319,24 @@ def main(argv=None) -> int:
     if scratch.resolve().is_relative_to(repo_root):
         raise SystemExit(f"--scratch {scratch}: must lie outside this repository (the official code is never "
                          "copied into it)")
+    try:
+        return _run(args, scratch)
+    finally:
+        if args.scratch is None:  # our own temporary folder: the copied official code and the written features
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, scratch: Path) -> int:
     code = turtle_scratch(args.turtle_repo.resolve(), scratch) if "turtle" in args.heads else None
     if args.emit_reference:
         emit_reference(code, scratch)
         return 0
     done = pd.read_csv(args.csv) if args.csv and args.csv.is_file() else pd.DataFrame()
     rows = done.to_dict("records")
-    checks = {}
+    # Equality checks are kept beside the CSV, so a resumed run (--no-check) still shows them in its table.
+    checks_file = args.csv.with_name(f"{args.csv.stem}.checks.json") if args.csv else None
+    checks = {tuple(key.split("/")): value for key, value in
+              (json.loads(checks_file.read_text()) if checks_file and checks_file.is_file() else {}).items()}
     steps_label = "default" if args.steps is None else str(args.steps)
     for head in args.heads:
         run_head, equality = HEADS[head]
@@ -335,6 +346,8 @@ def main(argv=None) -> int:
             if not args.no_check:
                 checks[(head, name)] = equality(code, scratch, spaces, labels, k)
                 print(f"{head} {name}: equality over {EQUALITY_STEPS} steps {checks[(head, name)]}", flush=True)
+                if checks_file:
+                    checks_file.write_text(json.dumps({"/".join(key): v for key, v in checks.items()}, indent=1))
             for seed in range(args.seeds):
                 impls = {"official-std"} if args.official_input == "standardised" else {"official", "ours"}
                 if any(r["head"] == head and r["set"] == name and r["seed"] == seed and str(r["steps"]) == steps_label
