@@ -269,6 +269,15 @@ def test_turtle_defaults_reach_the_official_labelling_in_two_wide_spaces():
     np.testing.assert_allclose(est.inner_lr_, [0.75 / np.abs(z).sum(1).mean() for z in seen], rtol=1e-4)
 
 
+def test_turtle_inner_lr_is_a_positive_number_or_auto():
+    a, b, _ = _two_blob_spaces()
+    for bad in ("fast", "1e-3", -1e-3):
+        with pytest.raises(ValueError, match="inner_lr must be"):
+            TURTLE(2, inner_lr=bad, verbose=False, device="cpu").fit([a, b])
+    est = TURTLE(2, inner_lr=5e-3, n_steps=2, score_folds=2, verbose=False, device="cpu").fit([a, b])
+    assert est.inner_lr_.tolist() == [5e-3, 5e-3]
+
+
 def test_official_heads_benchmark_refuses_a_folder_without_the_official_code(tmp_path):
     import os
     import subprocess

@@ -276,12 +276,12 @@ class TURTLE(HeadEstimator):
         self.verbose = verbose
 
     def _check_params(self) -> None:
+        if isinstance(self.inner_lr, str) and self.inner_lr != "auto":
+            raise ValueError(f"inner_lr must be a positive number or 'auto', got {self.inner_lr!r}")
         self._check_common_params({"inner_steps": self.inner_steps, "batch_size": self.batch_size},
                                   nonneg_reals={"gamma": self.gamma},
                                   pos_reals={"lr": self.lr, **({} if self.inner_lr == "auto"
                                                                 else {"inner_lr": self.inner_lr})})
-        if isinstance(self.inner_lr, str) and self.inner_lr != "auto":
-            raise ValueError(f"inner_lr must be a positive number or 'auto', got {self.inner_lr!r}")
         if self.n_steps != "auto" and (not is_int(self.n_steps) or self.n_steps < 1):
             raise ValueError(f"n_steps must be a positive integer or 'auto', got {self.n_steps!r}")
         if not is_int(self.score_folds) or self.score_folds < 2:
