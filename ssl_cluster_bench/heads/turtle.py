@@ -32,7 +32,9 @@ Differences from the official code (github.com/mlbio-epfl/turtle, run_turtle.py 
   up to lr·‖z‖₁: a fixed lr is too small for short rows (digits pixels, ‖z‖₁ = 46: 1e-3 gives 0.71 ACC) and too
   large for long ones (Fashion-MNIST EfficientNet-Lite0, ‖z‖₁ = 751: 1e-2 gives 0.43-0.59). 0.75 was chosen by the
   label-free generalisation score over digits pixels, digits random-resnet18 and Fashion-MNIST Lite0 (table in
-  benchmarks/README.md); it gives exactly the official 1e-3 on Fashion-MNIST Lite0.
+  benchmarks/README.md); it gives exactly the official 1e-3 on Fashion-MNIST Lite0. Open: on the joint
+  Fashion-MNIST pixels + Lite0 space the score prefers the old fixed 1e-2 (0.928 against 0.893; ACC 0.724
+  against 0.577), so c for joint spaces should be chosen over joint spaces too.
 - Initialisation: the same distributions (torch.nn.Linear's U(±1/√d) for encoder and classifiers; the encoder
   weight-normalised, g = ‖v‖ per cluster row, via torch.nn.utils.parametrizations.weight_norm where the official
   code uses the deprecated nn.utils.weight_norm), drawn from the estimator's own generator instead of the global
