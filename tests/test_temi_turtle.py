@@ -191,6 +191,110 @@ def test_turtle_save_load_predict_and_refuses_misaligned_spaces(tmp_path):
         loaded.predict([a])
 
 
+# ----------------------------------------------------------------------------- TURTLE against the official code
+# Printed by `python benchmarks/official_heads.py --turtle-repo <checkout of github.com/mlbio-epfl/turtle>
+# --emit-reference` (its run_turtle.py at commit 4674efa, torch 2.14, CPU, seed 0): the outer losses
+# (prediction error − γ · entropy) of its first 3 steps on _reference_problem() and its encoder after them
+# (weight norm folded in), with its defaults otherwise (inner and outer lr 1e-3, M = 10, γ = 10, cold start).
+OFFICIAL_LOSSES = [-17.0750504, -17.5515327, -17.9203472]
+OFFICIAL_W = [[[-0.00075673, 0.26922005, -0.41144994, -0.3623444],
+               [-0.19449063, 0.13612442, -0.0125479, 0.39125642],
+               [-0.04746171, 0.1318758, -0.15188755, -0.1029489]],
+              [[0.01257429, 0.16337341, 0.24090937, -0.27236882, -0.17954487, 0.15002386],
+               [0.3405985, -0.08553033, 0.30614483, -0.06864035, 0.04042634, 0.37184113],
+               [-0.37928802, -0.25506574, -0.10122176, -0.16234504, 0.35338977, -0.26704177]]]
+OFFICIAL_B = [[-0.4806522, -0.3281396, -0.20335408], [-0.19091049, -0.28222284, -0.38267905]]
+
+
+def _reference_problem():
+    """benchmarks/official_heads.py reference_problem(): 3 clusters, 60 rows, spaces of 4 and 6 dims."""
+    gen = torch.Generator().manual_seed(20)
+    y = torch.arange(60) % 3
+    a = torch.randn(3, 4, generator=gen)[y] * 2 + torch.randn(60, 4, generator=gen)
+    b = torch.randn(3, 6, generator=gen)[y] * 2 + torch.randn(60, 6, generator=gen)
+    return [a, b]
+
+
+def test_turtle_steps_equal_the_official_update():
+    # Replay the official draws: seed torch and numpy, encoder layers as torch.nn.Linear (then weight norm),
+    # one discarded set of classifiers, then per step a batch from np.random.choice and fresh classifiers.
+    spaces, k, dims = _reference_problem(), 3, [4, 6]
+    torch.manual_seed(0)
+    np.random.seed(0)
+    starts = [torch.nn.Linear(d, k) for d in dims]
+    state = torch.get_rng_state()
+    encoder = TaskEncoder(dims, k, generator=torch.Generator())
+    torch.set_rng_state(state)
+    with torch.no_grad():
+        for layer, start in zip(encoder.layers, starts):
+            layer.weight = start.weight.detach().clone()
+            layer.bias.copy_(start.bias)
+    opt = torch.optim.Adam(encoder.parameters(), lr=1e-3)
+    [torch.nn.Linear(d, k) for d in dims]
+    losses = []
+    for _ in range(3):
+        idx = torch.from_numpy(np.random.choice(60, size=60, replace=False))
+        inner = [torch.nn.Linear(d, k) for d in dims]
+        error, entropy = turtle_step(encoder, opt, [z[idx] for z in spaces], gamma=10.0, inner_steps=10,
+                                     inner_lr=1e-3, classifiers=[[c.weight.detach().T, c.bias.detach()] for c in inner])
+        losses.append(error - 10.0 * entropy)
+    np.testing.assert_allclose(losses, OFFICIAL_LOSSES, rtol=0, atol=1e-5)
+    for layer, w, b in zip(encoder.layers, OFFICIAL_W, OFFICIAL_B):
+        np.testing.assert_allclose(layer.weight.detach().numpy(), w, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(layer.bias.detach().numpy(), b, rtol=0, atol=1e-6)
+
+
+# The official defaults' labels (T = 6000, seed 0, raw features) on _regression_problem(), printed by the same
+# --emit-reference run: the list it printed is [0, 2, 1] repeated 30 times (the true partition).
+OFFICIAL_LABELS = [0, 2, 1] * 30
+
+
+def _regression_problem():
+    """benchmarks/official_heads.py regression_problem(): 3 clusters, 90 rows, spaces of 384 and 512 dims."""
+    gen = torch.Generator().manual_seed(21)
+    y = torch.arange(90) % 3
+    return [(torch.randn(3, d, generator=gen)[y] * 0.3 + torch.randn(90, d, generator=gen)).numpy()
+            for d in (384, 512)]
+
+
+def test_turtle_defaults_reach_the_official_labelling_in_two_wide_spaces():
+    # More dims than rows: a fixed inner lr of 1e-2 (the old default) overshoots here (ACC 0.867 for seed 0, at
+    # T = 300 and at the default 1,000); "auto" scales it by the rows' L1 norm. T = 300 and 3 score folds keep the
+    # test short (about 1.5 CPU s); the default T = 1,000 reaches the same labelling.
+    spaces = _regression_problem()
+    est = TURTLE(3, n_steps=300, score_folds=3, random_state=0, verbose=False, device="cpu").fit(spaces)
+    assert cluster_accuracy(np.array(OFFICIAL_LABELS), est.labels_) == 1.0
+    # "auto": 0.75 over the mean L1 norm of the rows as the encoder sees them (centred, one RMS scale).
+    seen = [(z - z.mean(0)) / np.sqrt(z.var(0).mean()) for z in spaces]
+    np.testing.assert_allclose(est.inner_lr_, [0.75 / np.abs(z).sum(1).mean() for z in seen], rtol=1e-4)
+
+
+def test_turtle_inner_lr_is_a_positive_number_or_auto():
+    a, b, _ = _two_blob_spaces()
+    for bad in ("fast", "1e-3", -1e-3):
+        with pytest.raises(ValueError, match="inner_lr must be"):
+            TURTLE(2, inner_lr=bad, verbose=False, device="cpu").fit([a, b])
+    est = TURTLE(2, inner_lr=5e-3, n_steps=2, score_folds=2, verbose=False, device="cpu").fit([a, b])
+    assert est.inner_lr_.tolist() == [5e-3, 5e-3]
+
+
+def test_official_heads_benchmark_refuses_a_folder_without_the_official_code(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "official_heads.py"), "--turtle-repo",
+                           str(tmp_path), "--scratch", str(tmp_path / "scratch"), "--emit-reference"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"--turtle-repo {tmp_path}: no run_turtle.py there; pass a checkout of github.com/mlbio-epfl/turtle"]
+    assert not (tmp_path / "scratch").exists()  # nothing copied, nothing written
+
+
 # ----------------------------------------------------------------------------- registry, joint runs, row scores
 def test_registry_has_temi_and_turtle_and_explains_unknown_names():
     assert {"temi", "turtle"} <= set(list_methods())
