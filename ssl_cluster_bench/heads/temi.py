@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .base import HeadEstimator
-from .common import EPS, Rows, check_neighbors, softmax
+from .common import Rows, check_neighbors, softmax
 from .neighbors import mine_neighbors
 
 __all__ = ["TEMI", "TEMIHeads", "temi_loss", "update_prior"]
@@ -68,11 +68,14 @@ def temi_loss(student_x: torch.Tensor, student_n: torch.Tensor, teacher_x: torch
                          f"got {tuple(prior.shape)}")
     teacher_x, teacher_n = teacher_x.detach(), teacher_n.detach()
     weight = (teacher_x * teacher_n).sum(dim=-1).mean(dim=0)
-    inv_prior = 1.0 / prior.detach().clamp_min(EPS)[:, None, :]
+    # Floors at the smallest normal number only guard against 0 (x^β has an infinite slope at 0, and p̄ can
+    # underflow); any larger floor changes the loss: EPS-sized ones capped a strongly disagreeing pair's loss
+    # at -log EPS and made it differ from the official code by up to 0.2 on random tables.
+    tiny = torch.finfo(student_x.dtype).tiny
+    inv_prior = 1.0 / prior.detach().clamp_min(tiny)[:, None, :]
 
     def pmi(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # The floor keeps the gradient of x^β finite where a product underflows to 0.
-        return -torch.log((((s * t).clamp_min(EPS * EPS) ** beta) * inv_prior).sum(dim=-1).clamp_min(EPS))
+        return -torch.log((((s * t).clamp_min(tiny) ** beta) * inv_prior).sum(dim=-1))
 
     per_pair = (pmi(student_x, teacher_n) + pmi(student_n, teacher_x)) / 2
     return (weight * per_pair).mean(dim=-1), weight
