@@ -73,7 +73,7 @@ def test_temi_loss_and_prior_equal_the_official_numbers():
 def test_official_temi_rejects_a_folder_that_is_not_the_official_checkout(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH.parent), str(BENCH)])}
     done = subprocess.run([sys.executable, str(BENCH / "official_temi.py"), "--official", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"--official {tmp_path}" in lines[0] and "git" in lines[0], done.stderr
