@@ -109,10 +109,10 @@ class _Embeddings(torch.utils.data.Dataset):
 
 
 def official_args(mods, n_clusters: int, seed: int, batch: int, epochs: int, out_dir: Path, knn_path: Path,
-                  embed_norm: bool) -> argparse.Namespace:
+                  embed_norm: bool, lr: float = 1e-4) -> argparse.Namespace:
     """The README's precomputed-embedding TEMI command, with our batch size, epochs and paths."""
     argv = ["--precomputed", "--disable_ddp", "--arch", "ours", f"--batch_size={batch}", "--use_fp16=false",
-            "--max_momentum_teacher=0.996", "--lr=1e-4", "--warmup_epochs=20", "--min_lr=1e-4",
+            "--max_momentum_teacher=0.996", f"--lr={lr}", "--warmup_epochs=20", f"--min_lr={lr}",
             f"--epochs={epochs}", "--output_dir", str(out_dir), "--dataset", "CIFAR10", "--knn=50",
             f"--out_dim={n_clusters}", "--num_heads=16", "--loss", "TEMI", "--loss-args", "beta=0.6",
             f"--seed={seed}", "--num_workers=0", "--knn_path", str(knn_path), "--saveckp_freq=0"]
@@ -131,13 +131,13 @@ def warmup_epochs(epochs: int) -> int:
 
 
 def official_fit(mods, features: np.ndarray, neighbors: np.ndarray, n_clusters: int, seed: int, batch: int,
-                 epochs: int, embed_norm: bool = False, log: Path | None = None) -> np.ndarray:
+                 epochs: int, embed_norm: bool = False, log: Path | None = None, lr: float = 1e-4) -> np.ndarray:
     """Train with the official ``train_dino`` and return the last teacher's best-head clusters of every row."""
     with tempfile.TemporaryDirectory(prefix="temi_official_") as scratch:
         scratch = Path(scratch)
         knn_path = scratch / "knn.pt"
         torch.save(torch.from_numpy(neighbors.astype(np.int64)), knn_path)
-        args = official_args(mods, n_clusters, seed, batch, epochs, scratch / "run", knn_path, embed_norm)
+        args = official_args(mods, n_clusters, seed, batch, epochs, scratch / "run", knn_path, embed_norm, lr)
         (scratch / "run").mkdir()
         data = _Embeddings(features)
         multi_head = mods.model_builders_multi_head
@@ -253,6 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=100, help="epochs for both implementations")
     parser.add_argument("--impls", default="official,ours", help="which implementations to run")
     parser.add_argument("--ours", default="", help="extra TEMI keyword arguments for ours, e.g. n_layers=2,lr=4e-4")
+    parser.add_argument("--official-lr", type=float, default=1e-4,
+                        help="the official --lr (its code multiplies it by batch/256; the README uses 1e-4)")
     parser.add_argument("--data-root", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     parser.add_argument("--csv", type=Path, default=None, help="per-seed rows, rewritten after every row")
     parser.add_argument("--log", type=Path, default=None, help="the official code's console output goes here")
@@ -307,21 +309,25 @@ def run_temi(args: argparse.Namespace) -> pd.DataFrame:
         for impl in impls:
             for seed in range(args.seeds):
                 start = time.perf_counter()
+                score = float("nan")
                 if impl == "official":
-                    labels = official_fit(mods, X, neighbors, k, seed, batch, args.epochs, log=args.log)
+                    labels = official_fit(mods, X, neighbors, k, seed, batch, args.epochs, log=args.log,
+                                          lr=getattr(args, "official_lr", 1e-4))
                 else:
                     est = TEMI(k, **{"epochs": args.epochs, "warmup_epochs": warmup_epochs(args.epochs), **extra},
                                random_state=seed, verbose=False, device="cpu")
                     labels = est.fit(X, neighbors=neighbors).labels_
+                    score = est.score_  # TEMI's label-free criterion: full-set loss of the kept head
                 wall = time.perf_counter() - start
                 scores = evaluate(y, labels)
-                row = {"space": space, "impl": impl if impl == "official" or not extra else
-                       f"ours {getattr(args, 'ours', '')}", "seed": seed, "epochs": args.epochs, "batch": batch,
-                       "acc": scores["acc"], "nmi": scores["nmi"], "ari": scores["ari"], "wall_s": wall,
-                       "loss_gap": gap}
+                name = "ours" + (f" {args.ours}" if extra else "") if impl != "official" else \
+                    "official" + ("" if getattr(args, "official_lr", 1e-4) == 1e-4 else f" lr={args.official_lr:g}")
+                row = {"space": space, "impl": name, "seed": seed, "epochs": args.epochs, "batch": batch,
+                       "acc": scores["acc"], "nmi": scores["nmi"], "ari": scores["ari"], "score": score,
+                       "wall_s": wall, "loss_gap": gap}
                 rows.append(row)
                 print(f"{space:>30} {row['impl']:>10} seed {seed}: ACC {row['acc']:.3f} NMI {row['nmi']:.3f} "
-                      f"{wall:.0f} s", flush=True)
+                      f"score {score:.4f} {wall:.0f} s", flush=True)
                 if args.csv:
                     args.csv.parent.mkdir(parents=True, exist_ok=True)
                     tmp = args.csv.with_name(f".{args.csv.name}.tmp")
