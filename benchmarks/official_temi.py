@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import io
 import sys
 import tempfile
@@ -146,7 +147,6 @@ def official_fit(mods, features: np.ndarray, neighbors: np.ndarray, n_clusters: 
             # What the official load_model does for --precomputed, fed from memory instead of data/embeddings/.
             config = mods.main_args.set_default_args(config)
             config.embed_dim = features.shape[1]
-            import inspect
             params = inspect.signature(multi_head.MultiHeadClassifier).parameters
             model = multi_head.MultiHeadClassifier(config.arch, **{k: v for k, v in vars(config).items()
                                                                    if k in params})
@@ -259,7 +259,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--csv", type=Path, default=None, help="per-seed rows, rewritten after every row")
     parser.add_argument("--log", type=Path, default=None, help="the official code's console output goes here")
     parser.add_argument("--emit-reference", action="store_true", help="print the test's reference numbers and exit")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for option, value, choices in (("--spaces", args.spaces, SPACES), ("--impls", args.impls, ("official", "ours"))):
+        unknown = [v for v in (s.strip() for s in value.split(",")) if v and v not in choices]
+        if unknown:
+            parser.error(f"{option}: unknown {unknown}; choose from {', '.join(choices)}")
+    if args.seeds < 1 or args.epochs < 1:
+        parser.error(f"--seeds and --epochs must be >= 1, got {args.seeds} and {args.epochs}")
+    return args
 
 
 def _kwargs(text: str) -> dict:
@@ -288,7 +295,12 @@ def summary(rows: pd.DataFrame) -> str:
 
 
 def run_temi(args: argparse.Namespace) -> pd.DataFrame:
-    """Loss check, then every space × implementation × seed; returns the rows (also in ``args.csv``)."""
+    """Loss check, then every space × implementation × seed; returns the rows (also in ``args.csv``).
+
+    ``args`` needs only ``official``; any other option of this script it lacks takes this script's default, so
+    ``benchmarks/official_heads.py`` can pass its own namespace.
+    """
+    args = argparse.Namespace(**{**vars(parse_args(["--official", str(args.official)])), **vars(args)})
     torch.set_num_threads(1)
     mods = load_official(args.official)
     if getattr(args, "emit_reference", False):
