@@ -1,6 +1,7 @@
 """Official clustering heads against ours on the same cached features (issue 20): one table with ratios.
 
     python benchmarks/official_heads.py --turtle-repo /tmp/turtle [--heads turtle] [--sets digits-pixels,...]
+    python benchmarks/official_heads.py --heads temi --temi-repo /tmp/temi    # official TEMI (official_temi.py)
         [--seeds 3] [--steps 1000] [--csv rows.csv]
     python benchmarks/official_heads.py --turtle-repo /tmp/turtle --emit-reference   # numbers of the tests
 
@@ -217,7 +218,21 @@ def run_turtle(code: Path, scratch: Path, spaces, labels, k: int, seed: int, ste
     return rows
 
 
-HEADS = {"turtle": (run_turtle, equality_turtle)}
+HEADS = {"turtle": (run_turtle, equality_turtle), "temi": None}  # TEMI: official_temi.py (run_temi_sets)
+# official_temi.py names its spaces differently; TEMI has no joint spaces
+TEMI_SPACES = {"digits-pixels": "pixels", "digits-random-resnet18": "random-resnet18",
+               "fashion-lite0": "fashion-efficientnet-lite0-96"}
+
+
+def run_temi_sets(args: argparse.Namespace) -> None:
+    """Official TEMI against ours on the chosen feature sets: official_temi.py's run, its table printed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from official_temi import run_temi
+
+    spaces = [TEMI_SPACES[s] for s in args.sets if s in TEMI_SPACES]
+    csv = args.csv.with_name(f"{args.csv.stem}.temi.csv") if args.csv else None
+    run_temi(argparse.Namespace(official=args.temi_repo, spaces=",".join(spaces), seeds=args.seeds,
+                                data_root=Path(args.data_root), csv=csv))
 
 
 # ----------------------------------------------------------------------------- reference numbers of the tests
@@ -287,6 +302,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--heads", default="turtle", help=f"comma-separated, of {', '.join(HEADS)}")
     parser.add_argument("--turtle-repo", type=Path, default=None, help="checkout of mlbio-epfl/turtle")
+    parser.add_argument("--temi-repo", type=Path, default=None,
+                        help="checkout of HHU-MMBS/TEMI-official-BMVC2023 (for --heads temi)")
     parser.add_argument("--sets", default=",".join(FEATURE_SETS), help="comma-separated feature sets")
     parser.add_argument("--data-root", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST folder")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
@@ -304,6 +321,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = [g for g in given if g not in known]
         if unknown:
             parser.error(f"{option}: unknown {unknown}; choose from {', '.join(known)}")
+    if "temi" in args.heads and args.temi_repo is None:
+        parser.error("--temi-repo is required for the temi head (a checkout of github.com/HHU-MMBS/TEMI-official-BMVC2023)")
     if "turtle" in args.heads and args.turtle_repo is None:
         parser.error("--turtle-repo is required for the turtle head (a checkout of github.com/mlbio-epfl/turtle)")
     if args.seeds < 1:
@@ -338,7 +357,9 @@ def _run(args: argparse.Namespace, scratch: Path) -> int:
     checks = {tuple(key.split("/")): value for key, value in
               (json.loads(checks_file.read_text()) if checks_file and checks_file.is_file() else {}).items()}
     steps_label = "default" if args.steps is None else str(args.steps)
-    for head in args.heads:
+    if "temi" in args.heads:
+        run_temi_sets(args)
+    for head in [h for h in args.heads if h != "temi"]:
         run_head, equality = HEADS[head]
         for name in args.sets:
             spaces, labels = load_set(name, args.data_root)
