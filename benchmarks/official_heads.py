@@ -383,6 +383,8 @@ def _run(args: argparse.Namespace, scratch: Path) -> int:
                     pd.DataFrame(rows).to_csv(tmp, index=False)
                     tmp.replace(args.csv)
     table = pd.DataFrame(rows)
+    if table.empty:  # only TEMI was asked for: official_temi.py printed its own table
+        return 0
     table["steps"] = table["steps"].astype(str)
     print(f"\nthreads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, seeds {args.seeds}\n")
     print(summary(table[table["head"].isin(args.heads) & table["set"].isin(args.sets)], checks))
