@@ -12,7 +12,13 @@ from . import __version__
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors in the CLI's form: one line naming the flag, exit status 1 (no usage block)."""
+    """argparse with its errors in the CLI's form: one line naming the flag, exit status 1 (no usage block).
+
+    No abbreviated flags: argparse would read a mistyped `--k 1` as `--kmeans-iter 1` and run with it."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(1, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -62,46 +68,28 @@ def _joint_groups(text: str) -> list[list[str]]:
     return groups
 
 
+def _int_at_least(minimum: int, expected: str):
+    """An argparse type: an integer >= ``minimum``, else one line saying what was ``expected``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+_positive = _int_at_least(1, "a positive integer")
+_non_negative = _int_at_least(0, "an integer >= 0")
+_n_clusters = _int_at_least(2, "a number of clusters >= 2")
+
+
 def _pca_dim(text: str):
     if text.lower() in ("none", "0", "off"):
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'none' (no PCA), got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _n_clusters(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected a number of clusters >= 2, got {text!r}")
-    return value
+    return _int_at_least(1, "a positive integer or 'none' (no PCA)")(text)
 
 
 def _n_init(text: str):

@@ -338,3 +338,14 @@ def test_file_url_checkpoint_is_a_local_file_known_by_content(tmp_path):
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_an_abbreviated_or_mistyped_flag_is_refused_not_read_as_another(capsys):
+    # argparse's prefix matching read `--k 1` as `--kmeans-iter 1` and ran a whole job with one Lloyd iteration
+    from ssl_cluster_bench.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--k", "1"])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --k 1" in err and len(err.strip().splitlines()) == 1
