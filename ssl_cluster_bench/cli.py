@@ -35,24 +35,21 @@ def _factors(text: str) -> list[float]:
     return values
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (e.g. 0.95), got {text!r}")
-    return value
+def _float_where(accept, expected: str):
+    """An argparse type: a number for which ``accept(value)`` holds (NaN never does), else one line."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+_fraction = _float_where(lambda v: 0 < v < 1, "a number between 0 and 1 (e.g. 0.95)")
+_non_negative_float = _float_where(lambda v: 0 <= v < math.inf, "a finite number >= 0")
 
 
 def _names(text: str) -> list[str]:
