@@ -2,6 +2,7 @@
 
 Entry points:
     option(name) -> str                  a placeholder for an option inside an error message
+    did_you_mean(name, known) -> str     " (did you mean 'x'?)" for the closest known spelling, else ""
     spell(message, interface) -> str     the message with every placeholder in "api" or "cli" spelling
 
 A library error that names an option to change writes ``option("trust_checkpoint")`` into its message;
@@ -11,10 +12,11 @@ that every CLI spelling is a flag the parser knows.
 """
 from __future__ import annotations
 
+import difflib
 import re
 
 __all__ = ["OPTIONS", "InterfaceError", "OptionRuntimeError", "OptionValueError",
-           "message_for", "option", "spell"]
+           "did_you_mean", "message_for", "option", "spell"]
 
 # name -> (Python API spelling, CLI spelling); "{v}" is the value given to option(name, v)
 OPTIONS: dict[str, tuple[str, str]] = {
@@ -39,6 +41,12 @@ def option(name: str, v: str = "") -> str:
     if name not in OPTIONS:
         raise KeyError(f"unknown option {name!r}; known: {', '.join(OPTIONS)}")
     return f"{_MARK}{name}={v}{_MARK}"
+
+
+def did_you_mean(name, known) -> str:
+    """`` (did you mean 'x'?)`` naming the closest of ``known`` to a misspelt ``name``, or "" when none is close."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def spell(message: str, interface: str = "api") -> str:

@@ -24,6 +24,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .errors import did_you_mean
 from .protocol import Protocol
 
 __all__ = ["OPTION_RANGES", "ClusteringMethod", "MethodInputs", "check_options", "get_method", "list_methods",
@@ -105,8 +106,7 @@ def check_options(method: str, options: Mapping) -> None:
     for key, value in options.items():
         where = f"method_options.{method}.{key}"
         if key not in params:
-            close = difflib.get_close_matches(str(key), list(params), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, params)
             takes = f"{method} takes: {', '.join(params)}" if params else f"{method} takes no options"
             raise ValueError(f"method_options.{method}: unknown option {key!r}{hint}; {takes}"
                              + (f". {cls.options_note}" if cls.options_note else ""))

@@ -13,7 +13,6 @@ diffed and shared, and rows made under different protocols are never averaged to
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -21,6 +20,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from .errors import did_you_mean
 
 __all__ = ["KMeansSettings", "Protocol", "resolve_protocol"]
 
@@ -80,11 +81,6 @@ def _as_tuple(value) -> tuple | None:
         return tuple(value)
     except TypeError:
         return None
-
-
-def _did_you_mean(name: str, known) -> str:
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # Fields that list which rows to make; each row depends only on its own method, k and seed, so these are left
@@ -158,7 +154,7 @@ class Protocol:
             known = [f.name for f in dataclasses.fields(KMeansSettings)]
             unknown = [k for k in self.kmeans if k not in known]
             if unknown:
-                raise ValueError(f"kmeans: unknown setting {unknown[0]!r}{_did_you_mean(unknown[0], known)}; "
+                raise ValueError(f"kmeans: unknown setting {unknown[0]!r}{did_you_mean(unknown[0], known)}; "
                                  f"known settings: {', '.join(known)}")
             set_("kmeans", KMeansSettings(**self.kmeans))
         elif not isinstance(self.kmeans, KMeansSettings):
@@ -188,7 +184,7 @@ class Protocol:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown protocol field(s) {unknown}{_did_you_mean(unknown[0], known)}; "
+            raise ValueError(f"unknown protocol field(s) {unknown}{did_you_mean(unknown[0], known)}; "
                              f"known fields: {sorted(known)}")
         return cls(**d)
 
