@@ -27,7 +27,7 @@ import numpy as np
 from .errors import did_you_mean
 from .protocol import Protocol
 
-__all__ = ["OPTION_RANGES", "ClusteringMethod", "MethodInputs", "check_options", "get_method", "list_methods",
+__all__ = ["ClusteringMethod", "MethodInputs", "check_options", "get_method", "list_methods",
            "register_method"]
 
 _REGISTRY: dict[str, type] = {}
@@ -59,16 +59,6 @@ def get_method(name: str) -> type:
 
 # Set by the runner from the protocol (k, seed, progress), never by a method's options
 _RUNNER_ARGS = ("self", "n_clusters", "random_state", "verbose")
-# Ranges of the numeric options the heads share, declared once: a value outside is refused where the protocol is
-# read, not after the features are extracted. (low, high, low inclusive); options not listed need only be finite.
-OPTION_RANGES: dict[str, tuple[float, float, bool]] = {
-    **{name: (0, math.inf, False) for name in (
-        "n_heads", "hidden_dim", "bottleneck_dim", "n_neighbors", "epochs", "batch_size", "lr", "self_label_epochs",
-        "self_label_lr", "sigma", "temperature", "student_temperature", "teacher_temperature", "n_steps",
-        "inner_steps", "inner_lr", "score_folds", "score_max_samples")},
-    **{name: (0, math.inf, True) for name in ("weight_decay", "entropy_weight", "warmup_epochs", "gamma", "beta")},
-    **{name: (0, 1, True) for name in ("confidence", "momentum", "final_momentum", "prior_momentum")},
-}
 _TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "None": "null"}
 
 
@@ -91,11 +81,15 @@ def _type_ok(value, types: set[str]) -> bool:
 
 
 def check_options(method: str, options: Mapping) -> None:
-    """Raise ValueError unless every option is a parameter of ``method`` with a value of its type and range.
+    """Raise ValueError unless every option is a parameter of ``method`` with a value it accepts.
 
     The message names ``method_options.<method>.<option>``, the close spellings (difflib) and the parameters
-    the method takes. Methods whose ``__init__`` takes ``**options`` (the base class) are not checked.
+    the method takes. A value is checked against the method's ``option_constraints()`` (a head: its
+    estimator's ``_parameter_constraints``, the same check ``fit`` makes), else against the parameter's plain
+    type annotation. Methods whose ``__init__`` takes ``**options`` (the base class) are not checked.
     """
+    from .heads.constraints import check_param
+
     try:
         cls = get_method(method)
     except ValueError as e:
@@ -103,6 +97,7 @@ def check_options(method: str, options: Mapping) -> None:
     params = cls.option_parameters()
     if params is None:
         return
+    constraints = cls.option_constraints()
     for key, value in options.items():
         where = f"method_options.{method}.{key}"
         if key not in params:
@@ -110,16 +105,17 @@ def check_options(method: str, options: Mapping) -> None:
             takes = f"{method} takes: {', '.join(params)}" if params else f"{method} takes no options"
             raise ValueError(f"method_options.{method}: unknown option {key!r}{hint}; {takes}"
                              + (f". {cls.options_note}" if cls.options_note else ""))
+        if key in constraints:
+            check_param(key, value, constraints[key], where=f"method_options.{method}.")
         types = _annotation_types(params[key].annotation)
         if types is not None and not _type_ok(value, types):
             words = " or ".join(_TYPE_WORDS[t] for t in sorted(types, key=list(_TYPE_WORDS).index))
             raise ValueError(f"{where} must be {words}, got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            low, high, inclusive = OPTION_RANGES.get(key, (-math.inf, math.inf, True))
-            if not (math.isfinite(value) and (low <= value if inclusive else low < value) and value <= high):
-                bound = (f"in [{low:g}, {high:g}]" if high < math.inf else
-                         f"{'>=' if inclusive else '>'} {low:g}" if low > -math.inf else "finite")
-                raise ValueError(f"{where} must be {bound}, got {value!r}")
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise ValueError(f"{where} must be a plain YAML value (a number, a string, true/false or null), "
+                             f"got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where} must be finite, got {value!r}")
 
 
 class MethodInputs:
@@ -197,6 +193,12 @@ class ClusteringMethod:
         return {n: p for n, p in params.items() if n not in _RUNNER_ARGS}
 
     @classmethod
+    def option_constraints(cls) -> dict:
+        """Option name -> declarative constraints (see :mod:`ssl_cluster_bench.heads.constraints`) checked where
+        a protocol is read; options not listed are checked by their type annotation only."""
+        return {}
+
+    @classmethod
     def from_protocol(cls, protocol: Protocol, n_clusters: int, random_state: int, verbose: bool = False):
         return cls(n_clusters, random_state=random_state, verbose=verbose, **protocol.options_for(cls.name))
 
@@ -261,6 +263,16 @@ class HeadMethod(ClusteringMethod):
         return {n: p for n, p in params.items() if n not in _RUNNER_ARGS and n not in cls.head_options
                 and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
 
+    @classmethod
+    def option_constraints(cls):
+        # the estimator's own constraints: the protocol refuses what fit would refuse, before any extraction
+        constraints = object.__new__(cls)._estimator()._parameter_constraints
+        return {n: constraints[n] for n in cls.option_parameters()}
+
+    def option(self, name: str):
+        """An option's value: the protocol's, else the estimator's default (defaults live on the estimator)."""
+        return self.options.get(name, self.option_parameters()[name].default)
+
     def _fit_estimator(self, est, inputs: MethodInputs):
         return est.fit(inputs.features, augmented=inputs.augmented)
 
@@ -293,7 +305,7 @@ class SCANMethod(HeadMethod):
 
     def _fit_estimator(self, est, inputs):
         return est.fit(inputs.features, augmented=inputs.augmented,
-                       neighbors=inputs.neighbors(int(self.options.get("n_neighbors", 20))))
+                       neighbors=inputs.neighbors(int(self.option("n_neighbors"))))
 
 
 @register_method("scan+selflabel")
@@ -333,7 +345,7 @@ class TEMIMethod(HeadMethod):
         return TEMI
 
     def _fit_estimator(self, est, inputs):
-        return est.fit(inputs.features, neighbors=inputs.neighbors(int(self.options.get("n_neighbors", 50))))
+        return est.fit(inputs.features, neighbors=inputs.neighbors(int(self.option("n_neighbors"))))
 
 
 @register_method("turtle")

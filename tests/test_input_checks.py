@@ -86,9 +86,9 @@ def test_protocol_values_are_type_checked(fields, message):
 
 @pytest.mark.parametrize("options, message", [
     ({"scan": {"n_neigbors": 5}}, r"method_options.scan: unknown option 'n_neigbors' \(did you mean 'n_neighbors'\?\)"),
-    ({"scan": {"epochs": "10"}}, r"method_options.scan.epochs must be an integer, got '10'"),
-    ({"scan": {"lr": math.nan}}, r"method_options.scan.lr must be > 0, got nan"),
-    ({"temi": {"batch_size": 0}}, r"method_options.temi.batch_size must be > 0, got 0"),
+    ({"scan": {"epochs": "10"}}, r"method_options.scan.epochs must be an integer >= 1, got '10'"),
+    ({"scan": {"lr": math.nan}}, r"method_options.scan.lr must be a number > 0, got nan"),
+    ({"temi": {"batch_size": 0}}, r"method_options.temi.batch_size must be an integer >= 1 or 'auto', got 0"),
     ({"mmdc": {"refine": "no"}}, r"method_options.mmdc.refine must be true or false, got 'no'"),
     ({"kmeans": {"n_iter": 3}}, r"kmeans takes no options. k-means is set by the protocol's kmeans field"),
     ({"scna": {}}, r"method_options: unknown method 'scna'. Did you mean scan"),

@@ -180,10 +180,10 @@ def test_head_losses_are_full_set_scan_losses(blobs):
 
 def test_lowest_loss_head_is_chosen_without_labels(blobs, monkeypatch):
     X, y = blobs
-    original = SCAN._train_scan
+    original = SCAN._train
 
-    def train_then_break_head_0(self, heads, inputs, n, rng):
-        original(self, heads, inputs, n, rng)
+    def train_then_break_head_0(self, heads, ctx):
+        original(self, heads, ctx)
         with torch.no_grad():
             # Head 0 now sends every sample to cluster 0: a collapsed, high-loss head.
             for w in heads.weights:
@@ -192,7 +192,7 @@ def test_lowest_loss_head_is_chosen_without_labels(blobs, monkeypatch):
                 b[0].zero_()
             heads.biases[-1][0, 0, 0] = 10.0
 
-    monkeypatch.setattr(SCAN, "_train_scan", train_then_break_head_0)
+    monkeypatch.setattr(SCAN, "_train", train_then_break_head_0)
     est = SCAN(4, random_state=0, **FAST).fit(X)
     assert est.best_head_ != 0
     assert est.head_losses_[0] == est.head_losses_.max()

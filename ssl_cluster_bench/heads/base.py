@@ -1,20 +1,29 @@
 """Shared plumbing of the clustering heads trained on cached features (SCAN, MMDC, TwoStageUC, TEMI, TURTLE).
 
 Entry points:
-    HeadEstimator: sklearn-style base class: input validation, centring/scaling of the features, device choice,
-        degenerate-clustering check, predict/predict_proba plumbing and torch.save-based save/load.
+    HeadEstimator: sklearn-style base class: declarative parameter constraints checked at fit, the training
+        template ``fit``, centring/scaling of the features, device choice, degenerate-clustering check,
+        predict/predict_proba plumbing and torch.save-based save/load.
+    FitContext: what one fit's hooks share (standardised rows, cached views, batch size, seeded random streams)
     align_labels(reference, labels, n_clusters) -> (k,) permutation mapping ``labels``' ids onto ``reference``'s
     majority_vote(labels, n_clusters, reference=0) -> (voted (n,), perms (R, k)): vote of runs aligned to one
     vote_aligned(aligned, reference, n_clusters) -> (n,) per-sample most frequent label of aligned runs
 
-Subclasses implement ``_check_params`` (calling ``_check_common_params``), ``fit`` (starting with
-``_validate_fit`` and ``_standardized_rows``, ending with ``_finish``), ``_proba_rows(rows)`` and
-``_build_module``, and list their fitted modules, arrays and scalars in ``_MODULES``, ``_ARRAYS`` and
-``_SCALARS`` so that save/load needs no code of its own.
+The training template (:meth:`HeadEstimator.fit`) is the same for every head: validate the parameters and
+inputs → mine or check neighbours (heads that pair samples) → seed the random streams → standardise → build the
+heads → train them (epoch loop) → score every head on the whole training set → keep the lowest-loss head →
+finish (labels, degenerate check). A head fills in the steps that differ: ``_build(ctx)``,
+``_train(model, ctx)``, ``_full_loss(ctx)`` and ``_final_assignment(ctx)``; it declares its hyper-parameters'
+``_parameter_constraints`` (no hand-written checks), implements ``_proba_rows(rows)`` and ``_build_module``,
+and lists its fitted modules, arrays and scalars in ``_MODULES``, ``_ARRAYS`` and ``_SCALARS`` so that
+save/load needs no code of its own. TURTLE trains on several spaces at once with its own ``fit`` and shares
+the rest.
 """
 from __future__ import annotations
 
+import inspect
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +32,11 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.base import BaseEstimator, ClusterMixin
 
 from .common import (SINGLE_THREAD_WORK, DegenerateClusteringWarning, Rows, check_augmented, check_features,
-                     cluster_usage, is_int, is_real, resolve_device, torch_threads)
+                     check_neighbors, cluster_usage, resolve_device, torch_threads)
+from .constraints import NO_VALIDATION, Interval, Options, check_param
+from .neighbors import mine_neighbors
 
-__all__ = ["HeadEstimator", "align_labels", "majority_vote", "vote_aligned"]
+__all__ = ["FitContext", "HeadEstimator", "align_labels", "majority_vote", "vote_aligned"]
 
 
 def align_labels(reference, labels, n_clusters: int) -> np.ndarray:
@@ -77,13 +88,52 @@ def vote_aligned(aligned, reference: int, n_clusters: int) -> np.ndarray:
     return votes.argmax(axis=1).astype(np.int64)
 
 
-class HeadEstimator(ClusterMixin, BaseEstimator):
-    """Base of the clustering-head estimators: validation, standardisation, prediction and persistence.
+@dataclass
+class FitContext:
+    """What the steps of one fit share: the training rows, the cached views and the seeded random streams.
 
-    Subclasses store ``n_clusters``, ``batch_size``, ``standardize``, ``random_state``, ``device`` and ``verbose``
-    as hyper-parameters. Fitted state common to all: ``mean_``, ``scale_`` (standardisation), ``n_features_in_``,
-    ``labels_``, ``probs_``, ``cluster_sizes_``, ``degenerate_``.
+    ``init`` draws initial weights (a CPU generator, so a seed gives the same weights on every device),
+    ``noise`` augmentation noise and target points (on the training device), ``rng`` shuffles, neighbour and
+    view choices. All three are seeded from ``seed`` (``noise`` from ``seed + 1``); heads that need more
+    streams derive them from ``seed`` too.
     """
+
+    rows: Rows
+    views: Rows | None
+    mode: str
+    batch: int
+    seed: int
+    device: torch.device
+    init: torch.Generator
+    noise: torch.Generator
+    rng: np.random.Generator
+
+    @property
+    def n(self) -> int:
+        return self.rows.n
+
+
+class HeadEstimator(ClusterMixin, BaseEstimator):
+    """Base of the clustering-head estimators: validation, training template, standardisation, prediction and
+    persistence.
+
+    Subclasses store ``n_clusters``, ``random_state``, ``device`` and ``verbose`` (and usually ``batch_size``
+    and ``standardize``) as hyper-parameters, and declare every ``__init__`` parameter in
+    ``_parameter_constraints``. Fitted state common to all: ``mean_``, ``scale_`` (standardisation),
+    ``n_features_in_``, ``labels_``, ``probs_``, ``cluster_sizes_``, ``degenerate_``; the template also sets
+    ``head_losses_`` and ``best_head_``.
+    """
+
+    #: parameter name -> list of accepted values (see :mod:`.constraints`), checked once at ``fit``; a subclass
+    #: extends it with ``{**HeadEstimator._parameter_constraints, ...}`` and must cover its whole ``__init__``
+    _parameter_constraints: dict = {
+        "n_clusters": [Interval("int", 2)],
+        "batch_size": [Interval("int", 1)],
+        "standardize": [Options("global", "dims")],
+        "random_state": [Interval("int")],
+        "device": NO_VALIDATION,   # resolve_device names the accepted forms
+        "verbose": NO_VALIDATION,  # any truthy value turns the progress bars on
+    }
 
     #: names of fitted torch.nn.Module attributes saved as state dicts (rebuilt by ``_build_module``)
     _MODULES: tuple[str, ...] = ()
@@ -91,30 +141,53 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
     _ARRAYS: tuple[str, ...] = ("mean_", "scale_", "labels_", "cluster_sizes_")
     #: names of fitted scalar (int / float / bool / str) attributes
     _SCALARS: tuple[str, ...] = ("n_features_in_", "degenerate_")
+    #: ``fit`` takes cached augmented views (``augmented=``) / precomputed neighbours (``neighbors=``)
+    _TAKES_VIEWS = True
+    _USES_NEIGHBORS = False
 
     #: version in the saved file's format tag; bumped by a head whose saved layout changed
     _FORMAT_VERSION = 1
 
     _check_features = staticmethod(check_features)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A parameter without a constraint would go unchecked: refuse the class where it is defined.
+        params = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+        missing = [n for n in params if n not in cls._parameter_constraints]
+        if missing:
+            raise TypeError(f"{cls.__name__}._parameter_constraints has no entry for {', '.join(missing)}")
+
     # ------------------------------------------------------------------ validation
+    def _validate_params(self) -> None:
+        """Raise ValueError naming the first hyper-parameter outside its ``_parameter_constraints``."""
+        for name, value in self.get_params(deep=False).items():
+            check_param(name, value, self._parameter_constraints[name])
+
     def _resolve_device(self) -> torch.device:
         return resolve_device(self.device)
 
     def _check_augmented(self, augmented, n: int, d: int):
         return check_augmented(augmented, n, d, verbose=self.verbose)
 
-    def _validate_fit(self, X, augmented) -> tuple:
+    def _validate_fit(self, X, augmented, neighbors=None) -> tuple:
         """Validate ``fit``'s inputs; returns ``(X, mean, std, augmented, mode, device)``.
 
         ``mode`` is the resolved ``self.augment``: "auto" becomes "views" when ``augmented`` is given, else
         "features" (heads without an ``augment`` parameter get "none").
         """
-        self._check_params()
+        self._validate_params()
+        name = type(self).__name__
+        if augmented is not None and not self._TAKES_VIEWS:
+            raise ValueError(f"{name} takes no augmented views (augmented=...): it trains on the features alone")
+        if neighbors is not None and not self._USES_NEIGHBORS:
+            raise ValueError(f"{name} uses no neighbours (neighbors=...): leave it out")
         X, mean, std = self._check_features(X, "features", verbose=self.verbose)
         n, d = X.shape
         if int(self.n_clusters) > n:
             raise ValueError(f"n_clusters={self.n_clusters} exceeds the number of samples ({n})")
+        if neighbors is None and self._USES_NEIGHBORS and int(self.n_neighbors) >= n:
+            raise ValueError(f"n_neighbors={self.n_neighbors} must be smaller than the number of samples ({n})")
         if augmented is not None:
             augmented = self._check_augmented(augmented, n, d)
         augment = getattr(self, "augment", "none")
@@ -123,24 +196,57 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
         mode = augment if augment != "auto" else ("views" if augmented is not None else "features")
         return X, mean, std, augmented, mode, self._resolve_device()
 
-    def _check_common_params(self, positive_ints: dict, nonneg_reals: dict | None = None,
-                             pos_reals: dict | None = None) -> None:
-        """Raise ValueError naming the first bad hyper-parameter (n_clusters, random_state and the dicts)."""
-        if not is_int(self.n_clusters) or self.n_clusters < 2:
-            raise ValueError(f"n_clusters must be an integer >= 2, got {self.n_clusters!r}")
-        for name, value in positive_ints.items():
-            if not is_int(value) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in (nonneg_reals or {}).items():
-            if not is_real(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name, value in (pos_reals or {}).items():
-            if not is_real(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if not is_int(self.random_state):
-            raise ValueError(f"random_state must be an integer, got {self.random_state!r}")
-        if hasattr(self, "standardize") and self.standardize not in ("global", "dims"):
-            raise ValueError(f"standardize must be 'global' or 'dims', got {self.standardize!r}")
+    # ------------------------------------------------------------------ fit (the template)
+    def fit(self, X, y=None, augmented=None, neighbors=None):
+        """Train on features ``X`` (n, d) (array or memory map); ``y`` is ignored (unsupervised).
+
+        ``augmented``: optional (V, n, d) cached augmented views of the same samples, same order (heads that
+        train on views). ``neighbors``: optional precomputed (n, K) cosine neighbour indices, e.g. shared across
+        seeds (heads that pair neighbours; mined from ``X`` with ``n_neighbors`` when omitted).
+        """
+        X, mean, std, augmented, mode, device = self._validate_fit(X, augmented, neighbors)
+        n, d = X.shape
+        if self._USES_NEIGHBORS:
+            self.neighbors_ = check_neighbors(neighbors, n) if neighbors is not None else mine_neighbors(
+                X, int(self.n_neighbors), verbose=self.verbose, gpu="auto" if device.type == "cuda" else False)
+        seed = int(self.random_state)
+        rows, views = self._standardized_rows(X, mean, std, device, augmented if mode == "views" else None)
+        ctx = FitContext(rows, views, mode, self._effective_batch(n), seed, device,
+                         init=torch.Generator().manual_seed(seed),
+                         noise=torch.Generator(device=device).manual_seed(seed + 1),
+                         rng=np.random.default_rng(seed))
+        model = self._build(ctx)
+        with self._threads(device, self._fit_work(ctx.batch)):
+            self._train(model, ctx)
+            self.head_losses_ = self._full_loss(ctx)
+            self.best_head_ = int(np.argmin(self.head_losses_))
+            probs, labels = self._final_assignment(ctx)
+        self._finish(probs, labels)
+        return self
+
+    def _build(self, ctx: FitContext):
+        """The untrained heads (a module, or what ``_train`` takes), initialised from ``ctx.init``, on the device."""
+        raise NotImplementedError
+
+    def _train(self, model, ctx: FitContext) -> None:
+        """The epoch loop; stores the trained modules (``_MODULES``) on ``self``."""
+        raise NotImplementedError
+
+    def _full_loss(self, ctx: FitContext) -> np.ndarray:
+        """(n_heads,) loss of every trained head on the whole training set (labels never used)."""
+        raise NotImplementedError
+
+    def _final_assignment(self, ctx: FitContext) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probs (n, k), labels or None)`` of the kept head(s); None: labels are the argmax of probs."""
+        raise NotImplementedError
+
+    def _work(self, batch: int) -> int:
+        """Multiply-adds of all heads on one batch (decides the CPU thread count, see SINGLE_THREAD_WORK)."""
+        raise NotImplementedError
+
+    def _fit_work(self, batch: int) -> int:
+        """The work that sets the thread count of the training loop."""
+        return self._work(batch)
 
     def _effective_batch(self, n: int) -> int:
         """Batch size: at least 4 samples per cluster (batch statistics need them), at most n."""

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
-from .base import HeadEstimator, majority_vote, vote_aligned
+from .base import FitContext, HeadEstimator, majority_vote, vote_aligned
 from .common import MultiHead, Rows, training_inputs
+from .constraints import BOOLEAN, Interval, Options
 
 __all__ = ["MMDC", "mmdc_loss", "sample_targets"]
 
@@ -152,63 +153,34 @@ class MMDC(HeadEstimator):
         self.device = device
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        self._check_common_params(
-            {"n_heads": self.n_heads, "hidden_dim": self.hidden_dim, "epochs": self.epochs,
-             "batch_size": self.batch_size},
-            nonneg_reals={"sigma": self.sigma, "weight_decay": self.weight_decay},
-            pos_reals={"lr": self.lr, "temperature": self.temperature})
-        if self.head not in ("linear", "mlp"):
-            raise ValueError(f"head must be 'linear' or 'mlp', got {self.head!r}")
-        if self.ensemble not in ("lowest_loss", "vote"):
-            raise ValueError(f"ensemble must be 'lowest_loss' or 'vote', got {self.ensemble!r}")
-        if self.augment not in ("auto", "views", "features", "none"):
-            raise ValueError(f"augment must be 'auto', 'views', 'features' or 'none', got {self.augment!r}")
+    _parameter_constraints = {
+        **HeadEstimator._parameter_constraints,
+        "n_heads": [Interval("int", 1)],
+        "head": [Options("linear", "mlp")],
+        "hidden_dim": [Interval("int", 1)],
+        "sigma": [Interval("real", 0)],
+        "epochs": [Interval("int", 1)],
+        "lr": [Interval("real", 0, closed="neither")],
+        "weight_decay": [Interval("real", 0)],
+        "refine": [BOOLEAN],
+        "ensemble": [Options("lowest_loss", "vote")],
+        "temperature": [Interval("real", 0, closed="neither")],
+        "augment": [Options("auto", "views", "features", "none")],
+    }
 
     def _work(self, batch: int) -> int:
         k, d = int(self.n_clusters), int(self.n_features_in_)
         per_row = d * k if self.head == "linear" else d * int(self.hidden_dim) + int(self.hidden_dim) * k
         return int(self.n_heads) * batch * per_row
 
-    # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, augmented=None) -> "MMDC":
-        """Train on features ``X`` (n, d) (array or memory map); ``y`` is ignored (unsupervised).
+    # ------------------------------------------------------------------ fit (steps of HeadEstimator.fit)
+    def _build(self, ctx: FitContext) -> MultiHead:
+        return MultiHead(self.n_features_in_, int(self.n_clusters), int(self.n_heads), self.head,
+                         int(self.hidden_dim), generator=ctx.init).to(ctx.device)
 
-        ``augmented``: optional (V, n, d) cached augmented views of the same samples, same order.
-        """
-        X, mean, std, augmented, mode, device = self._validate_fit(X, augmented)
-        n, d = X.shape
-        k = int(self.n_clusters)
-        seed = int(self.random_state)
-        init_gen = torch.Generator().manual_seed(seed)
-        noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-        rng = np.random.default_rng(seed)
-        rows, views = self._standardized_rows(X, mean, std, device, augmented if mode == "views" else None)
-
-        inputs = training_inputs(mode, rows, views, rng, noise_gen)
-
-        heads = MultiHead(d, k, int(self.n_heads), self.head, int(self.hidden_dim), generator=init_gen).to(device)
-        bs = self._effective_batch(n)
-        with self._threads(device, self._work(bs)):
-            self._train(heads, inputs, n, bs, rng, noise_gen)
-            self.heads_ = heads
-            self.head_losses_ = self._full_loss(rows, bs, seed)
-            self.best_head_ = int(np.argmin(self.head_losses_))
-            embeddings = self._embed(rows)
-            self.centers_ = self._refine(embeddings, seed) if self.refine else \
-                np.broadcast_to(np.eye(k, dtype=np.float32), (int(self.n_heads), k, k)).copy()
-            head_probs = self._head_probs(embeddings)
-        head_labels = head_probs.argmax(axis=2)
-        if self.ensemble == "vote":
-            labels, self.alignments_ = majority_vote(head_labels, k, reference=self.best_head_)
-        else:
-            labels = None
-            self.alignments_ = np.stack([np.arange(k)] * int(self.n_heads))
-        self._finish(self._combine(head_probs), labels)
-        return self
-
-    def _train(self, heads: MultiHead, inputs, n: int, bs: int, rng: np.random.Generator,
-               noise_gen: torch.Generator) -> None:
+    def _train(self, heads: MultiHead, ctx: FitContext) -> None:
+        inputs = training_inputs(ctx.mode, ctx.rows, ctx.views, ctx.rng, ctx.noise)
+        n, bs, rng, noise_gen = ctx.n, ctx.batch, ctx.rng, ctx.noise
         optimizer = torch.optim.Adam(heads.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
         device = next(heads.parameters()).device
         # Drop the short last batch: matching a few samples to a few targets is a poor sample of the mixture.
@@ -228,13 +200,29 @@ class MMDC(HeadEstimator):
                 loss.sum().backward()
                 optimizer.step()
             bar.set_postfix(loss=f"{loss.min().item():.4f}")
+        self.heads_ = heads
+
+    def _final_assignment(self, ctx: FitContext) -> tuple[np.ndarray, np.ndarray | None]:
+        k = int(self.n_clusters)
+        embeddings = self._embed(ctx.rows)
+        self.centers_ = self._refine(embeddings, ctx.seed) if self.refine else \
+            np.broadcast_to(np.eye(k, dtype=np.float32), (int(self.n_heads), k, k)).copy()
+        head_probs = self._head_probs(embeddings)
+        head_labels = head_probs.argmax(axis=2)
+        if self.ensemble == "vote":
+            labels, self.alignments_ = majority_vote(head_labels, k, reference=self.best_head_)
+        else:
+            labels = None
+            self.alignments_ = np.stack([np.arange(k)] * int(self.n_heads))
+        return self._combine(head_probs), labels
 
     @torch.no_grad()
-    def _full_loss(self, rows: Rows, bs: int, seed: int) -> np.ndarray:
+    def _full_loss(self, ctx: FitContext) -> np.ndarray:
         """MMDC loss of every head on the clean training set, batch by batch against the same fresh targets.
 
         One fixed shuffle and one fixed target draw serve all heads, so their losses differ only by the heads.
         """
+        rows, bs, seed = ctx.rows, ctx.batch, ctx.seed
         self.heads_.eval()
         gen = torch.Generator(device=rows.device).manual_seed(seed + 2)
         order = np.random.default_rng(seed + 2).permutation(rows.n)

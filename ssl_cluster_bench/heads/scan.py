@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .base import HeadEstimator
-from .common import (DROP_PROB, EPS, NOISE_STD, DegenerateClusteringWarning, MultiHead, Rows, block_rows,
-                     check_neighbors, is_int, is_real, random_view, softmax, training_inputs)
-from .neighbors import mine_neighbors
+from .base import FitContext, HeadEstimator
+from .common import (DROP_PROB, EPS, NOISE_STD, DegenerateClusteringWarning, MultiHead, Rows, block_rows, is_int,
+                     random_view, softmax, training_inputs)
+from .constraints import BOOLEAN, Interval, Options
 from .selflabel import (augment_features, balanced_class_weights, confident_targets, mix_with_neighbors,
                         self_label_loss)
 
@@ -172,20 +172,23 @@ class SCAN(HeadEstimator):
     # 2: the layout of HeadEstimator.save (SCAN/1 files had their own keys)
     _FORMAT_VERSION = 2
 
-    # ------------------------------------------------------------------ validation
-    def _check_params(self) -> None:
-        self._check_common_params(
-            {"n_heads": self.n_heads, "hidden_dim": self.hidden_dim, "n_neighbors": self.n_neighbors,
-             "epochs": self.epochs, "batch_size": self.batch_size, "self_label_epochs": self.self_label_epochs},
-            nonneg_reals={"entropy_weight": self.entropy_weight, "weight_decay": self.weight_decay},
-            pos_reals={"lr": self.lr} if self.self_label_lr is None else
-            {"lr": self.lr, "self_label_lr": self.self_label_lr})
-        if self.head not in ("linear", "mlp"):
-            raise ValueError(f"head must be 'linear' or 'mlp', got {self.head!r}")
-        if not is_real(self.confidence) or not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence!r}")
-        if self.augment not in ("auto", "views", "features", "none"):
-            raise ValueError(f"augment must be 'auto', 'views', 'features' or 'none', got {self.augment!r}")
+    _USES_NEIGHBORS = True
+    _parameter_constraints = {
+        **HeadEstimator._parameter_constraints,
+        "n_heads": [Interval("int", 1)],
+        "head": [Options("linear", "mlp")],
+        "hidden_dim": [Interval("int", 1)],
+        "n_neighbors": [Interval("int", 1)],
+        "entropy_weight": [Interval("real", 0)],
+        "epochs": [Interval("int", 1)],
+        "lr": [Interval("real", 0, closed="neither")],
+        "weight_decay": [Interval("real", 0)],
+        "self_label": [BOOLEAN],
+        "confidence": [Interval("real", 0, 1, closed="neither")],
+        "self_label_epochs": [Interval("int", 1)],
+        "self_label_lr": [Interval("real", 0, closed="neither"), None],
+        "augment": [Options("auto", "views", "features", "none")],
+    }
 
     def _scale_from_std(self, std: np.ndarray) -> np.ndarray:
         # Per-dimension standardisation; constant dimensions carry no information and are divided by 1, which
@@ -195,36 +198,29 @@ class SCAN(HeadEstimator):
     def _degenerate_hint(self) -> str:
         return f"raise entropy_weight (now {self.entropy_weight}) or lower lr"
 
-    # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, augmented=None, neighbors=None) -> "SCAN":
-        """Train on features ``X`` (n, d) (array or memory map); ``y`` is ignored (unsupervised).
+    # ------------------------------------------------------------------ fit (steps of HeadEstimator.fit)
+    def _build(self, ctx: FitContext) -> MultiHead:
+        return MultiHead(self.n_features_in_, int(self.n_clusters), int(self.n_heads), self.head,
+                         int(self.hidden_dim), generator=ctx.init).to(ctx.device)
 
-        ``augmented``: optional (V, n, d) cached augmented views of the same samples, same order.
-        ``neighbors``: optional precomputed (n, K) neighbour indices (e.g. from :func:`mine_neighbors`, to
-        reuse one mining across seeds); mined from ``X`` with ``n_neighbors`` when omitted.
-        """
-        X, mean, std, augmented, mode, device = self._validate_fit(X, augmented)
-        n, d = X.shape
-        k = int(self.n_clusters)
-        if neighbors is None and self.n_neighbors >= n:
-            raise ValueError(f"n_neighbors={self.n_neighbors} must be smaller than the number of samples ({n})")
+    def _full_loss(self, ctx: FitContext) -> np.ndarray:
+        return self._full_scan_loss(self.heads_, ctx.rows)
 
-        init_gen = torch.Generator().manual_seed(int(self.random_state))
-        noise_gen = torch.Generator(device=device).manual_seed(int(self.random_state) + 1)
-        rng = np.random.default_rng(int(self.random_state))
+    def _final_assignment(self, ctx: FitContext) -> tuple[np.ndarray, None]:
+        """The kept head, fine-tuned by self-labeling when ``self_label``."""
+        self.score_ = float(self.head_losses_[self.best_head_])
+        self.head_ = self.heads_.select(self.best_head_)
+        self.n_confident_ = []
+        if self.self_label:
+            self._train_self_label(self.head_, ctx.rows, self._self_label_inputs(ctx), ctx.rng)
+        return self._predict_rows(self.head_, ctx.rows), None
 
-        if neighbors is None:
-            self.neighbors_ = mine_neighbors(X, int(self.n_neighbors), verbose=self.verbose,
-                                             gpu="auto" if device.type == "cuda" else False)
-        else:
-            self.neighbors_ = check_neighbors(neighbors, n)
-
-        rows, views = self._standardized_rows(X, mean, std, device, augmented if mode == "views" else None)
+    def _self_label_inputs(self, ctx: FitContext):
+        """``idx -> inputs`` of a self-labeling step (see ``augment``)."""
+        rows, views, mode, rng, noise_gen = ctx.rows, ctx.views, ctx.mode, ctx.rng, ctx.noise
         n_neighbors = self.neighbors_.shape[1]
 
-        scan_inputs = training_inputs(mode, rows, views, rng, noise_gen)
-
-        def self_label_inputs(idx: np.ndarray) -> torch.Tensor:
+        def inputs(idx: np.ndarray) -> torch.Tensor:
             if mode == "views":
                 return random_view(views, idx, rng)
             if mode == "features":
@@ -232,21 +228,7 @@ class SCAN(HeadEstimator):
                 mixed = mix_with_neighbors(rows.get(idx), rows.get(partners), noise_gen)
                 return augment_features(mixed, NOISE_STD, DROP_PROB, noise_gen)
             return rows.get(idx)
-
-        heads = MultiHead(d, k, int(self.n_heads), self.head, int(self.hidden_dim), generator=init_gen).to(device)
-        with self._threads(device, self._work(self._effective_batch(n))):
-            self._train_scan(heads, scan_inputs, n, rng)
-            self.head_losses_ = self._full_scan_loss(heads, rows)
-            self.best_head_ = int(np.argmin(self.head_losses_))
-            self.score_ = float(self.head_losses_[self.best_head_])
-            self.heads_ = heads
-            self.head_ = heads.select(self.best_head_)
-            self.n_confident_ = []
-            if self.self_label:
-                self._train_self_label(self.head_, rows, self_label_inputs, rng)
-            probs = self._predict_rows(self.head_, rows)
-        self._finish(probs)
-        return self
+        return inputs
 
     def _work(self, batch: int) -> int:
         """Multiply-adds of all heads on one batch (decides the CPU thread count, see SINGLE_THREAD_WORK)."""
@@ -254,10 +236,11 @@ class SCAN(HeadEstimator):
         per_row = d * k if self.head == "linear" else d * width + width * k
         return int(self.n_heads) * batch * per_row
 
-    def _train_scan(self, heads: MultiHead, inputs, n: int, rng: np.random.Generator) -> None:
+    def _train(self, heads: MultiHead, ctx: FitContext) -> None:
         """SCAN step: every epoch, each anchor is paired with one of its K neighbours drawn at random."""
+        inputs, n, rng = training_inputs(ctx.mode, ctx.rows, ctx.views, ctx.rng, ctx.noise), ctx.n, ctx.rng
         optimizer = torch.optim.Adam(heads.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
-        bs = self._effective_batch(n)
+        bs = ctx.batch
         n_neighbors = self.neighbors_.shape[1]
         # Drop the short last batch: its entropy estimate would be too noisy to step on.
         n_batches = max(1, n // bs)
@@ -278,6 +261,7 @@ class SCAN(HeadEstimator):
                 total.sum().backward()
                 optimizer.step()
             bar.set_postfix(loss=f"{total.min().item():.3f}", consistency=f"{consistency.min().item():.3f}")
+        self.heads_ = heads
 
     @torch.no_grad()
     def _full_scan_loss(self, heads: MultiHead, rows: Rows) -> np.ndarray:

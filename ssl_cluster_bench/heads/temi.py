@@ -75,9 +75,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .base import HeadEstimator
-from .common import Rows, check_neighbors, softmax
-from .neighbors import mine_neighbors
+from .base import FitContext, HeadEstimator
+from .common import Rows, softmax
+from .constraints import Interval, Options
 
 __all__ = ["TEMI", "TEMIHeads", "temi_loss", "update_prior"]
 
@@ -279,20 +279,27 @@ class TEMI(HeadEstimator):
         self.device = device
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        self._check_common_params(
-            {"n_heads": self.n_heads, "n_neighbors": self.n_neighbors, "hidden_dim": self.hidden_dim,
-             "bottleneck_dim": self.bottleneck_dim, "epochs": self.epochs,
-             **({} if self.batch_size == "auto" else {"batch_size": self.batch_size})},
-            nonneg_reals={"weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs},
-            pos_reals={"beta": self.beta, "student_temperature": self.student_temperature,
-                       "teacher_temperature": self.teacher_temperature, "lr": self.lr})
-        for name in ("momentum", "final_momentum", "prior_momentum"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if self.n_layers not in (0, 1, 2):
-            raise ValueError(f"n_layers must be 0, 1 or 2, got {self.n_layers!r}")
+    _TAKES_VIEWS = False
+    _USES_NEIGHBORS = True
+    _parameter_constraints = {
+        **HeadEstimator._parameter_constraints,
+        "n_heads": [Interval("int", 1)],
+        "n_neighbors": [Interval("int", 1)],
+        "beta": [Interval("real", 0, closed="neither")],
+        "student_temperature": [Interval("real", 0, closed="neither")],
+        "teacher_temperature": [Interval("real", 0, closed="neither")],
+        "momentum": [Interval("real", 0, 1, closed="both")],
+        "final_momentum": [Interval("real", 0, 1, closed="both")],
+        "prior_momentum": [Interval("real", 0, 1, closed="both")],
+        "n_layers": [Options(0, 1, 2)],
+        "hidden_dim": [Interval("int", 1)],
+        "bottleneck_dim": [Interval("int", 1)],
+        "epochs": [Interval("int", 1)],
+        "batch_size": [Interval("int", 1), Options("auto")],
+        "lr": [Interval("real", 0, closed="neither")],
+        "weight_decay": [Interval("real", 0)],
+        "warmup_epochs": [Interval("real", 0)],
+    }
 
     def _effective_batch(self, n: int) -> int:
         batch = int(np.clip(n // 56, 32, 1024)) if self.batch_size == "auto" else int(self.batch_size)
@@ -303,44 +310,26 @@ class TEMI(HeadEstimator):
         per_row = [d * k, d * b + b * k, d * w + w * b + b * k][int(self.n_layers)]
         return int(self.n_heads) * batch * per_row
 
-    # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, neighbors=None) -> "TEMI":
-        """Train on features ``X`` (n, d) (array or memory map); ``y`` is ignored (unsupervised).
+    def _fit_work(self, batch: int) -> int:
+        # a step runs student and teacher on anchors and partners (2 · batch rows) and the student backwards
+        return 3 * self._work(2 * batch)
 
-        ``neighbors``: optional precomputed (n, K) cosine neighbour indices (e.g. shared across seeds); mined
-        from ``X`` with ``n_neighbors`` when omitted.
-        """
-        X, mean, std, _, _, device = self._validate_fit(X, None)
-        n, d = X.shape
-        k = int(self.n_clusters)
-        if neighbors is None and int(self.n_neighbors) >= n:
-            raise ValueError(f"n_neighbors={self.n_neighbors} must be smaller than the number of samples ({n})")
-        seed = int(self.random_state)
-        init_gen = torch.Generator().manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        if neighbors is None:
-            self.neighbors_ = mine_neighbors(X, int(self.n_neighbors), verbose=self.verbose,
-                                             gpu="auto" if device.type == "cuda" else False)
-        else:
-            self.neighbors_ = check_neighbors(neighbors, n)
-        rows, _ = self._standardized_rows(X, mean, std, device)
-
+    # ------------------------------------------------------------------ fit (steps of HeadEstimator.fit)
+    def _build(self, ctx: FitContext) -> tuple[TEMIHeads, TEMIHeads]:
+        """Student (initialised from ``ctx.init``) and its teacher, a frozen copy."""
+        d, k = self.n_features_in_, int(self.n_clusters)
         student = TEMIHeads(d, k, int(self.n_heads), int(self.n_layers), int(self.hidden_dim),
-                            int(self.bottleneck_dim), generator=init_gen).to(device)
+                            int(self.bottleneck_dim), generator=ctx.init).to(ctx.device)
         teacher = TEMIHeads(d, k, int(self.n_heads), int(self.n_layers), int(self.hidden_dim),
-                            int(self.bottleneck_dim), generator=torch.Generator()).to(device)
+                            int(self.bottleneck_dim), generator=torch.Generator()).to(ctx.device)
         teacher.load_state_dict(student.state_dict())
         teacher.requires_grad_(False)
-        bs = self._effective_batch(n)
-        with self._threads(device, 3 * self._work(2 * bs)):
-            self.prior_ = self._train(student, teacher, rows, n, bs, rng).cpu().numpy()
-            self.student_, self.teacher_ = student, teacher
-            self.head_losses_ = self._full_loss(rows)
-            self.best_head_ = int(np.argmin(self.head_losses_))
-            self.score_ = float(self.head_losses_[self.best_head_])
-            probs = self._proba_rows(rows)
-        self._finish(probs)
-        return self
+        return student, teacher
+
+    def _final_assignment(self, ctx: FitContext) -> tuple[np.ndarray, None]:
+        """The kept head's teacher."""
+        self.score_ = float(self.head_losses_[self.best_head_])
+        return self._proba_rows(ctx.rows), None
 
     def _schedules(self, n_steps: int, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-step learning rate (linear warm-up, then constant) and teacher momentum (cosine to final)."""
@@ -352,8 +341,9 @@ class TEMI(HeadEstimator):
         momentum = m1 + 0.5 * (m0 - m1) * (1 + np.cos(np.pi * step / max(1, n_steps)))
         return lr, momentum
 
-    def _train(self, student: TEMIHeads, teacher: TEMIHeads, rows: Rows, n: int, bs: int,
-               rng: np.random.Generator) -> torch.Tensor:
+    def _train(self, model: tuple[TEMIHeads, TEMIHeads], ctx: FitContext) -> None:
+        """Students by AdamW, teachers by EMA; stores ``student_``, ``teacher_`` and the final p̄ ``prior_``."""
+        (student, teacher), rows, n, bs, rng = model, ctx.rows, ctx.n, ctx.batch, ctx.rng
         decay = [p for name, p in student.named_parameters() if name.startswith("weights") or name == "direction"]
         rest = [p for name, p in student.named_parameters() if not (name.startswith("weights") or name == "direction")]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": float(self.weight_decay)},
@@ -399,7 +389,8 @@ class TEMI(HeadEstimator):
                 epoch_loss += losses.detach()
                 step += 1
             bar.set_postfix(loss=f"{(epoch_loss.min() / n_batches).item():.3f}")
-        return prior
+        self.prior_ = prior.cpu().numpy()
+        self.student_, self.teacher_ = student, teacher
 
     @torch.no_grad()
     def _head_probs(self, module: TEMIHeads, rows: Rows, temperature: float, block: int = 16384) -> torch.Tensor:
@@ -412,9 +403,10 @@ class TEMI(HeadEstimator):
         return out
 
     @torch.no_grad()
-    def _full_loss(self, rows: Rows) -> np.ndarray:
+    def _full_loss(self, ctx: FitContext) -> np.ndarray:
         """TEMI loss (H,) of every head over every anchor and all K of its neighbours (final students, teachers
         and p̄), in blocks of anchors."""
+        rows = ctx.rows
         s = self._head_probs(self.student_, rows, float(self.student_temperature))
         t = self._head_probs(self.teacher_, rows, float(self.teacher_temperature))
         prior = torch.from_numpy(self.prior_).to(rows.device)

@@ -66,7 +66,8 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .base import HeadEstimator
-from .common import Rows, check_features, is_int
+from .common import Rows, check_features
+from .constraints import Interval, Options
 
 __all__ = ["TURTLE", "TaskEncoder", "generalization_score", "turtle_step"]
 
@@ -278,19 +279,17 @@ class TURTLE(HeadEstimator):
         self.device = device
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        if isinstance(self.inner_lr, str) and self.inner_lr != "auto":
-            raise ValueError(f"inner_lr must be a positive number or 'auto', got {self.inner_lr!r}")
-        self._check_common_params({"inner_steps": self.inner_steps, "batch_size": self.batch_size},
-                                  nonneg_reals={"gamma": self.gamma},
-                                  pos_reals={"lr": self.lr, **({} if self.inner_lr == "auto"
-                                                                else {"inner_lr": self.inner_lr})})
-        if self.n_steps != "auto" and (not is_int(self.n_steps) or self.n_steps < 1):
-            raise ValueError(f"n_steps must be a positive integer or 'auto', got {self.n_steps!r}")
-        if not is_int(self.score_folds) or self.score_folds < 2:
-            raise ValueError(f"score_folds must be an integer >= 2, got {self.score_folds!r}")
-        if self.score_max_samples is not None and (not is_int(self.score_max_samples) or self.score_max_samples < 2):
-            raise ValueError(f"score_max_samples must be None or an integer >= 2, got {self.score_max_samples!r}")
+    _TAKES_VIEWS = False
+    _parameter_constraints = {
+        **HeadEstimator._parameter_constraints,
+        "gamma": [Interval("real", 0)],
+        "n_steps": [Interval("int", 1), Options("auto")],
+        "inner_steps": [Interval("int", 1)],
+        "inner_lr": [Interval("real", 0, closed="neither"), Options("auto")],
+        "lr": [Interval("real", 0, closed="neither")],
+        "score_folds": [Interval("int", 2)],
+        "score_max_samples": [Interval("int", 2), None],
+    }
 
     def _inner_lrs(self, rows: Rows, n: int, seed: int) -> np.ndarray:
         """Learning rate of every space's inner classifiers: ``inner_lr``, or for "auto" _INNER_LOGIT_STEP over
@@ -338,8 +337,11 @@ class TURTLE(HeadEstimator):
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None) -> "TURTLE":
         """Train on ``X``: one (n, d) feature array, or a list of aligned arrays (one per representation space,
-        same samples in the same order); ``y`` is ignored (unsupervised)."""
-        self._check_params()
+        same samples in the same order); ``y`` is ignored (unsupervised).
+
+        Its own loop rather than HeadEstimator's template: one task encoder over several spaces, no heads to
+        choose between (the parameters are checked by the same constraints)."""
+        self._validate_params()
         spaces, means, stds = self._as_spaces(X, "features", min_rows=2, stats=True)
         n = spaces[0].shape[0]
         k = int(self.n_clusters)

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .base import HeadEstimator
+from .base import FitContext, HeadEstimator
 from .common import DROP_PROB, EPS, NOISE_STD, Rows, random_view, softmax
+from .constraints import Interval, Options
 from .selflabel import augment_features
 
 __all__ = ["NormalizedHeads", "TwoStageUC", "iic_loss"]
@@ -151,56 +152,43 @@ class TwoStageUC(HeadEstimator):
         self.device = device
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        self._check_common_params(
-            {"n_heads": self.n_heads, "epochs": self.epochs, "batch_size": self.batch_size},
-            nonneg_reals={"consistency_weight": self.consistency_weight, "weight_decay": self.weight_decay},
-            pos_reals={"lr": self.lr, "temperature": self.temperature})
-        if self.temperature > 1:
-            raise ValueError(f"temperature must be in (0, 1] (τ_c < 1 sharpens cosine logits), "
-                             f"got {self.temperature!r}")
-        if self.augment not in ("auto", "views", "features"):
-            raise ValueError(f"augment must be 'auto', 'views' or 'features', got {self.augment!r}")
+    _parameter_constraints = {
+        **HeadEstimator._parameter_constraints,
+        "n_heads": [Interval("int", 1)],
+        # τ_c < 1 sharpens the cosine logits; above 1 no assignment can become confident
+        "temperature": [Interval("real", 0, 1, closed="right")],
+        "consistency_weight": [Interval("real", 0)],
+        "epochs": [Interval("int", 1)],
+        "lr": [Interval("real", 0, closed="neither")],
+        "weight_decay": [Interval("real", 0)],
+        "augment": [Options("auto", "views", "features")],
+    }
 
     def _work(self, batch: int) -> int:
         return int(self.n_heads) * batch * int(self.n_features_in_) * int(self.n_clusters)
 
-    # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, augmented=None) -> "TwoStageUC":
-        """Train on features ``X`` (n, d) (array or memory map); ``y`` is ignored (unsupervised).
+    # ------------------------------------------------------------------ fit (steps of HeadEstimator.fit)
+    @staticmethod
+    def _pairs(ctx: FitContext, gen_seed: int):
+        """A function idx -> (clean rows, augmented view rows) with its own random streams."""
+        rows, views, mode = ctx.rows, ctx.views, ctx.mode
+        rng = np.random.default_rng(gen_seed)
+        noise_gen = torch.Generator(device=ctx.device).manual_seed(gen_seed)
 
-        ``augmented``: optional (V, n, d) cached augmented views of the same samples, same order.
-        """
-        X, mean, std, augmented, mode, device = self._validate_fit(X, augmented)
-        n, d = X.shape
-        k = int(self.n_clusters)
-        seed = int(self.random_state)
-        init_gen = torch.Generator().manual_seed(seed)
-        rows, views = self._standardized_rows(X, mean, std, device, augmented if mode == "views" else None)
+        def pair(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            clean = rows.get(idx)
+            if mode == "views":
+                return clean, random_view(views, idx, rng)
+            return clean, augment_features(clean, NOISE_STD, DROP_PROB, noise_gen)
+        return pair
 
-        def view_maker(gen_seed: int):
-            """A function idx -> (clean rows, augmented view rows) with its own random streams."""
-            rng = np.random.default_rng(gen_seed)
-            noise_gen = torch.Generator(device=device).manual_seed(gen_seed)
+    def _build(self, ctx: FitContext) -> NormalizedHeads:
+        return NormalizedHeads(self.n_features_in_, int(self.n_clusters), int(self.n_heads),
+                               float(self.temperature), generator=ctx.init).to(ctx.device)
 
-            def pair(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-                clean = rows.get(idx)
-                if mode == "views":
-                    return clean, random_view(views, idx, rng)
-                return clean, augment_features(clean, NOISE_STD, DROP_PROB, noise_gen)
-            return pair
-
-        heads = NormalizedHeads(d, k, int(self.n_heads), float(self.temperature), generator=init_gen).to(device)
-        bs = self._effective_batch(n)
-        with self._threads(device, self._work(bs)):
-            self._train(heads, view_maker(seed + 1), n, bs, np.random.default_rng(seed))
-            self.heads_ = heads
-            self.head_losses_ = self._full_loss(rows, view_maker(seed + 2), bs)
-            self.best_head_ = int(np.argmin(self.head_losses_))
-            self.head_ = self._select(self.best_head_)
-            probs = self._proba_rows(rows)
-        self._finish(probs)
-        return self
+    def _final_assignment(self, ctx: FitContext) -> tuple[np.ndarray, None]:
+        self.head_ = self._select(self.best_head_)
+        return self._proba_rows(ctx.rows), None
 
     def _select(self, index: int) -> NormalizedHeads:
         out = NormalizedHeads(self.heads_.weight.shape[1], int(self.n_clusters), 1, float(self.temperature))
@@ -208,7 +196,8 @@ class TwoStageUC(HeadEstimator):
             out.weight.copy_(self.heads_.weight[index:index + 1])
         return out.to(self.heads_.weight.device)
 
-    def _train(self, heads: NormalizedHeads, pairs, n: int, bs: int, rng: np.random.Generator) -> None:
+    def _train(self, heads: NormalizedHeads, ctx: FitContext) -> None:
+        pairs, n, bs, rng = self._pairs(ctx, ctx.seed + 1), ctx.n, ctx.batch, ctx.rng
         optimizer = torch.optim.Adam(heads.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
         # Drop the short last batch: its joint distribution would be too noisy to step on.
         n_batches = max(1, n // bs)
@@ -229,14 +218,16 @@ class TwoStageUC(HeadEstimator):
                 total.sum().backward()
                 optimizer.step()
             bar.set_postfix(loss=f"{total.min().item():.3f}", mi=f"{mutual_info.max().item():.3f}")
+        self.heads_ = heads
 
     @torch.no_grad()
-    def _full_loss(self, rows: Rows, pairs, block: int) -> np.ndarray:
+    def _full_loss(self, ctx: FitContext) -> np.ndarray:
         """Loss of every head over the whole training set, one fixed augmented view per sample.
 
         The joint distribution is accumulated over all samples (not per batch), so the score does not depend
         on how the data is split into blocks.
         """
+        rows, pairs, block = ctx.rows, self._pairs(ctx, ctx.seed + 2), ctx.batch
         self.heads_.eval()
         k, h = int(self.n_clusters), self.heads_.n_heads
         joint = torch.zeros(h, k, k, dtype=torch.float64, device=rows.device)
