@@ -242,22 +242,6 @@ def test_augmented_views_and_memmap_input(blobs, tmp_path, monkeypatch):
     np.testing.assert_allclose(streamed.probs_, est.probs_, atol=1e-5)
 
 
-def test_save_load_round_trip(blobs, tmp_path):
-    X, _ = blobs
-    est = SCAN(4, random_state=0, self_label=True, self_label_epochs=3, **FAST).fit(X)
-    path = est.save(tmp_path / "model" / "scan.pt")
-    assert isinstance(torch.load(path, weights_only=True), dict)
-    loaded = SCAN.load(path, device="cpu")
-    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
-    np.testing.assert_array_equal(loaded.predict_proba(X, head=1), est.predict_proba(X, head=1))
-    assert loaded.get_params() == {**est.get_params(), "device": "cpu"}
-    assert loaded.best_head_ == est.best_head_ and loaded.n_confident_ == est.n_confident_
-    np.testing.assert_array_equal(loaded.head_losses_, est.head_losses_)
-    np.testing.assert_array_equal(loaded.labels_, est.labels_)
-    with pytest.raises(FileNotFoundError, match="no saved SCAN model"):
-        SCAN.load(tmp_path / "missing.pt")
-
-
 def test_bad_inputs_raise(blobs):
     X, _ = blobs
     with pytest.raises(ValueError, match="n_clusters must be an integer >= 2"):

@@ -107,16 +107,14 @@ def test_temi_recovers_blobs_seeded_and_scores_its_kept_head(blobs):
     np.testing.assert_array_equal(c.probs_, a.probs_)
 
 
-def test_temi_save_load_and_predict_on_new_rows(blobs, tmp_path):
+def test_temi_predicts_new_rows_and_refuses_other_dims(blobs):
+    # save/load: tests/test_method_contract.py
     X, y = blobs
     train, new = np.arange(0, 240, 2), np.arange(1, 240, 2)
     est = TEMI(4, random_state=1, **{**TEMI_FAST, "n_neighbors": 5}).fit(X[train])
-    loaded = TEMI.load(est.save(tmp_path / "temi.pt"), device="cpu")
-    np.testing.assert_array_equal(loaded.predict_proba(X[new]), est.predict_proba(X[new]))
-    assert loaded.best_head_ == est.best_head_ and loaded.score_ == est.score_
-    assert cluster_accuracy(y[new], loaded.predict(X[new])) > 0.95
+    assert cluster_accuracy(y[new], est.predict(X[new])) > 0.95
     with pytest.raises(ValueError, match="fitted on dim 8"):
-        loaded.predict(X[:, :3])
+        est.predict(X[:, :3])
     with pytest.raises(ValueError, match="n_neighbors=50 must be smaller"):
         TEMI(2, verbose=False, device="cpu").fit(X[:30])
 
@@ -178,17 +176,15 @@ def test_generalization_score_on_true_random_and_single_labels():
         generalization_score([a, b[:10]], y)
 
 
-def test_turtle_save_load_predict_and_refuses_misaligned_spaces(tmp_path):
+def test_turtle_predicts_new_rows_and_refuses_misaligned_spaces():
+    # save/load: tests/test_method_contract.py
     a, b, y = _two_blob_spaces()
     est = TURTLE(2, n_steps=60, score_folds=3, random_state=2, verbose=False, device="cpu").fit([a[::2], b[::2]])
-    loaded = TURTLE.load(est.save(tmp_path / "turtle.pt"), device="cpu")
-    np.testing.assert_array_equal(loaded.predict_proba([a, b]), est.predict_proba([a, b]))
-    assert cluster_accuracy(y[1::2], loaded.predict([a[1::2], b[1::2]])) == 1.0
-    assert loaded.score_ == est.score_
+    assert cluster_accuracy(y[1::2], est.predict([a[1::2], b[1::2]])) == 1.0
     with pytest.raises(ValueError, match="not aligned"):
         TURTLE(2, verbose=False, device="cpu").fit([a, b[:-1]])
     with pytest.raises(ValueError, match=r"space dims \[16\]"):
-        loaded.predict([a])
+        est.predict([a])
 
 
 # ----------------------------------------------------------------------------- TURTLE against the official code
