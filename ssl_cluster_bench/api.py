@@ -33,7 +33,7 @@ from .methods import MethodInputs, get_method, list_methods
 from .metrics import evaluate, silhouette
 from .predictions import has_predictions, make_run_id, save_predictions
 from .protocol import Protocol, resolve_protocol
-from .safeio import write_error
+from .safeio import atomic_write_text, write_error
 
 __all__ = ["DEFAULT_BACKBONES", "cluster_entries", "cluster_entry", "cluster_features", "extract",
            "import_features", "run", "write_markdown"]
@@ -501,13 +501,10 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
     agg = aggregate(read_leaderboard(results_csv))
     text = to_markdown(agg)
     text += _reported_section(agg)
-    # a per-process temporary name: concurrent runs appending to one leaderboard each rewrite the table
-    tmp = markdown_path.with_name(f".{markdown_path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, markdown_path)
+        # a unique temporary per process: concurrent runs appending to one leaderboard each rewrite the table
+        atomic_write_text(markdown_path, text + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise write_error(e, f"writing the markdown table {markdown_path}", markdown_path,
                           f"The leaderboard CSV {results_csv} is intact; `sscb leaderboard` prints the table.") from e
     return markdown_path

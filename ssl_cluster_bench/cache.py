@@ -61,7 +61,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InterfaceError, option, spell
-from .safeio import FileLock, write_error
+from .safeio import FileLock, atomic_write, atomic_write_text, fsync_dir, write_error
 
 __all__ = ["CacheIntegrityError", "CacheKey", "CacheEntry", "ChunkWriter", "EntryStatus", "FeatureCache",
            "default_cache_dir"]
@@ -199,19 +199,6 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_features(block: np.ndarray, where: str) -> None:
@@ -354,14 +341,9 @@ def _write_stamp(path: Path, manifest: dict, stats: dict) -> None:
     stamp = {"checksum": manifest.get("checksum"), "indices_checksum": manifest.get("indices_checksum"),
              "files": stats, "verified": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "by": f"{socket.gethostname()}:{os.getpid()}"}
-    tmp = path / f".verified.{_tag()}.{time.time_ns()}.tmp"
     try:
-        _write_text(tmp, json.dumps(stamp, indent=1))
-        os.replace(tmp, path / STAMP)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError):
-            raise
+        atomic_write_text(path / STAMP, json.dumps(stamp, indent=1), prefix=f".verified.{_tag()}.")
+    except OSError as e:
         size = sum(s[0] for s in stats.values()) / 2**30
         log.warning("cannot record that %s was verified (%s): every new process will hash its %.1f GiB again",
                     path.name, e, size)
@@ -897,7 +879,7 @@ class FeatureCache:
         _write_text(tmp / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
         # The bytes were hashed from disk just now: stamp them so the first open does not hash them again.
         _write_stamp(tmp, manifest, _file_stats(tmp))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         final = self.path(key)
         if (final / "manifest.json").is_file():
             # Another process (on a filesystem without working locks) finished the same entry first.
@@ -917,7 +899,7 @@ class FeatureCache:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
             return self.get(key)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         entry = CacheEntry(final, manifest)
         entry._verified = True
         return entry
@@ -947,7 +929,6 @@ class ChunkWriter:
         cache.sweep()  # temporaries of jobs that died (a kill -9, a node that went down)
         with cache._entry_lock(key.entry_id):
             if not self.entry_complete():
-                tmp = None
                 try:
                     # The folder is deleted once the entry is assembled: it must be ours (an empty one, left by a
                     # kill between its mkdir and its marker, holds nothing to lose)
@@ -960,16 +941,10 @@ class ChunkWriter:
                     self.chunks_dir.mkdir(exist_ok=True)
                     spec_path = self.chunks_dir / "spec.json"
                     if not spec_path.is_file():
-                        fd, tmp = tempfile.mkstemp(prefix=f".spec.{_tag()}.", suffix=".tmp", dir=self.chunks_dir)
-                        os.close(fd)
-                        _write_text(Path(tmp), json.dumps({"key": asdict(key), "n_items": n_items,
-                                                           "chunk_size": chunk_size}))
-                        os.replace(tmp, spec_path)
-                except BaseException as e:
-                    if tmp is not None:
-                        Path(tmp).unlink(missing_ok=True)
-                    if not isinstance(e, OSError):
-                        raise
+                        atomic_write_text(spec_path, json.dumps({"key": asdict(key), "n_items": n_items,
+                                                                 "chunk_size": chunk_size}),
+                                          prefix=f".spec.{_tag()}.")
+                except OSError as e:
                     raise write_error(e, f"creating the extraction folder of {key.entry_id}", self.chunks_dir,
                                       "Nothing was written.") from e
             self._active.acquire()  # before the entry lock goes, so `remove` cannot slip in between
@@ -1040,27 +1015,14 @@ class ChunkWriter:
                     skipped_ids: list[str] = ()) -> None:
         features = np.asarray(features)
         _check_features(features.astype(np.float32, copy=False), f"chunk {i}")
-        tmp = None
         try:
-            # a unique name (O_EXCL): two jobs or hosts never write into the same temporary file; <pid>@<host>
-            # in it tells a later run whether its writer is still alive
-            fd, tmp = tempfile.mkstemp(prefix=f".chunk-{i:06d}.{_tag()}.", suffix=".tmp", dir=self.chunks_dir)
-            os.close(fd)
-            with open(tmp, "wb") as f:
+            # a unique temporary (O_EXCL): two jobs or hosts never write into the same one; <pid>@<host> in its
+            # name tells a later run whether its writer is still alive; removed on any error or signal
+            with atomic_write(self._chunk_path(i), prefix=f".chunk-{i:06d}.{_tag()}.") as f:
                 np.savez(f, features=features.astype(np.float16), labels=np.asarray(labels, dtype=np.int64),
                          indices=np.asarray(indices, dtype=np.int64),
                          skipped=np.asarray(list(skipped_ids), dtype=str))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._chunk_path(i))
-        except BaseException as e:  # a signal (KeyboardInterrupt) as much as a full disk: no temporary stays
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-            if not isinstance(e, OSError):
-                raise
+        except OSError as e:
             if e.errno == errno.ENOENT and self.entry_complete():
                 return  # another job (without working locks) assembled the entry and removed the folder
             done = len(self.done_chunks())

@@ -29,7 +29,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from .safeio import write_error
+from .safeio import atomic_write, write_error
 
 __all__ = ["COLUMNS", "METRICS", "OLDER_COLUMNS", "LeaderboardFileError", "aggregate", "append_rows", "latest_runs",
            "check_appendable", "default_results_path", "lock_path", "mark_best", "read_leaderboard", "to_markdown"]
@@ -249,24 +249,16 @@ def append_rows(path, rows, *, unique_run_ids: bool = False, known_counts: Mappi
             payload = merged.to_csv(index=False, lineterminator="\n").encode()
         else:
             payload = new.to_csv(index=False, lineterminator="\n").encode()
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as f:
+            with atomic_write(target) as f:
                 f.write(payload)
-                f.flush()
                 if st is not None:  # the replacement keeps the file's permissions (and owner, where we may)
                     os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
                     try:
                         os.fchown(f.fileno(), st.st_uid, st.st_gid)
                     except PermissionError:
                         pass  # only root may give a file away; the rows matter more than the owner
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
         except OSError as e:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass  # report the write error, not the cleanup's
             raise write_error(e, f"appending {len(new)} row(s) to the leaderboard", shown,
                               f"The leaderboard {shown.name} is unchanged (the new rows were not written).") from e
     return len(new)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .safeio import atomic_write
+
 __all__ = ["load_predictions", "make_run_id", "predictions_dir", "save_predictions"]
 
 _RUN_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -50,12 +52,8 @@ def save_predictions(results_csv, run_id: str, labels) -> Path:
     dtype = np.int16 if labels.size == 0 or (labels.min() >= -1 and labels.max() < 2 ** 15) else np.int32
     path = _path(results_csv, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    try:
-        np.save(tmp, labels.astype(dtype))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        np.save(f, labels.astype(dtype))
     return path
 
 

@@ -193,7 +193,9 @@ class Protocol:
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            from .safeio import atomic_write_text
+
+            atomic_write_text(path, text)
         return text
 
     @classmethod

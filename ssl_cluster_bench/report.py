@@ -22,7 +22,6 @@ import html
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import pandas as pd
 import yaml
 
 from .leaderboard import aggregate, read_leaderboard
+from .safeio import atomic_write_bytes
 
 __all__ = ["Figure", "ReportPaths", "build_figures", "check_images", "confusion_figure", "matched_confusion",
            "published_columns", "select_rows", "write_report"]
@@ -466,12 +466,6 @@ def _html(c: _Content) -> str:
     return "\n".join(parts)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: str | None = None) -> ReportPaths:
     """Write ``report.md`` (+ ``report_files/*.png``) and the self-contained ``report.html``.
 
@@ -512,15 +506,15 @@ def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: st
     fig_paths, written = {}, []
     for f in figures:
         p = fig_dir / f"{f.name}.png"
-        _atomic_write(p, f.png)
+        atomic_write_bytes(p, f.png)
         fig_paths[f.name] = f"report_files/{p.name}"
         written.append(p)
     for stale in fig_dir.glob("*.png"):  # figures of datasets no longer in the report
         if stale not in written:
             stale.unlink()
     md, ht = out_dir / "report.md", out_dir / "report.html"
-    _atomic_write(md, _markdown(content, fig_paths).encode())
-    _atomic_write(ht, _html(content).encode())
+    atomic_write_bytes(md, _markdown(content, fig_paths).encode())
+    atomic_write_bytes(ht, _html(content).encode())
     return ReportPaths(md, ht, written)
 
 

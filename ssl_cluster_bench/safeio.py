@@ -1,9 +1,19 @@
-"""Files shared by many processes: advisory locks, and write errors that say what ran out.
+"""Files shared by many processes: atomic writes, advisory locks, and write errors that say what ran out.
 
 Entry points:
+    atomic_write(path, mode="wb", prefix=None)   context manager yielding a file; ``path`` is replaced whole
+                                            when the block ends, or left as it was when the block raises
+    atomic_write_bytes(path, data) / atomic_write_text(path, text)   the same for data already in memory
+    fsync_dir(path)                         make a rename or creation inside folder ``path`` durable (best effort)
     FileLock(path, shared=False)            ``flock`` lock on a lock file; ``acquire(blocking)`` -> bool
     write_error(error, doing, path, kept)   an OSError whose message names the cause (disk full, quota, ...),
                                             the place, what was kept and what to do
+
+Atomic writes go to a temporary file in the target's own folder (``os.replace`` is atomic only within one
+filesystem), created with O_EXCL under a name unique to the process and host (two jobs never share one), then
+flushed, fsynced, renamed over the target, and the folder is fsynced so the rename survives a power cut. Any
+exception in between, KeyboardInterrupt and SystemExit included, removes the temporary file and is re-raised:
+readers see the old file or the new one, never a half-written one, and nothing is left behind.
 
 Locks are ``fcntl.flock`` locks: the kernel drops them when the holder dies (``kill -9`` included), so a
 crashed job never leaves a stale lock behind. Where the filesystem refuses locks (ENOLCK / EOPNOTSUPP: NFS
@@ -19,10 +29,14 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import shutil
+import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Iterator
 
-__all__ = ["FileLock", "write_error"]
+__all__ = ["FileLock", "atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "write_error"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +45,74 @@ _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.
 # Lock files we cannot create (a read-only shared cache): nobody can write there, so nothing to exclude.
 _NO_LOCK_FILE = {errno.EROFS, errno.EACCES, errno.EPERM}
 _warned: set[str] = set()
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync folder ``path`` so that a file created or renamed in it is on disk; skipped where not supported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and all of Windows) refuse to fsync a folder; the data itself was fsynced
+    finally:
+        os.close(fd)
+
+
+def _temporary(path: Path, prefix: str | None, suffix: str, binary: bool) -> tuple[IO, Path]:
+    """A new file next to ``path``, opened for writing, and its name."""
+    prefix = prefix if prefix is not None else f".{path.name}.{os.getpid()}@{socket.gethostname()}."
+    for _ in range(100):
+        tmp = path.with_name(f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            # "x": O_EXCL, never someone else's file; permissions 0o666 minus the umask, as the target would get
+            # from a plain open() (mkstemp's 0o600 would hide a shared leaderboard from the group)
+            return open(tmp, "xb" if binary else "x"), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent / prefix))
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, prefix: str | None = None,
+                 suffix: str = ".tmp") -> Iterator[IO]:
+    """Write ``path`` all or nothing: ``with atomic_write(p) as f: f.write(...)``.
+
+    ``mode`` is "wb" or "w" (text). The temporary file is ``<prefix><random><suffix>`` in ``path``'s folder
+    (default prefix ``.<name>.<pid>@<host>.``, so a sweeper can tell whose it is). See the module docstring for
+    the guarantees; the caller maps an OSError to its own message (``write_error``).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    f, tmp = _temporary(path, prefix, suffix, binary=mode == "wb")
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # a signal (KeyboardInterrupt) as much as a full disk: the target is untouched and no temporary stays
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # report the write error, not the cleanup's
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, **kwargs) -> None:
+    """:func:`atomic_write` of ``data``."""
+    with atomic_write(path, "wb", **kwargs) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, **kwargs) -> None:
+    """:func:`atomic_write` of ``text`` (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"), **kwargs)
 
 
 class FileLock:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import math
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,7 @@ import pandas as pd
 import yaml
 
 from .errors import option, spell
+from .safeio import atomic_write_text
 
 __all__ = ["EntryStatus", "Suite", "SuiteEntry", "SuiteState", "list_suites", "load_suite", "parse_data_roots",
            "run_suite"]
@@ -344,9 +344,7 @@ class SuiteState:
 
     def save(self, results_csv) -> Path:
         path = state_path(results_csv)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json())
         return path
 
 

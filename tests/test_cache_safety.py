@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import ssl_cluster_bench.cache as cache_mod
-import ssl_cluster_bench.leaderboard as leaderboard_mod
+import ssl_cluster_bench.safeio as safeio_mod
 from ssl_cluster_bench.cache import CacheIntegrityError, CacheKey, FeatureCache
 from ssl_cluster_bench.cli import main
 from ssl_cluster_bench.data import get_dataset
@@ -282,12 +282,12 @@ def test_disk_full_mid_chunk_keeps_finished_chunks_and_resumes(tree, tmp_path, m
     ds = get_dataset("imagefolder", tree, transform=bb.transform)
     cache = FeatureCache(tmp_path / "c")
     disk = _FullDisk(match=".chunk-", nth=3, room=500)  # chunk 2 of 0..5 fails half-way
-    monkeypatch.setattr(cache_mod, "open", disk, raising=False)
+    monkeypatch.setattr(safeio_mod, "open", disk, raising=False)  # chunks are written by safeio.atomic_write
     with pytest.raises(OSError, match="disk is full") as info:
         extract_features(bb, ds, cache, batch_size=2, chunk_size=4, progress=False)
     assert info.value.errno == errno.ENOSPC
     assert "chunk 2" in str(info.value) and "2 finished chunk(s) of 6 are kept" in str(info.value)
-    monkeypatch.setattr(cache_mod, "open", builtins.open, raising=False)
+    monkeypatch.setattr(safeio_mod, "open", builtins.open, raising=False)
     partial = next((tmp_path / "c").glob("*.partial")) / "chunks-of-4"
     assert sorted(p.name for p in partial.glob("chunk-*.npz")) == ["chunk-000000.npz", "chunk-000001.npz"]
     for p in partial.glob("chunk-*.npz"):
@@ -323,7 +323,7 @@ def test_disk_full_mid_append_leaves_the_leaderboard_unchanged(tmp_path, monkeyp
     row = {"backbone": "a", "dataset": "d", "method": "kmeans", "n_clusters": 3, "seed": 0, "acc": 0.5}
     append_rows(path, [row])
     before = path.read_bytes()
-    monkeypatch.setattr(leaderboard_mod, "open", _FullDisk(match=".tmp", room=len(before) // 2), raising=False)
+    monkeypatch.setattr(safeio_mod, "open", _FullDisk(match=".tmp", room=len(before) // 2), raising=False)
     with pytest.raises(OSError, match="disk is full") as info:
         append_rows(path, [dict(row, seed=s) for s in range(1, 20)])
     assert info.value.errno == errno.ENOSPC and "lb.csv is unchanged" in str(info.value)

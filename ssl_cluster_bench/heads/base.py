@@ -31,6 +31,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.base import BaseEstimator, ClusterMixin
 
+from ..safeio import atomic_write
 from .common import (SINGLE_THREAD_WORK, DegenerateClusteringWarning, Rows, check_augmented, check_features,
                      check_neighbors, cluster_usage, resolve_device, torch_threads)
 from .constraints import NO_VALIDATION, Interval, Options, check_param
@@ -355,7 +356,8 @@ class HeadEstimator(ClusterMixin, BaseEstimator):
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path)
+        with atomic_write(path) as f:  # an interrupted save leaves the previous model, not half of a new one
+            torch.save(state, f)
         return path
 
     @classmethod
