@@ -107,6 +107,9 @@ def test_wheel_install_lists_every_card(source_copy, tmp_path, user_cards):
     (wheel,) = (tmp_path / "wheels").glob("ssl_cluster_bench-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"ssl_cluster_bench/model_cards/{i}.yaml" for i in SHIPPED} <= names
+    # the shared preprocessing blocks the cards include
+    assert {f"ssl_cluster_bench/model_cards/_preprocessing/{p.name}"
+            for p in (REPO / "model_cards" / "_preprocessing").glob("*.yaml")} <= names
 
     python = _venv(tmp_path / "venv")
     _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", wheel], cwd=tmp_path)

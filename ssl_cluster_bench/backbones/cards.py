@@ -51,6 +51,10 @@ Card schema (YAML mapping; ``*`` = required)::
     preprocessing  deterministic eval transform; when absent (not allowed for builtin cards) it comes from
                    the architecture's pretrained config (timm's pretrained cfg, or the torchvision weights'
                    transforms):
+                   include     name of a shared block, the file _preprocessing/<name>.yaml next to the cards
+                               (the card's own folder first, then the shipped cards): its fields are used, and
+                               the card's own fields override them (e.g. include + interpolation: bilinear).
+                               A block holds only the fields below; it cannot include another block
                    input_size  network input side (int or [h, w]) after the crop; null = image size
                    resize      shorter side (int), exact [h, w], or null (no resize)
                    crop        "center" (center crop to input_size) or null (after a shorter-side resize
@@ -91,6 +95,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
+
+from ..errors import did_you_mean
 
 __all__ = ["ModelCard", "Preprocessing", "CardError", "card_dirs", "list_cards", "load_card", "SOURCES", "STATUSES"]
 
@@ -497,7 +503,8 @@ class ModelCard:
 
         preprocessing = None
         if raw.get("preprocessing") is not None:
-            preprocessing = Preprocessing.from_dict(raw["preprocessing"], where)
+            pp_raw, pp_where = _resolve_include(raw["preprocessing"], where, path)
+            preprocessing = Preprocessing.from_dict(pp_raw, pp_where)
         elif source == "builtin" or (source == "hub" and not raw.get("arch")):
             # everything else falls back to the pretrained config of its architecture (timm / torchvision)
             raise _fail(where, "preprocessing", f"is required for source {source!r}"
@@ -609,6 +616,63 @@ def _clustering_entry(row: Any, where: str, name: str) -> dict:
             "classes": row.get("classes"), "method": row["method"].strip(), "k": row.get("k"),
             "overcluster": None if over is None else float(over), "metrics": metrics,
             "source": row["source"].strip(), "notes": row.get("notes")}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared preprocessing blocks (``preprocessing: {include: <name>}``)
+# ----------------------------------------------------------------------------------------------------------
+
+#: sub-folder of a card folder holding the shared preprocessing blocks, one ``<name>.yaml`` each; the card
+#: listing reads only ``*.yaml`` at the top of a folder, so blocks are never taken for cards
+BLOCKS_DIR = "_preprocessing"
+
+
+def _block_dirs(card_path: Path | None) -> list[Path]:
+    """Where ``include`` looks: the card's own folder, then the shipped cards (a user card may use their blocks)."""
+    dirs = ([card_path.parent / BLOCKS_DIR] if card_path is not None else []) + \
+        [d / BLOCKS_DIR for d in _default_dirs()]
+    unique: list[Path] = []
+    for d in dirs:
+        if all(d.resolve() != u.resolve() for u in unique):
+            unique.append(d)
+    return unique
+
+
+def _read_block(path: Path) -> dict:
+    try:
+        block = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+    except yaml.YAMLError as e:
+        raise CardError(f"preprocessing block {path}: invalid YAML: {e}") from None
+    if not isinstance(block, Mapping):
+        raise CardError(f"preprocessing block {path}: must be a mapping of preprocessing fields, "
+                        f"got {type(block).__name__}")
+    if "include" in block:
+        raise CardError(f"preprocessing block {path}: field 'include': a block cannot include another block; "
+                        "write its fields out")
+    unknown = set(block) - _PP_KEYS
+    if unknown:
+        raise CardError(f"preprocessing block {path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_PP_KEYS)}")
+    return dict(block)
+
+
+def _resolve_include(raw: Any, where: str, card_path: Path | None) -> tuple[Any, str]:
+    """A card's ``preprocessing`` with its ``include`` expanded: the block's fields, then the card's own fields
+    over them (the card wins). Returns ``(fields, where)``, ``where`` naming the block for later messages."""
+    if not isinstance(raw, Mapping) or "include" not in raw:
+        return raw, where
+    name = raw["include"]
+    dirs = _block_dirs(card_path)
+    if not isinstance(name, str) or not _ID_RE.match(name):
+        raise _fail(where, "preprocessing.include", f"must be the name of a block file in {BLOCKS_DIR}/ without "
+                                                    f"'.yaml', e.g. imagenet-resize256-crop224-bicubic; got {name!r}")
+    found = next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)
+    if found is None:
+        known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.yaml")})
+        raise _fail(where, "preprocessing.include",
+                    f"no block {name!r} in {', '.join(str(d) for d in dirs)}{did_you_mean(name, known)}; "
+                    f"known blocks: {', '.join(known) or 'none'}")
+    merged = {**_read_block(found), **{k: v for k, v in raw.items() if k != "include"}}
+    return merged, f"{where} (preprocessing including {found})"
 
 
 # ----------------------------------------------------------------------------------------------------------
