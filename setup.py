@@ -10,5 +10,7 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["ssl_cluster_bench", "ssl_cluster_bench.*"]) + ["ssl_cluster_bench.model_cards"],
     package_dir={"ssl_cluster_bench.model_cards": "model_cards"},
-    package_data={"ssl_cluster_bench.model_cards": ["*.yaml", "*.yml", "_preprocessing/*.yaml"], "ssl_cluster_bench.suites": ["*.yaml"]},
+    # _preprocessing/: the shared preprocessing blocks that cards include
+    package_data={"ssl_cluster_bench.model_cards": ["*.yaml", "*.yml", "_preprocessing/*.yaml"],
+                  "ssl_cluster_bench.suites": ["*.yaml"]},
 )
