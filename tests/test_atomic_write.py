@@ -1,8 +1,9 @@
 """safeio.atomic_write and the writers built on it: the old file or the new one, never half of one, no temporaries.
 
-Failures are real: an exception or KeyboardInterrupt inside the block, a real SIGINT delivered to a real process
-in the middle of a write, and a real file-size limit (RLIMIT_FSIZE, the kernel's EFBIG) hit by every writer of
-the package in a child process.
+Failures are real where they can be: an exception or KeyboardInterrupt inside the block, a real SIGINT delivered
+to a real process in the middle of a write, and a real file-size limit (RLIMIT_FSIZE, the kernel's EFBIG) hit by
+the package's writers in a child process; a head model's save (torch) dies half-way by a stand-in torch.save, to
+keep torch out of that child.
 """
 import errno
 import json
@@ -80,7 +81,31 @@ def test_sigint_in_the_middle_of_a_write_leaves_the_old_file(tmp_path):
     assert _files(tmp_path) == ["lb.csv"]
 
 
-# Every writer of the package, in a child process whose files may not grow past LIMIT bytes: the kernel stops
+def test_a_head_model_save_that_dies_half_way_keeps_the_previous_model(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    from ssl_cluster_bench.heads import MMDC
+
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    model = MMDC(2, n_heads=1, epochs=1, verbose=False, device="cpu").fit(x)
+    path = model.save(tmp_path / "model.pt")
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        (f.write if hasattr(f, "write") else open(f, "wb").write)(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        model.save(path)
+    assert path.read_bytes() == before and _files(tmp_path) == ["model.pt"]
+    monkeypatch.setattr(torch, "save", real_save)
+    np.testing.assert_array_equal(MMDC.load(path, device="cpu").predict(x), model.predict(x))
+
+
+# The package's writers, in a child process whose files may not grow past LIMIT bytes: the kernel stops
 # each write with EFBIG part-way, as a full disk would. Each target holds OLD beforehand.
 LIMIT = 64
 _WRITERS = textwrap.dedent("""
@@ -90,12 +115,6 @@ _WRITERS = textwrap.dedent("""
 
     root = Path(sys.argv[1])
     limit = int(sys.argv[2])
-
-    def head_model(path):
-        from ssl_cluster_bench.heads import MMDC
-        x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
-        model = MMDC(2, n_heads=1, epochs=1, verbose=False, device="cpu").fit(x)
-        return lambda: model.save(path)
 
     def predictions(path):
         from ssl_cluster_bench.predictions import save_predictions
@@ -113,11 +132,12 @@ _WRITERS = textwrap.dedent("""
         from ssl_cluster_bench.api import write_markdown
         return lambda: write_markdown(root / "md" / "lb.csv", path)
 
-    targets = {"head_model": root / "model.pt", "predictions": root / "preds" / "predictions" / "0123456789abcdef.npy",
+    targets = {"predictions": root / "preds" / "predictions" / "0123456789abcdef.npy",
                "suite_state": root / "state" / "suite.json", "protocol_yaml": root / "protocol.yaml",
                "markdown_table": root / "md" / "lb.md"}
-    writers = {name: fn(targets[name]) for name, fn in [("head_model", head_model), ("predictions", predictions),
-               ("suite_state", suite_state), ("protocol_yaml", protocol_yaml), ("markdown_table", markdown_table)]}
+    writers = {name: fn(targets[name]) for name, fn in [("predictions", predictions), ("suite_state", suite_state),
+                                                        ("protocol_yaml", protocol_yaml),
+                                                        ("markdown_table", markdown_table)]}
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     out = {}
@@ -136,7 +156,7 @@ def test_every_writer_keeps_the_old_file_when_a_write_fails_part_way(tmp_path):
 
     row = {"backbone": "a", "dataset": "d", "method": "kmeans", "n_clusters": 3, "seed": 0, "acc": 0.5}
     append_rows(tmp_path / "md" / "lb.csv", [dict(row, seed=s) for s in range(5)])  # what the table is made of
-    targets = {"head_model": "model.pt", "predictions": "preds/predictions/0123456789abcdef.npy",
+    targets = {"predictions": "preds/predictions/0123456789abcdef.npy",
                "suite_state": "state/suite.json", "protocol_yaml": "protocol.yaml", "markdown_table": "md/lb.md"}
     for rel in targets.values():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
