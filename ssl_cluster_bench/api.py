@@ -31,7 +31,7 @@ from .leaderboard import (aggregate, append_rows, check_appendable, default_resu
                           to_markdown)
 from .methods import MethodInputs, get_method, list_methods
 from .metrics import evaluate, silhouette
-from .predictions import has_predictions, make_run_id, save_predictions
+from .predictions import has_predictions, make_run_id, save_predictions, save_sample_scores
 from .protocol import Protocol, resolve_protocol
 from .safeio import write_error
 from .errors import OptionValueError, option
@@ -256,8 +256,9 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
     """Rows (and new assignments by run_id) of every method × k × seed of ``protocol``.
 
     ``columns`` lead every row (the entry's identity). ``done`` maps run ids to rows made before (a
-    leaderboard's): those are returned as they are, not run again. ``on_row(row, labels)`` is called as each new
-    row is done, so that a caller can keep it at once (an interrupted run loses at most the fit in progress).
+    leaderboard's): those are returned as they are, not run again. ``on_row(row, labels, scores)`` is called as
+    each new row is done (``scores``: :func:`sample_scores`), so that a caller can keep it at once (an
+    interrupted run loses at most the fit in progress).
     """
     done = {} if done is None else done  # a live view of the leaderboard (run()) may be empty for now
     labels = np.full(features.shape[0], -1) if labels is None else np.asarray(labels)
@@ -313,8 +314,30 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
             predictions[run_id] = pred
             rows.append(row)
             if on_row is not None:
-                on_row(row, pred)
+                on_row(row, pred, sample_scores(inputs.reduced, pred, probs))
     return rows, predictions
+
+
+def sample_scores(reduced, pred, probs=None) -> dict:
+    """Per-sample numbers of one clustering (see :data:`ssl_cluster_bench.predictions.SAMPLE_SCORES`): the distance
+    of each sample to its cluster's mean in ``reduced`` (for k-means, its centre; NaN for noise, label -1) and,
+    with ``probs`` (n, k), the probability of the cluster it went to."""
+    reduced = np.asarray(reduced, dtype=np.float64)
+    pred = np.asarray(pred)
+    distance = np.full(pred.shape[0], np.nan)
+    kept = pred >= 0
+    if kept.any():
+        clusters, inverse = np.unique(pred[kept], return_inverse=True)
+        counts = np.bincount(inverse, minlength=clusters.size)[:, None]
+        sums = np.zeros((clusters.size, reduced.shape[1]))
+        np.add.at(sums, inverse, reduced[kept])
+        distance[kept] = np.linalg.norm(reduced[kept] - (sums / counts)[inverse], axis=1)
+    confidence = None
+    if probs is not None:
+        probs = np.asarray(probs)
+        confidence = probs[np.arange(pred.shape[0]), np.clip(pred, 0, probs.shape[1] - 1)]
+        confidence = np.where(pred >= 0, confidence, np.nan)
+    return {"distance": distance, "confidence": confidence}
 
 
 def _augmented_views(entry: CacheEntry):
@@ -552,7 +575,7 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
 def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_root=None,
         split: str | None = None, *, protocol=None, results=None, cache=None, progress: bool = True,
         joint: Sequence[Sequence[str]] = (), rerun: bool = False, unlabelled: bool = False,
-        **extract_options) -> pd.DataFrame:
+        assignments: bool = False, **extract_options) -> pd.DataFrame:
     """Extract what is missing, run the clustering protocol, append to the leaderboard, write markdown.
 
     ``protocol``: a :class:`~ssl_cluster_bench.protocol.Protocol`, dict or YAML path (None = the defaults).
@@ -569,6 +592,8 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     ``joint``: groups of backbones (e.g. ``[("pixels", "random-resnet18")]``) whose aligned features the
     protocol's multi-space methods (turtle) also cluster together, one set of rows per group, after the
     single-backbone rows; their ``backbone`` column joins the names with "+".
+    ``assignments``: also write every row's assignment as a table, ``<results dir>/assignments/<run_id>.csv``
+    (sample_id, path, cluster, confidence, distance; :func:`ssl_cluster_bench.assignments.write_assignments`).
     ``unlabelled``: cluster as if the data had no labels (as a flat image folder has none): k must be given
     (``Protocol(n_clusters=[10])``), the label metrics are left empty, the label-free ones filled.
     """
@@ -600,14 +625,18 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     done = {} if rerun else _DoneRows(results)
     n_new = 0
 
-    def keep(row, labels):
+    def store(run_id, labels, scores):
+        save_sample_scores(results, run_id, **scores)  # before the assignment, whose presence marks the row done
+        save_predictions(results, run_id, labels)
+
+    def keep(row, labels, scores):
         nonlocal n_new
         if rerun:  # the assignment first, so that no row names a missing file
-            save_predictions(results, row["run_id"], labels)
+            store(row["run_id"], labels, scores)
             n_new += append_rows(results, [row])
         else:  # and, under the leaderboard's lock, only if an identical run beside this one did not store it
             n_new += append_rows(results, [row], unique_run_ids=True, known_counts=done.baseline,
-                                 before_write=lambda rows: save_predictions(results, row["run_id"], labels))
+                                 before_write=lambda rows: store(row["run_id"], labels, scores))
 
     entries = [[_entry_for(b, dataset, data_root, split, cache, extract_options)] for b in backbones]
     groups = [[_entry_for(b, dataset, data_root, split, cache, extract_options) for b in g] for g in joint]
@@ -619,4 +648,8 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
         write_markdown(results)
     out = pd.concat(frames, ignore_index=True)
     out.attrs["new_rows"] = n_new
+    if assignments and len(out):
+        from .assignments import write_assignments
+
+        out.attrs["assignments"] = write_assignments(results, out["run_id"], cache)
     return out

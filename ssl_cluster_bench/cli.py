@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_k_or_auto, default=argparse.SUPPRESS,
                    help="numbers of clusters, comma-separated (default: #classes × --overcluster; required for data "
                         "without labels)")
+    p.add_argument("--assignments", action="store_true",
+                   help="also write each row's cluster assignment as a table: <results dir>/assignments/<run_id>.csv "
+                        "(sample_id, path, cluster, confidence, distance to the cluster centre)")
     p.add_argument("--unlabelled", action="store_true",
                    help="cluster as if the data had no labels (as a folder of images without class folders has "
                         "none): label metrics left empty, label-free ones filled; needs --k")
@@ -351,7 +354,8 @@ def _cmd_run(args):
                  joint=args.joint, results=args.results, cache=args.cache_dir, subset=args.subset,
                  batch_size=args.batch_size,
                  num_workers=args.workers, device=args.device, progress=not args.quiet, rerun=args.rerun,
-                 verify_content=args.verify_content, unlabelled=args.unlabelled, **_checkpoint_options(args))
+                 verify_content=args.verify_content, unlabelled=args.unlabelled, assignments=args.assignments,
+                 **_checkpoint_options(args))
     _print_run(df, args.results)
 
 
@@ -368,6 +372,8 @@ def _print_run(df, results) -> None:
     already = f" ({len(df) - new} were already there: same run ids, not run again; --rerun runs them anew)" \
         if len(df) > new else ""
     print(f"\n{new} rows appended to {results}{already}; table: {results.with_suffix('.md')}")
+    if df.attrs.get("assignments"):
+        print(f"assignments: {len(df.attrs['assignments'])} tables in {df.attrs['assignments'][0].parent}")
 
 
 def _cmd_scan(args):
