@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="render report.html in headless Chromium and check that every image loads and shows data")
     p.add_argument("--screenshot", default=None, metavar="PNG", help="with --check: save a full-page screenshot")
+    p.add_argument("--feature-map", choices=["umap", "pca", "none"], default="auto",
+                   help="the 2-D map of the features: umap (default, or $SSCB_FEATURE_MAP), pca (instant), none")
 
     sub.add_parser("suites", help="list the shipped suites")
     sub.add_parser("models", help="list the model cards")
@@ -520,7 +522,7 @@ def _cmd_report(args):
     csv = Path(args.csv) if args.csv else default_results_path()
     if not csv.is_file():
         raise FileNotFoundError(f"no leaderboard at {csv}: run `sscb suite` or `sscb run` first, or pass the CSV path")
-    paths = write_report(csv, SuiteState.load(csv), args.cache_dir)
+    paths = write_report(csv, SuiteState.load(csv), args.cache_dir, feature_map=args.feature_map)
     print(f"{paths.html}\n{paths.markdown}")
     if args.check:
         _check_report(paths.html, args.screenshot)
