@@ -67,6 +67,14 @@ def dataset_of(entry):
     indices = entry.indices
     if indices.size and int(indices.max()) >= len(ds):
         return None
+    source = entry.manifest.get("data_source") or {}
+    if source.get("fingerprint") == "stat":
+        from .extraction import dataset_fingerprint
+
+        # the files' sizes and times as at extraction: else the images shown would not be the ones clustered
+        if dataset_fingerprint(ds) != key.data:
+            log.info("the data of cache entry %s changed since extraction; its images are not shown", entry.name)
+            return None
     return ds
 
 

@@ -91,3 +91,18 @@ def test_assignments_of_an_unknown_run_is_one_clear_error(tmp_path):
              cache=tmp_path / "cache", progress=False)
     with pytest.raises(ValueError, match=r"has no row with run_id 'feedfeedfeedfeed'"):
         sscb.write_assignments(results, ["feedfeedfeedfeed"], tmp_path / "cache")
+
+
+def test_changed_data_is_not_read_back_as_if_it_were_the_clustered_data(tmp_path):
+    from ssl_cluster_bench.assignments import dataset_of, entry_of
+
+    data = _class_tree(tmp_path / "shades", per_class=3)
+    results, cache = tmp_path / "lb.csv", tmp_path / "cache"
+    df = sscb.run(["pixels"], "imagefolder", data, protocol=sscb.Protocol(seeds=(0,), overcluster=(1.0,)),
+                  results=results, cache=cache, progress=False, num_workers=0)
+    entry = entry_of(df["cache_key"].iloc[0], cache)
+    assert dataset_of(entry).sample_id(0) == "dark/dark_0.png"
+    Image.new("RGB", (8, 8)).save(data / "dark" / "dark_0.png")  # rewritten since extraction (another size)
+    assert dataset_of(entry) is None
+    table = sscb.assignment_table(results, df["run_id"].iloc[0], cache)
+    assert list(table["sample_id"][:2]) == ["#0", "#1"] and "path" not in table.columns  # positions, no paths
