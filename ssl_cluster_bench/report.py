@@ -346,11 +346,12 @@ def feature_map_figure(coords: np.ndarray, clusters: np.ndarray, labels: np.ndar
     plt = _plt()
     panels = [("cluster", clusters)] + ([("class", labels)] if labels is not None and (labels >= 0).any() else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
+    size = float(np.clip(6000 / max(1, len(coords)), 4, 30))  # small samples: larger points
     for ax, (what, values) in zip(axes[0], panels):
         values = np.asarray(values)
         known = values >= 0
         if not known.all():
-            ax.scatter(coords[~known, 0], coords[~known, 1], s=4, c="#bbbbbb", linewidths=0,
+            ax.scatter(coords[~known, 0], coords[~known, 1], s=size, c="#bbbbbb", linewidths=0,
                        label="noise" if what == "cluster" else "no label")
         uniq = np.unique(values[known])
         # clusters by their id, as in the prototype grid (ids are 0..k-1); classes by their rank
@@ -359,7 +360,7 @@ def feature_map_figure(coords: np.ndarray, clusters: np.ndarray, labels: np.ndar
             m = values == v
             name = (classes[v] if what == "class" and classes is not None and v < len(classes) else str(v))
             colour = _colour(v if what == "cluster" else i, n_colours)
-            ax.scatter(coords[m, 0], coords[m, 1], s=5, color=tuple(c / 255 for c in colour), linewidths=0,
+            ax.scatter(coords[m, 0], coords[m, 1], s=size, color=tuple(c / 255 for c in colour), linewidths=0,
                        label=name)
         if len(uniq) <= 20:
             ax.legend(fontsize=6, markerscale=2.5, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False,
@@ -473,10 +474,13 @@ def _table(agg: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataF
 
 
 def _best_run(df: pd.DataFrame, agg: pd.DataFrame) -> pd.Series | None:
-    """The best configuration by mean ACC, and in it the seed whose ACC is the median (a typical run)."""
+    """The best configuration by mean ACC (without labels: by silhouette), and in it the seed whose ACC is the
+    median (a typical run)."""
     if agg.empty or "run_id" not in df.columns:
         return None
     best = agg.iloc[0]
+    if pd.isna(best.get("acc_mean")) and "silhouette_mean" in agg.columns and agg["silhouette_mean"].notna().any():
+        best = agg.loc[agg["silhouette_mean"].idxmax()]  # no labels: the best by the label-free score
     keys = [c for c in ("backbone", "weights", "dataset", "split", "protocol", "method", "n_clusters", "pca_dim",
                         "protocol_hash") if c in agg.columns and c in df.columns]
     rows = df
