@@ -13,6 +13,6 @@ from .protocol import KMeansSettings, Protocol  # noqa: E402
 from .report import write_report  # noqa: E402
 from .suite import load_suite, run_suite  # noqa: E402
 
-__all__ = ["KMeansSettings", "Protocol", "assignment_table", "cluster_accuracy", "cluster_entries", "cluster_entry", "cluster_features",
-           "evaluate", "extract", "get_method", "import_features", "list_methods", "load_suite", "register_method",
-           "run", "run_suite", "write_assignments", "write_report"]
+__all__ = ["KMeansSettings", "Protocol", "assignment_table", "cluster_accuracy", "cluster_entries", "cluster_entry",
+           "cluster_features", "evaluate", "extract", "get_method", "import_features", "list_methods", "load_suite",
+           "register_method", "run", "run_suite", "write_assignments", "write_report"]

@@ -603,7 +603,8 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     if not protocol.n_clusters and (unlabelled or _flat_folder(dataset, data_root, split)):
         # before any extraction: without labels there is no class count to derive k from
         folder = data_root if dataset == "imagefolder" else dataset
-        what = f"{option('unlabelled')} hides the labels" if unlabelled else f"the image folder {folder} has no class folders (no labels)"
+        what = (f"{option('unlabelled')} hides the labels" if unlabelled
+                else f"the image folder {folder} has no class folders (no labels)")
         raise OptionValueError(f"{what}, so the number of clusters cannot be derived from the classes: give it with "
                                f"{option('n_clusters')}")
     for method in protocol.methods:

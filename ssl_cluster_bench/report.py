@@ -321,18 +321,17 @@ def embed_2d(features, method: str = "umap", seed: int = 0) -> tuple[np.ndarray,
 
     x = np.asarray(features, dtype=np.float32)
     x = x - x.mean(axis=0)
+    umap = None
     if method == "umap":
         try:
-            import umap  # noqa: F401  (umap-learn; optional, `pip install umap-learn`)
+            import umap  # umap-learn; optional (the `report` extra)
         except ImportError:
-            method = "pca"
-    if method == "pca" or x.shape[0] < 10:
+            umap = None  # the principal components instead
+    if umap is None or x.shape[0] < 10:
         return PCA(2, random_state=seed).fit_transform(x), "PCA (first two components)"
     if x.shape[1] > MAP_PCA_DIM:
         x = PCA(MAP_PCA_DIM, random_state=seed).fit_transform(x)
     import warnings
-
-    import umap
 
     with warnings.catch_warnings():  # "n_jobs overridden to 1 by setting random_state": seeded on purpose
         warnings.simplefilter("ignore", UserWarning)
