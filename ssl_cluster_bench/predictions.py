@@ -5,6 +5,9 @@ Entry points:
     predictions_dir(results_csv) -> Path          ``<results dir>/predictions/`` (of a symlink's target)
     save_predictions(results_csv, run_id, labels) -> Path   compact .npy (int16 when k allows), atomic
     load_predictions(results_csv, run_id) -> (n,) int64
+    save_sample_scores(results_csv, run_id, confidence=..., distance=...) / load_sample_scores(...) -> dict
+        per-sample numbers beside the assignment (``<run_id>.samples.npz``): what the assignments table and the
+        report's prototype images are chosen by
 
 Rows name their file by ``run_id``: a digest of (cache entry, method, k, seed, row protocol hash), so the same
 configuration run again writes the same file with the same content.
@@ -20,7 +23,13 @@ import numpy as np
 
 from .safeio import atomic_write
 
-__all__ = ["load_predictions", "make_run_id", "predictions_dir", "save_predictions"]
+__all__ = ["load_predictions", "load_sample_scores", "make_run_id", "predictions_dir", "save_predictions",
+           "save_sample_scores"]
+
+#: the per-sample numbers a run may store beside its assignment: ``confidence``, the probability of the cluster
+#: the sample went to (methods that give probabilities: the heads); ``distance``, the Euclidean distance to its
+#: cluster's centre (the mean of its members) in the space the method clustered (every method; NaN for noise)
+SAMPLE_SCORES = ("confidence", "distance")
 
 _RUN_ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -63,3 +72,33 @@ def load_predictions(results_csv, run_id: str) -> np.ndarray:
         raise FileNotFoundError(f"no predictions for run {run_id} under {path.parent} (rows written before "
                                 f"predictions were kept have none: re-run that configuration)")
     return np.load(path).astype(np.int64)
+
+
+def _scores_path(results_csv, run_id: str) -> Path:
+    return _path(results_csv, run_id).with_suffix(".samples.npz")
+
+
+def save_sample_scores(results_csv, run_id: str, **arrays) -> Path | None:
+    """Store per-sample numbers of run ``run_id`` (keys of :data:`SAMPLE_SCORES`; None values are left out) as
+    float32 next to its assignment, atomically; None when there is nothing to store."""
+    unknown = sorted(set(arrays) - set(SAMPLE_SCORES))
+    if unknown:
+        raise ValueError(f"unknown per-sample scores {unknown}; known: {', '.join(SAMPLE_SCORES)}")
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if v is not None}
+    if not arrays:
+        return None
+    path = _scores_path(results_csv, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def load_sample_scores(results_csv, run_id: str) -> dict[str, np.ndarray]:
+    """The per-sample numbers stored for run ``run_id`` (empty for runs made before they were kept)."""
+    path = _scores_path(results_csv, run_id)
+    if not path.is_file():
+        return {}
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if k in SAMPLE_SCORES}
+

@@ -9,8 +9,11 @@ entries ran or did not run and why, the sweep grids). Out: ``report.md`` (figure
 ``report_files/``) and ``report.html`` (the same figures embedded as base64, so the file can be mailed or
 attached alone). Contents: the protocol(s) as YAML, the datasets that did not run and why, one table per
 dataset (mean ± std over seeds, published numbers beside measured where the model cards carry them), bar
-charts of ACC and NMI per backbone × method, ACC and ARI against PCA dimension and against k (the sweep), and
-the confusion matrix of the best configuration per dataset (classes × clusters in matched order).
+charts of ACC and NMI per backbone × method, ACC and ARI against PCA dimension and against k (the sweep), the
+confusion matrix of the best configuration per dataset (classes × clusters in matched order) and two pictures
+of what its clusters hold: a grid of prototype images per cluster (read back from the dataset by sample id;
+the images nearest the cluster's centre in the clustered space, or the most confident ones for methods that
+give probabilities) and a 2-D map of the features (UMAP of a sample) coloured by cluster and by class.
 
 Rows are only ever averaged within one protocol hash: two protocols that differ in any setting never share
 a table row or a bar.
@@ -22,6 +25,7 @@ import html
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +36,8 @@ import yaml
 from .leaderboard import aggregate, read_leaderboard
 from .safeio import atomic_write_bytes
 
-__all__ = ["Figure", "ReportPaths", "build_figures", "check_images", "confusion_figure", "matched_confusion",
-           "published_columns", "select_rows", "write_report"]
+__all__ = ["Figure", "ReportPaths", "build_figures", "check_images", "confusion_figure", "feature_map_figure",
+           "matched_confusion", "prototype_figure", "prototypes", "published_columns", "select_rows", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,25 @@ BAR_METRICS = (("acc", "ACC"), ("nmi", "NMI"))
 SWEEP_METRICS = (("acc", "ACC"), ("ari", "ARI"))
 # at most this many classes get a labelled confusion matrix axis; larger ones are drawn without tick labels
 MAX_TICK_LABELS = 40
+# prototype grid: images per cluster, clusters shown (the largest), tile side in pixels
+PROTOTYPES_PER_CLUSTER = 8
+MAX_PROTOTYPE_CLUSTERS = 30
+TILE = 56
+# 2-D map: points embedded (a seeded sample beyond this), and the PCA width the embedding starts from
+MAP_POINTS = 2000
+MAP_PCA_DIM = 50
+# how the 2-D map is made: umap (umap-learn; about 12 CPU-seconds of compilation once per process), pca (instant)
+# or none; "auto" reads SSCB_FEATURE_MAP (default umap), so a suite run or a test can ask for the fast one
+FEATURE_MAPS = ("umap", "pca", "none")
+
+
+def resolve_feature_map(feature_map: str | None = "auto") -> str:
+    """``feature_map`` checked, with "auto" (and None) read from ``SSCB_FEATURE_MAP`` (default "umap")."""
+    name = feature_map if feature_map not in (None, "auto") else os.environ.get("SSCB_FEATURE_MAP", "umap")
+    if name not in FEATURE_MAPS:
+        where = "feature_map" if feature_map not in (None, "auto") else "environment variable SSCB_FEATURE_MAP"
+        raise ValueError(f"{where} must be one of {', '.join(FEATURE_MAPS)}, got {name!r}")
+    return name
 
 
 @dataclass
@@ -91,7 +114,9 @@ def _config_label(row) -> str:
 def bar_figure(agg: pd.DataFrame, dataset: str) -> Figure | None:
     """ACC and NMI (mean ± std over seeds) per backbone, one bar per method × k."""
     sub = agg[agg["dataset"] == dataset]
-    if sub.empty:
+    # rows of data without labels have no ACC / NMI to draw (the label-free numbers are in the table)
+    sub = sub[sub["acc_mean"].notna()] if "acc_mean" in sub.columns else sub.iloc[:0]
+    if sub.empty or any(f"{m}_mean" not in sub.columns for m, _ in BAR_METRICS):
         return None
     plt = _plt()
     backbones = list(dict.fromkeys(sub["backbone"]))
@@ -196,6 +221,205 @@ def confusion_figure(y_true, y_pred, title: str) -> bytes:
     return _png(fig)
 
 
+def prototypes(table: pd.DataFrame, n: int = PROTOTYPES_PER_CLUSTER) -> dict[int, list[int]]:
+    """Positions (rows of ``table``) of the ``n`` prototype samples of each cluster, largest cluster first.
+
+    ``table`` is an assignments table (:func:`ssl_cluster_bench.assignments.assignment_table`): with a
+    ``confidence`` column (methods that give probabilities) the most confident samples, else those with the
+    smallest ``distance`` to their cluster's centre in the clustered space (for k-means, nearest the centroid).
+    Ties keep the dataset order; noise (cluster -1) has no prototypes."""
+    by = "confidence" if "confidence" in table.columns and table["confidence"].notna().any() else "distance"
+    if by not in table.columns:
+        raise ValueError("the assignments table has neither confidence nor distance: no prototypes to choose")
+    kept = table[table["cluster"] >= 0]
+    sizes = kept["cluster"].value_counts(sort=False)
+    order = sorted(sizes.index, key=lambda c: (-sizes[c], c))
+    key = -kept[by] if by == "confidence" else kept[by]
+    ranked = kept.assign(_key=key.to_numpy(), _pos=np.arange(len(table))[table["cluster"].to_numpy() >= 0])
+    ranked = ranked.sort_values(["_key", "_pos"], kind="stable", na_position="last")
+    return {int(c): ranked.loc[ranked["cluster"] == c, "_pos"].head(n).astype(int).tolist() for c in order}
+
+
+def _colour(i: int, n: int) -> tuple[int, int, int]:
+    """Colour of cluster (or class) ``i`` of ``n``: tab10 up to 10, else tab20 (the grid and the map agree)."""
+    import matplotlib
+
+    r, g, b, _ = matplotlib.colormaps["tab10" if n <= 10 else "tab20"](int(i) % (10 if n <= 10 else 20))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _thumbnail(image, side: int):
+    """``image`` (a PIL image, or None when unreadable) fitted into a ``side`` square, aspect kept, on white."""
+    from PIL import Image
+
+    tile = Image.new("RGB", (side, side), (255, 255, 255))
+    if image is None:
+        return tile
+    image = image.convert("RGB")
+    image.thumbnail((side, side), Image.Resampling.BICUBIC if max(image.size) > side else Image.Resampling.NEAREST)
+    if max(image.size) < side:  # small images (8x8 digits) are enlarged, pixels kept sharp
+        scale = side / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.NEAREST)
+    tile.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return tile
+
+
+def prototype_figure(table: pd.DataFrame, dataset, title: str, labels=None, classes=None,
+                     n: int = PROTOTYPES_PER_CLUSTER, max_clusters: int = MAX_PROTOTYPE_CLUSTERS) -> bytes:
+    """PNG of the prototype grid: one row per cluster (largest first, at most ``max_clusters``), its ``n``
+    prototypes (:func:`prototypes`) read back from ``dataset`` at the positions ``table.attrs["indices"]``, framed
+    in the cluster's colour; each row names the cluster, its size and, with ``labels``, its majority class."""
+    from PIL import Image, ImageDraw
+
+    chosen = prototypes(table, n)
+    n_clusters = max(chosen, default=0) + 1  # colours by cluster id, as the map's
+    clusters = list(chosen)[:max_clusters]
+    indices = table.attrs.get("indices", np.arange(len(table)))
+    pad, side = 3, TILE
+    cell = side + 2 * pad
+    grid = Image.new("RGB", (n * cell, len(clusters) * cell), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    names = []
+    for r, c in enumerate(clusters):
+        colour = _colour(c, n_clusters)
+        for j, pos in enumerate(chosen[c]):
+            x, y = j * cell, r * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
+            grid.paste(_thumbnail(dataset[int(indices[pos])][0], side), (x + pad, y + pad))
+        members = table["cluster"].to_numpy() == c
+        name = f"cluster {c} (n={int(members.sum())})"
+        if labels is not None:
+            own = labels[members]
+            own = own[own >= 0]
+            if own.size:
+                values, counts = np.unique(own, return_counts=True)
+                top = int(values[np.argmax(counts)])
+                cls = classes[top] if classes is not None and top < len(classes) else str(top)
+                name += f": mostly {cls} ({counts.max() / own.size:.0%})"
+        names.append(name)
+    plt = _plt()
+    width_in = n * cell / 80 + 2.4
+    fig, ax = plt.subplots(figsize=(width_in, max(1.5, len(clusters) * cell / 80 + 0.8)))
+    ax.imshow(np.asarray(grid), interpolation="nearest")
+    ax.set_yticks([r * cell + cell / 2 for r in range(len(clusters))], names, fontsize=8)
+    for tick, c in zip(ax.get_yticklabels(), clusters):
+        tick.set_color(tuple(0.75 * v / 255 for v in _colour(c, n_clusters)))  # darker: pale ones stay legible
+        tick.set_fontweight("bold")
+    ax.set_xticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def embed_2d(features, method: str = "umap", seed: int = 0) -> tuple[np.ndarray, str]:
+    """(n, 2) map of ``features`` and the name of what made it: a 2-D UMAP (umap-learn) of their PCA to
+    :data:`MAP_PCA_DIM` dims, or with ``method="pca"`` (or umap-learn missing) the first two principal
+    components."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(features, dtype=np.float32)
+    x = x - x.mean(axis=0)
+    umap = None
+    if method == "umap":
+        try:
+            import umap  # umap-learn; optional (the `report` extra)
+        except ImportError:
+            umap = None  # the principal components instead
+    if umap is None or x.shape[0] < 10:
+        return PCA(2, random_state=seed).fit_transform(x), "PCA (first two components)"
+    if x.shape[1] > MAP_PCA_DIM:
+        x = PCA(MAP_PCA_DIM, random_state=seed).fit_transform(x)
+    import warnings
+
+    with warnings.catch_warnings():  # "n_jobs overridden to 1 by setting random_state": seeded on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, x.shape[0] - 1), min_dist=0.1, random_state=seed)
+        return reducer.fit_transform(x), f"UMAP (2-D, 15 neighbours, of the PCA to {min(MAP_PCA_DIM, x.shape[1])} dims)"
+
+
+def feature_map_figure(coords: np.ndarray, clusters: np.ndarray, labels: np.ndarray | None, title: str,
+                       classes=None) -> bytes:
+    """PNG of the 2-D map: points coloured by cluster and, beside it, by class (when any label is known)."""
+    plt = _plt()
+    panels = [("cluster", clusters)] + ([("class", labels)] if labels is not None and (labels >= 0).any() else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
+    size = float(np.clip(6000 / max(1, len(coords)), 4, 30))  # small samples: larger points
+    for ax, (what, values) in zip(axes[0], panels):
+        values = np.asarray(values)
+        known = values >= 0
+        if not known.all():
+            ax.scatter(coords[~known, 0], coords[~known, 1], s=size, c="#bbbbbb", linewidths=0,
+                       label="noise" if what == "cluster" else "no label")
+        uniq = np.unique(values[known])
+        # clusters by their id, as in the prototype grid (ids are 0..k-1); classes by their rank
+        n_colours = int(uniq.max()) + 1 if what == "cluster" and uniq.size else uniq.size
+        for i, v in enumerate(uniq):
+            m = values == v
+            name = (classes[v] if what == "class" and classes is not None and v < len(classes) else str(v))
+            colour = _colour(v if what == "cluster" else i, n_colours)
+            ax.scatter(coords[m, 0], coords[m, 1], s=size, color=tuple(c / 255 for c in colour), linewidths=0,
+                       label=name)
+        if len(uniq) <= 20:
+            ax.legend(fontsize=6, markerscale=2.5, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False,
+                      title=what, title_fontsize=7)
+        ax.set_title(f"coloured by {what}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _pictures_for(df: pd.DataFrame, agg: pd.DataFrame, results_csv: Path, dataset: str, cache_dir,
+                  notes: list[str], feature_map: str = "umap") -> list[Figure]:
+    """The prototype grid and the 2-D feature map of the best configuration's typical run on ``dataset``."""
+    from .assignments import assignment_table, dataset_of, entry_of
+
+    row = _best_run(df, agg)
+    if row is None:
+        return []
+    entry = entry_of(row.get("cache_key"), cache_dir)
+    if entry is None:
+        notes.append(f"{dataset}: no prototype images or feature map (cache entry {row.get('cache_key')} is not in "
+                     "the feature cache; pass the cache the rows were made with)")
+        return []
+    try:
+        table = assignment_table(results_csv, row["run_id"], entry=entry, dataset=dataset_of(entry))
+    except (FileNotFoundError, ValueError) as e:
+        notes.append(f"{dataset}: no prototype images or feature map ({e})")
+        return []
+    ds = table.attrs["dataset"]
+    labels = np.asarray(entry.labels)
+    classes = [str(c) for c in getattr(ds, "classes", [])] or None
+    what = (f"{row['backbone']}, {row['method']} k={int(row['n_clusters'])}, seed {int(row['seed'])}"
+            + (f", ACC {row['acc'] * 100:.1f}%" if pd.notna(row.get("acc")) else ""))
+    figures = []
+    if ds is None:
+        notes.append(f"{dataset}: no prototype images (the dataset of cache entry {entry.name} cannot be read back: "
+                     "imported features, or the data moved)")
+    else:
+        if "distance" not in table.columns and "confidence" not in table.columns:
+            from .api import sample_scores  # a run made before the per-sample scores were kept
+
+            table["distance"] = sample_scores(entry.features, table["cluster"].to_numpy())["distance"]
+        by = "most confident" if "confidence" in table.columns else "nearest their cluster's centre"
+        title = f"{dataset}: prototypes of {what} ({by}, largest clusters first)"
+        png = prototype_figure(table, ds, title, labels=labels, classes=classes)
+        figures.append(Figure(f"prototypes-{_slug(dataset)}", title, png, dataset))
+    if feature_map != "none":
+        rng = np.random.default_rng(0)
+        n = len(table)
+        sample = np.sort(rng.choice(n, MAP_POINTS, replace=False)) if n > MAP_POINTS else np.arange(n)
+        coords, how = embed_2d(np.asarray(entry.features[sample], dtype=np.float32), feature_map)
+        title = f"{dataset}: {how} of {len(sample)} {row['backbone']} features; clusters of {what}"
+        png = feature_map_figure(coords, table["cluster"].to_numpy()[sample], labels[sample], title, classes)
+        figures.append(Figure(f"map-{_slug(dataset)}", title, png, dataset))
+    return figures
+
+
 # ------------------------------------------------------------------------------------------------ content
 
 
@@ -234,6 +458,8 @@ def _table(agg: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataF
         if f"{metric}_mean" in agg.columns and agg[f"{metric}_mean"].notna().any():
             mean, std = agg[f"{metric}_mean"] * 100, agg[f"{metric}_std"].fillna(0.0) * 100
             out[metric.upper()] = [f"{a:.1f} ± {b:.1f}" if np.isfinite(a) else "" for a, b in zip(mean, std)]
+    if "silhouette_mean" in agg.columns and agg["acc_mean"].isna().any():  # rows without labels: their one score
+        out["silhouette"] = [f"{a:.3f}" if np.isfinite(a) else "" for a in agg["silhouette_mean"]]
     if published is not None:
         for column in published.columns:  # beside the measured metric it publishes
             metric = column.split()[0]
@@ -248,10 +474,13 @@ def _table(agg: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataF
 
 
 def _best_run(df: pd.DataFrame, agg: pd.DataFrame) -> pd.Series | None:
-    """The best configuration by mean ACC, and in it the seed whose ACC is the median (a typical run)."""
+    """The best configuration by mean ACC (without labels: by silhouette), and in it the seed whose ACC is the
+    median (a typical run)."""
     if agg.empty or "run_id" not in df.columns:
         return None
     best = agg.iloc[0]
+    if pd.isna(best.get("acc_mean")) and "silhouette_mean" in agg.columns and agg["silhouette_mean"].notna().any():
+        best = agg.loc[agg["silhouette_mean"].idxmax()]  # no labels: the best by the label-free score
     keys = [c for c in ("backbone", "weights", "dataset", "split", "protocol", "method", "n_clusters", "pca_dim",
                         "protocol_hash") if c in agg.columns and c in df.columns]
     rows = df
@@ -289,6 +518,9 @@ def _confusion_for(df: pd.DataFrame, agg: pd.DataFrame, results_csv: Path, datas
         notes.append(f"{dataset}: no confusion matrix (predictions of run {row['run_id']} not found: {e})")
         return None
     labels = _labels_for(row, cache_dir)
+    if labels is not None and labels.shape == pred.shape and not (labels >= 0).any():
+        notes.append(f"{dataset}: no confusion matrix (the data has no labels)")
+        return None
     if labels is None or labels.shape != pred.shape:
         notes.append(f"{dataset}: no confusion matrix (the labels of cache entry {row.get('cache_key')} are not "
                      "in the feature cache; pass the cache the suite used)")
@@ -318,9 +550,12 @@ def select_rows(df: pd.DataFrame, state=None) -> tuple[pd.DataFrame, dict[str, p
     return df[main], sweeps
 
 
-def build_figures(main: pd.DataFrame, sweeps: dict, results_csv, cache=None) -> tuple[list[Figure], list[str]]:
-    """All figures of the report, and notes on the ones that could not be drawn."""
+def build_figures(main: pd.DataFrame, sweeps: dict, results_csv, cache=None,
+                  feature_map: str | None = "auto") -> tuple[list[Figure], list[str]]:
+    """All figures of the report, and notes on the ones that could not be drawn. ``feature_map``: how the 2-D
+    map of the features is made (see :func:`resolve_feature_map`)."""
     results_csv = Path(results_csv)
+    feature_map = resolve_feature_map(feature_map)
     figures, notes = [], []
     for dataset in _datasets(pd.concat([main] + list(sweeps.values()))):
         rows = main[main["dataset"] == dataset]
@@ -337,6 +572,7 @@ def build_figures(main: pd.DataFrame, sweeps: dict, results_csv, cache=None) -> 
             fig = _confusion_for(rows, agg, results_csv, dataset, cache, notes)
             if fig:
                 figures.append(fig)
+            figures += _pictures_for(rows, agg, results_csv, dataset, cache, notes, feature_map)
     return figures, notes
 
 
@@ -466,14 +702,18 @@ def _html(c: _Content) -> str:
     return "\n".join(parts)
 
 
-def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: str | None = None) -> ReportPaths:
+def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: str | None = None,
+                 feature_map: str | None = "auto") -> ReportPaths:
     """Write ``report.md`` (+ ``report_files/*.png``) and the self-contained ``report.html``.
 
     ``results_csv``: the leaderboard; ``state``: a :class:`ssl_cluster_bench.suite.SuiteState` (protocols,
     dataset status, sweeps) or None for a report over every row of the leaderboard; ``cache``: the feature
     cache the rows were clustered from (for the true labels of the confusion matrices). The files go to
-    ``out_dir`` (default: the leaderboard's folder).
+    ``out_dir`` (default: the leaderboard's folder). ``feature_map``: how the 2-D map of the features is made,
+    "umap" (umap-learn; PCA when it is not installed), "pca" (instant) or "none"; "auto": ``$SSCB_FEATURE_MAP``,
+    else umap.
     """
+    feature_map = resolve_feature_map(feature_map)  # a wrong value fails before anything is drawn
     results_csv = Path(results_csv)
     out_dir = Path(out_dir) if out_dir else results_csv.parent
     df = _with_protocol(read_leaderboard(results_csv)) if results_csv.is_file() else None
@@ -493,7 +733,7 @@ def write_report(results_csv, state=None, cache=None, *, out_dir=None, title: st
     if tables and not n_published and not reported_notes:
         reported_notes.append("published numbers: no model card publishes a clustering result for these backbones "
                               "under these datasets, splits, methods and k, so the tables show measured numbers only")
-    figures, notes = build_figures(main, sweeps, results_csv, cache)
+    figures, notes = build_figures(main, sweeps, results_csv, cache, feature_map)
     content = _Content(
         title=title or (f"sscb suite {state.suite}" if state is not None else "sscb report"),
         protocols=_protocols_text(main, state), status=state.status_table() if state is not None else None,

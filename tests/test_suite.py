@@ -113,7 +113,8 @@ def test_standard_with_checkpoint_and_no_roots_lists_every_dataset(tmp_path, cap
     assert not results.exists()  # no rows: nothing ran
 
 
-def test_suite_runs_sweeps_resumes_and_reports(tmp_path, capsys):
+def test_suite_runs_sweeps_resumes_and_reports(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SSCB_FEATURE_MAP", "pca")  # the 2-D map without UMAP's compilation (seconds of CPU)
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY)
     results = tmp_path / "res" / "leaderboard.csv"
@@ -135,11 +136,13 @@ def test_suite_runs_sweeps_resumes_and_reports(tmp_path, capsys):
     assert statuses["nowhere"]["status"] == "not run" and "unknown dataset 'no-such-dataset'" in statuses["nowhere"]["reason"]
     assert statuses["cifar10"]["reason"] == "no data root for 'cifar10': pass --data-root cifar10=PATH"
 
-    # the report: every image there and drawn, including the confusion matrix of the best configuration
+    # the report: every image there and drawn, including the confusion matrix of the best configuration, the
+    # grid of its clusters' prototype digits and the 2-D map of the features
     html = results.parent / "report.html"
     checks = check_images(html, chromium="chromium" if shutil.which("chromium") else None)
     names = [c["name"] for c in checks]
-    assert names == ["bars-digits", "sweep-pca_dim-digits", "sweep-n_clusters-digits", "confusion-digits"]
+    assert names == ["bars-digits", "sweep-pca_dim-digits", "sweep-n_clusters-digits", "confusion-digits",
+                     "prototypes-digits", "map-digits"]
     assert not any(c["blank"] for c in checks)
     if shutil.which("chromium"):
         assert all(c["width"] > 200 and c["height"] > 200 for c in checks)

@@ -3,6 +3,9 @@
 Entry point:
     get_dataset(name, root=None, split=None, transform=None) -> torch Dataset
 
+An image folder can be named by its path instead (``get_dataset("/data/photos")``); a flat folder of images
+(no class sub-folders) is unlabelled: every label is -1.
+
 Every dataset has ``name``, ``split``, ``classes``, ``targets`` (int64 labels, known without opening
 images), ``transform`` and ``sample_id(i)``; ``__getitem__`` returns ``image=None`` for an unreadable file so
 extraction can skip and count it instead of crashing.
@@ -10,6 +13,7 @@ extraction can skip and count it instead of crashing.
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Callable
 
 from ..errors import OptionValueError, option
@@ -49,7 +53,15 @@ def _lookup(name: str):
 
 
 def get_dataset(name: str, root=None, split: str | None = None, transform=None, **options):
-    """Build dataset ``name`` from the local folder ``root`` (no download is ever attempted)."""
+    """Build dataset ``name`` from the local folder ``root`` (no download is ever attempted).
+
+    ``name`` may also be the path of an image folder (with class folders, or flat: unlabelled), read as
+    ``imagefolder`` with that root; the dataset is then named after the folder."""
+    if name not in _REGISTRY and os.path.isdir(os.path.expanduser(str(name))):
+        if root is not None:
+            raise OptionValueError(f"dataset {name!r} is a folder and {option('data_root')} names another one "
+                                   f"({root}): give the folder once (as the dataset, or imagefolder with the root)")
+        name, root = "imagefolder", name
     builder, needs_root, split_default = _lookup(name)
     if needs_root and root is None:
         raise OptionValueError(f"dataset {name!r} is read from a local folder: pass {option('data_root')}")

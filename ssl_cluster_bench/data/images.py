@@ -483,6 +483,13 @@ class FileImageDataset(ImageDataset):
         return _open_rgb(self.root / name.decode("utf-8"))
 
 
+def _loose_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
+    """Paths of the image files directly in ``folder`` (hidden ones left out), sorted by name."""
+    with os.scandir(folder) as entries:
+        return sorted(e.path for e in entries if not e.name.startswith(".") and e.name.lower().endswith(extensions)
+                      and e.is_file())
+
+
 def _is_utf8(name: bytes) -> bool:
     try:
         name.decode("utf-8")
@@ -497,11 +504,13 @@ _FOLDER_LAYOUT = """\
           img_0001.jpg
           img_0002.png
       <class_b>/
-          img_0003.jpg"""
+          img_0003.jpg
+  or, without labels, the images directly in <root>/ (no class folders)"""
 
 
 class ImageFolderDataset(FileImageDataset):
-    """Generic class-per-folder dataset: ``root/<class>/<img>`` or ``root/<split>/<class>/<img>``.
+    """Generic class-per-folder dataset: ``root/<class>/<img>`` or ``root/<split>/<class>/<img>``; a folder that
+    holds images but no class folders is an unlabelled dataset (``classes`` empty, every label -1).
 
     ``classes`` defaults to every (non-hidden) sub-folder in sorted order; an explicit list selects
     a subset and fixes the label order (label ``k`` = ``classes[k]``). Files are matched by
@@ -546,6 +555,14 @@ class ImageFolderDataset(FileImageDataset):
                 )
         self._check_layout(image_dir, layout)
         found = list_class_folders(image_dir)
+        if not found and classes is None:
+            loose = _loose_images(image_dir, self.extensions)
+            if loose:
+                # A folder of images without class folders is data without labels: clustered all the same (k given),
+                # every label -1, so the label metrics are left empty instead of scored against one made-up class.
+                self.classes = []
+                self._set_files([os.path.relpath(f, self.root) for f in loose], [-1] * len(loose))
+                return
         if not found:
             raise FileNotFoundError(f"no class folders found in {str(image_dir)!r}.\nExpected layout:\n{layout}")
 
