@@ -3,15 +3,16 @@
 Pipeline (one module per stage): data -> backbones -> extract (feature cache) -> reduce -> cluster / heads
 -> metrics -> leaderboard. ``ssl_cluster_bench.api`` ties them together the way the ``sscb`` CLI does.
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402  (one place; modules import it from there)
 
 from .api import cluster_entries, cluster_entry, cluster_features, extract, import_features, run  # noqa: E402
 from .methods import get_method, list_methods, register_method  # noqa: E402
 from .metrics import cluster_accuracy, evaluate  # noqa: E402
 from .protocol import KMeansSettings, Protocol  # noqa: E402
 from .report import write_report  # noqa: E402
+from .specs import BackboneSpec, ExtractSettings  # noqa: E402
 from .suite import load_suite, run_suite  # noqa: E402
 
-__all__ = ["KMeansSettings", "Protocol", "cluster_accuracy", "cluster_entries", "cluster_entry", "cluster_features",
-           "evaluate", "extract", "get_method", "import_features", "list_methods", "load_suite", "register_method",
+__all__ = ["BackboneSpec", "ExtractSettings", "KMeansSettings", "Protocol", "cluster_accuracy", "cluster_entries",
+           "cluster_entry", "cluster_features", "evaluate", "extract", "get_method", "import_features", "list_methods", "load_suite", "register_method",
            "run", "run_suite", "write_report"]

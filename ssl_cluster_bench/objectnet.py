@@ -40,11 +40,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import api
-from .cache import FeatureCache
-from .leaderboard import aggregate, append_rows, default_results_path
+from .cache import FeatureCache, resolve_cache
+from .leaderboard import aggregate, append_rows, check_writable, default_results_path
 from .metrics import evaluate, match_clusters
 from .protocol import KMeansSettings, Protocol, resolve_protocol
 from .reduce import PCA
+from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_settings, split_options
+from .version import software_versions
 
 __all__ = [
     "MAPPING_FILES",
@@ -544,20 +546,23 @@ def _identity(df: pd.DataFrame, entry, cache_key: str, row_hash: str = "") -> pd
     df.insert(3, "split", key.split)
     df["cache_key"] = cache_key
     df["protocol_hash"] = row_hash
-    df["versions"] = api._versions()
+    df["versions"] = software_versions()
     df["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return df
 
 
-def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, objectnet_root: str | os.PathLike, *,
-                  imagenet_split: str = "train", results: str | os.PathLike | None = None,
-                  cache: str | os.PathLike | FeatureCache | None = None, protocol=None,
-                  checkpoint: str | os.PathLike | None = None, arch: str | None = None, batch_size: int = 128,
-                  num_workers: int | None = None, device: str = "auto", progress: bool = True,
-                  verify_content: bool = False) -> pd.DataFrame:
+def run_objectnet(backbone: str | BackboneSpec | None, imagenet_root: str | os.PathLike,
+                  objectnet_root: str | os.PathLike, *, imagenet_split: str = "train",
+                  results: str | os.PathLike | None = None, cache: str | os.PathLike | FeatureCache | None = None,
+                  protocol=None, progress: bool = True, settings: ExtractSettings | None = None,
+                  **options) -> pd.DataFrame:
     """Run both ObjectNet protocols for one backbone and append their rows to the leaderboard CSV.
 
-    ``backbone`` is a model-card id / card path (or None with ``arch`` + ``checkpoint``). Features of ObjectNet
+    ``backbone`` is a :class:`~ssl_cluster_bench.specs.BackboneSpec`, a model-card id / card path (or None with
+    ``arch`` + ``checkpoint``); keyword ``options`` are backbone options (checkpoint, arch, weights_only,
+    momentum_encoder, checkpoint_key, key_match) and extraction options (batch_size, num_workers, device, ...;
+    or ``settings``, an :class:`~ssl_cluster_bench.specs.ExtractSettings`), as for
+    :func:`ssl_cluster_bench.api.extract`: both datasets are extracted with the same weights. Features of ObjectNet
     (``objectnet_root``, with ``objectnet-1.0/{images,mappings}``) and of ImageNet ``imagenet_split``
     (``imagenet_root/<split>/<wnid>/``) come from :func:`ssl_cluster_bench.api.extract` (feature cache).
     ``protocol`` (:class:`~ssl_cluster_bench.protocol.Protocol`, dict or YAML path; default: k-means at
@@ -566,6 +571,9 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
     appended as soon as they exist, then the transfer rows; the markdown next to ``results`` is rewritten.
     Returns all new rows (see :func:`summary_table` to display them).
     """
+    spec_options, settings_options = split_options(options)
+    spec = backbone_spec(backbone, **spec_options)
+    settings = extract_settings(settings, **settings_options)
     protocol = resolve_protocol(protocol if protocol is not None else Protocol(overcluster=(1.0,)))
     if protocol.methods != ("kmeans",):
         raise ValueError(f"the ObjectNet protocols cluster with k-means only, not {list(protocol.methods)}")
@@ -573,8 +581,8 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
         raise ValueError("whitening / L2 normalisation (--whiten / --l2-normalize) are not supported by the "
                          "ObjectNet protocols")
     results = Path(results) if results else default_results_path()
-    api._check_writable(results)
-    cache = api._resolve_cache(cache)
+    check_writable(results)
+    cache = resolve_cache(cache)
 
     # Cheap checks of both roots and of the mapping, before any feature is extracted.
     from .data.objectnet import ObjectNetDataset
@@ -592,8 +600,7 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
     log.info("ObjectNet: %d of %d classes overlap the %d ImageNet classes", len(on_to_in),
              len(on_dataset.classes), len(imagenet_classes))
 
-    options = {"checkpoint": checkpoint, "arch": arch, "batch_size": batch_size, "num_workers": num_workers,
-               "device": device, "progress": progress, "verify_content": verify_content}
+    options = {"settings": settings, "progress": progress}
     row_hash = protocol.row_hash("kmeans")
     ks = ({"n_clusters": list(protocol.n_clusters)} if protocol.n_clusters
           else {"overcluster": protocol.overcluster})
@@ -601,14 +608,14 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
                      "progress": progress}
     frames = []
 
-    on_entry = api.extract(backbone, "objectnet", objectnet_root, "test", cache, **options)
+    on_entry = api.extract(spec, "objectnet", objectnet_root, "test", cache, **options)
     _check_entry_labels(on_entry, len(on_dataset.classes), "ObjectNet")
     direct = direct_protocol(on_entry.features, on_entry.labels, sorted(on_to_in), **protocol_args)
     direct = _identity(direct, on_entry, on_entry.path.name, row_hash)
     append_rows(results, direct.to_dict("records"))
     frames.append(direct)
 
-    in_entry = api.extract(backbone, "imagenet", imagenet_root, imagenet_split, cache, **options)
+    in_entry = api.extract(spec, "imagenet", imagenet_root, imagenet_split, cache, **options)
     _check_entry_labels(in_entry, len(imagenet_classes), "ImageNet")
     if in_entry.feature_dim != on_entry.feature_dim:
         raise RuntimeError(f"ImageNet features ({in_entry.path.name}) have dim {in_entry.feature_dim} but ObjectNet "
