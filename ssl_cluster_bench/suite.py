@@ -374,11 +374,11 @@ class _Context:
 
 def _resolve_roots(entry: SuiteEntry, data_roots: Mapping[str, str], interface: str) -> tuple[dict, str]:
     """(role -> existing path, "") or ({}, reason not run)."""
-    from .data import _lookup
+    from .data import dataset_info
 
     if entry.kind == "direct":
         try:
-            _, needs_root, _ = _lookup(entry.dataset)
+            needs_root = dataset_info(entry.dataset).needs_root
         except ValueError:
             return {}, f"unknown dataset {entry.dataset!r} (not registered in this version of sscb)"
     else:
