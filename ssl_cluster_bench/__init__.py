@@ -13,6 +13,6 @@ from .report import write_report  # noqa: E402
 from .specs import BackboneSpec, ExtractSettings  # noqa: E402
 from .suite import load_suite, run_suite  # noqa: E402
 
-__all__ = ["BackboneSpec", "ExtractSettings", "KMeansSettings", "Protocol", "cluster_accuracy", "cluster_entries",
+__all__ = ["__version__", "BackboneSpec", "ExtractSettings", "KMeansSettings", "Protocol", "cluster_accuracy", "cluster_entries",
            "cluster_entry", "cluster_features", "evaluate", "extract", "get_method", "import_features", "list_methods", "load_suite", "register_method",
            "run", "run_suite", "write_report"]

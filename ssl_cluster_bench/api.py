@@ -28,7 +28,7 @@ from .cache import CacheEntry, CacheKey, FeatureCache, resolve_cache
 from .leaderboard import aggregate, append_rows, check_writable, default_results_path, read_leaderboard, to_markdown
 from .methods import MethodInputs, get_method, list_methods
 from .metrics import evaluate, silhouette
-from .predictions import has_predictions, make_run_id, save_predictions
+from .predictions import done_runs, make_run_id, save_predictions
 from .protocol import Protocol, resolve_protocol
 from .safeio import write_error
 from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_settings, split_options
@@ -394,10 +394,8 @@ class _DoneRows(Mapping):
         self._stamp = stamp
         board = read_leaderboard(self.results)
         self._ids = list(board["run_id"].dropna()) if "run_id" in board.columns else []
-        # A row counts as done only with its assignment stored here: rows that came from elsewhere (a
-        # committed or merged CSV, without predictions/) run again on this machine.
-        self._rows = ({r["run_id"]: r for r in board.dropna(subset=["run_id"]).to_dict("records")
-                       if has_predictions(self.results, r["run_id"])} if "run_id" in board.columns else {})
+        # the one resume rule (done_runs): rows without their assignment stored here run again
+        self._rows = {r["run_id"]: r for r in done_runs(self.results, board).to_dict("records")}
 
     def __getitem__(self, run_id):
         self._refresh()

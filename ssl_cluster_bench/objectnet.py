@@ -43,6 +43,7 @@ from . import api
 from .cache import FeatureCache, resolve_cache
 from .leaderboard import aggregate, append_rows, check_writable, default_results_path
 from .metrics import evaluate, match_clusters
+from .predictions import done_runs, make_run_id, save_predictions
 from .protocol import KMeansSettings, Protocol, resolve_protocol
 from .reduce import PCA
 from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_settings, split_options
@@ -444,11 +445,12 @@ def direct_protocol(features, labels, overlap_classes, *, n_clusters=None,
     overlap = _overlap_ids(overlap_classes, labels)
     pca, pca_seconds = _fit_pca(features, pca_dim, whiten, l2_normalize, progress)
     reduced = pca.transform(features)
-    rows = []
+    rows, assignments = [], []
     runs = [(f, k, s) for f, k in ks for s in seeds]
     for factor, k, seed in tqdm(runs, desc=PROTOCOL_DIRECT, unit="run", disable=not progress, leave=False):
         t0 = time.perf_counter()
         km = kmeans.make(k, seed, progress=progress).fit(reduced)
+        assignments.append(np.asarray(km.labels_, dtype=np.int64))
         empty = k - np.unique(km.labels_).size
         scores = direct_scores(labels, km.labels_, overlap)
         rows.append(_row(PROTOCOL_DIRECT, n_classes=n_classes, k=k, factor=factor, pca_dim=reduced.shape[1],
@@ -456,7 +458,9 @@ def direct_protocol(features, labels, overlap_classes, *, n_clusters=None,
                          n_samples=int(labels.size), scores=scores,
                          flag=f"empty_clusters={empty}" if empty else "",
                          seconds=time.perf_counter() - t0 + pca_seconds / len(runs)))
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["assignments"] = assignments  # cluster of every ObjectNet sample, one array per row
+    return df
 
 
 def transfer_protocol(imnet_features, imnet_labels, on_features, on_labels, on_to_in: Mapping[int, Iterable[int]],
@@ -496,19 +500,25 @@ def transfer_protocol(imnet_features, imnet_labels, on_features, on_labels, on_t
     pca, pca_seconds = _fit_pca(imnet_features, pca_dim, whiten, l2_normalize, progress)
     z_in = pca.transform(imnet_features)
     z_on = pca.transform(np.asarray(on_features[rows_on], dtype=np.float32))
-    rows = []
+    rows, assignments = [], []
     runs = [(f, k, s) for f, k in ks for s in seeds]
     for factor, k, seed in tqdm(runs, desc=PROTOCOL_TRANSFER, unit="run", disable=not progress, leave=False):
         t0 = time.perf_counter()
         km = kmeans.make(k, seed, progress=progress).fit(z_in)
         empty = k - np.unique(km.labels_).size
-        scores = transfer_scores(imnet_labels, km.labels_, y_on, km.predict(z_on), on_to_in)
+        on_clusters = km.predict(z_on)
+        assignment = np.full(on_labels.shape[0], -1, dtype=np.int64)  # -1: a class outside the mapping
+        assignment[rows_on] = on_clusters
+        assignments.append(assignment)
+        scores = transfer_scores(imnet_labels, km.labels_, y_on, on_clusters, on_to_in)
         rows.append(_row(PROTOCOL_TRANSFER, n_classes=scores["n_classes"], k=k, factor=factor,
                          pca_dim=z_in.shape[1], whiten=whiten, l2_normalize=l2_normalize,
                          kmeans=kmeans.columns(km), seed=seed, n_samples=scores["n_samples"], scores=scores,
                          flag=f"empty_clusters={empty}" if empty else "",
                          seconds=time.perf_counter() - t0 + pca_seconds / len(runs)))
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["assignments"] = assignments  # ImageNet cluster of every ObjectNet sample (-1: not evaluated)
+    return df
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -608,26 +618,54 @@ def run_objectnet(backbone: str | BackboneSpec | None, imagenet_root: str | os.P
                      "progress": progress}
     frames = []
 
+    n_new = 0
+
+    def keep(name: str, make, entry, cache_key: str, n_classes: int, n_samples: int) -> None:
+        """The rows of protocol ``name``: those done before (the done_runs rule, as `sscb run`) as they are,
+        else made, each stored with its run id and its assignment (saved first, so no row names a missing file)."""
+        nonlocal n_new
+        ks = _cluster_counts(protocol_args.get("n_clusters"), protocol_args.get("overcluster"), n_classes,
+                             n_samples, "ObjectNet" if name == PROTOCOL_DIRECT else "ImageNet")
+        run_ids = {(k, seed): make_run_id(f"{name}:{cache_key}", "kmeans", k, seed, row_hash) for _, k in ks
+                   for seed in protocol.seeds}
+        done = done_runs(results)
+        done = done[done["run_id"].isin(list(run_ids.values()))]
+        if done["run_id"].nunique() == len(run_ids):
+            frames.append(done.drop_duplicates("run_id"))
+            return
+        made = make()
+        assignments = made.attrs.pop("assignments")  # kept out of the concatenated frame
+        df = _identity(made, entry, cache_key, row_hash)
+        df["run_id"] = [run_ids[(int(k), int(seed))] for k, seed in zip(df["n_clusters"], df["seed"])]
+        new = ~df["run_id"].isin(set(done["run_id"]))
+        for run_id, assignment, is_new in zip(df["run_id"], assignments, new):
+            if is_new:
+                save_predictions(results, run_id, assignment)
+        n_new += append_rows(results, df[new].to_dict("records"))
+        frames.append(df)
+
     on_entry = api.extract(spec, "objectnet", objectnet_root, "test", cache, **options)
     _check_entry_labels(on_entry, len(on_dataset.classes), "ObjectNet")
-    direct = direct_protocol(on_entry.features, on_entry.labels, sorted(on_to_in), **protocol_args)
-    direct = _identity(direct, on_entry, on_entry.path.name, row_hash)
-    append_rows(results, direct.to_dict("records"))
-    frames.append(direct)
+    keep(PROTOCOL_DIRECT, lambda: direct_protocol(on_entry.features, on_entry.labels, sorted(on_to_in),
+                                                  **protocol_args),
+         on_entry, on_entry.path.name, int(np.unique(on_entry.labels).size), on_entry.labels.size)
 
     in_entry = api.extract(spec, "imagenet", imagenet_root, imagenet_split, cache, **options)
     _check_entry_labels(in_entry, len(imagenet_classes), "ImageNet")
     if in_entry.feature_dim != on_entry.feature_dim:
         raise RuntimeError(f"ImageNet features ({in_entry.path.name}) have dim {in_entry.feature_dim} but ObjectNet "
                            f"features ({on_entry.path.name}) have dim {on_entry.feature_dim}")
-    transfer = transfer_protocol(in_entry.features, in_entry.labels, on_entry.features, on_entry.labels,
-                                 on_to_in, **protocol_args)
-    transfer = _identity(transfer, on_entry, f"{in_entry.path.name}+{on_entry.path.name}", row_hash)
-    append_rows(results, transfer.to_dict("records"))
-    frames.append(transfer)
+    in_labels = in_entry.labels
+    keep(PROTOCOL_TRANSFER, lambda: transfer_protocol(in_entry.features, in_labels, on_entry.features,
+                                                      on_entry.labels, on_to_in, **protocol_args),
+         on_entry, f"{in_entry.path.name}+{on_entry.path.name}", int(np.unique(in_labels[in_labels >= 0]).size),
+         in_labels.size)
 
-    api.write_markdown(results)
-    return pd.concat(frames, ignore_index=True)
+    if n_new:
+        api.write_markdown(results)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["new_rows"] = n_new
+    return out
 
 
 def summary_table(rows: pd.DataFrame) -> str:

@@ -5,6 +5,7 @@ Entry points:
     predictions_dir(results_csv) -> Path          ``<results dir>/predictions/`` (of a symlink's target)
     save_predictions(results_csv, run_id, labels) -> Path   compact .npy (int16 when k allows), atomic
     load_predictions(results_csv, run_id) -> (n,) int64
+    done_runs(results_csv) -> DataFrame            the leaderboard rows that count as done (assignment stored)
 
 Rows name their file by ``run_id``: a digest of (cache entry, method, k, seed, row protocol hash), so the same
 configuration run again writes the same file with the same content.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_predictions", "make_run_id", "predictions_dir", "save_predictions"]
+__all__ = ["done_runs", "has_predictions", "load_predictions", "make_run_id", "predictions_dir", "save_predictions"]
 
 _RUN_ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -65,3 +66,19 @@ def load_predictions(results_csv, run_id: str) -> np.ndarray:
         raise FileNotFoundError(f"no predictions for run {run_id} under {path.parent} (rows written before "
                                 f"predictions were kept have none: re-run that configuration)")
     return np.load(path).astype(np.int64)
+
+
+def done_runs(results_csv, board=None):
+    """The rows of the leaderboard ``results_csv`` that count as done: a run id whose assignment is stored next to
+    it. The one resume rule of ``sscb run``, ``sscb suite`` and ``sscb objectnet``: rows that came from elsewhere
+    (a committed or merged CSV, without ``predictions/``) are run again on this machine. ``board``: the
+    leaderboard already read (``read_leaderboard(results_csv)``). Always has a ``run_id`` column."""
+    import pandas as pd
+
+    from .leaderboard import read_leaderboard
+
+    if board is None:
+        board = read_leaderboard(results_csv) if Path(results_csv).is_file() else pd.DataFrame()
+    if "run_id" not in board.columns:
+        return board.iloc[0:0].assign(run_id=pd.Series(dtype=object))
+    return board[board["run_id"].map(lambda run_id: has_predictions(results_csv, run_id)).astype(bool)]

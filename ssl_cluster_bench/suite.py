@@ -55,7 +55,7 @@ import pandas as pd
 import yaml
 
 from .errors import option, spell
-from .leaderboard import rows_of  # noqa: F401  (public here too: suite code and users import it from suite)
+from .leaderboard import rows_of  # which rows a protocol made (also importable from here, as before)
 from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_settings, split_options
 
 __all__ = ["EntryStatus", "Suite", "SuiteEntry", "SuiteState", "list_suites", "load_suite", "parse_data_roots",
@@ -423,12 +423,14 @@ def _probe_direct(entry: SuiteEntry, roots: dict) -> tuple[str, str]:
 
 def _existing(results: Path, identity: tuple[str, str | None], dataset: str, split: str,
               protocols: tuple[str, ...] = ("direct",)) -> pd.DataFrame:
-    """The leaderboard rows of this backbone (and weights) on this dataset split."""
+    """The leaderboard rows of this backbone (and weights) on this dataset split that count as done: by the one
+    resume rule of run, suite and objectnet (:func:`~ssl_cluster_bench.predictions.done_runs`), a row whose
+    assignment is not stored (e.g. committed in a fresh clone) is made again, not skipped."""
     if not results.is_file():
         return pd.DataFrame()
-    from .leaderboard import read_leaderboard
+    from .predictions import done_runs
 
-    df = read_leaderboard(results)
+    df = done_runs(results)
     if "protocol_hash" not in df.columns:
         return df.iloc[0:0]
     name, weights = identity
@@ -493,7 +495,7 @@ def _run_objectnet(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | 
     df = run_objectnet(ctx.spec, ctx.roots["imagenet"], ctx.roots["objectnet"], imagenet_split=entry.split or
                        "train", results=ctx.results, cache=ctx.cache, protocol=protocol, progress=ctx.progress,
                        settings=ctx.settings)
-    return "ran", len(df), ""
+    return "ran", df.attrs.get("new_rows", len(df)), ""
 
 
 # kind -> runner(entry, context, (backbone name, weights id or None)) -> (status, rows, reason)
