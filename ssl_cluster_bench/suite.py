@@ -34,7 +34,8 @@ Data roots are given once, by name (``data_roots={"imagenet": "~/data/imagenet"}
 ``--data-root imagenet=PATH`` or a YAML file of such names). An entry whose dataset is unknown, whose root is
 not given or not present, or whose subset file is missing is recorded as "not run" with the reason; the other
 entries still run. Every (backbone, entry, protocol) whose rows are already in the leaderboard under the same
-protocol hash is skipped, so an interrupted suite resumes where it stopped; rows are appended as each finishes.
+protocol hash, with their assignments stored (:func:`~ssl_cluster_bench.predictions.done_runs`, the rule of
+``sscb run``), is skipped, so an interrupted suite resumes where it stopped; rows are appended as each finishes.
 After every entry the suite state (``suite.json``) and the report (:mod:`ssl_cluster_bench.report`) are
 rewritten next to the leaderboard.
 """
