@@ -524,15 +524,16 @@ def run(backbones: Sequence[str | BackboneSpec] | None = None, dataset: str = "d
             raise ValueError(f"a joint group needs at least two backbones, got {group}")
     if joint:
         _joint_protocol(protocol)  # fail before any extraction
-    results = Path(results) if results else default_results_path()
-    check_writable(results)
-    cache = resolve_cache(cache)
     spec_options, settings_options = split_options(options)
     settings = extract_settings(settings, **settings_options)
     if spec_options.get("checkpoint"):
         backbones = [None]
+    # the records are checked before any file is made
     specs = [backbone_spec(b, **spec_options) for b in (backbones or DEFAULT_BACKBONES)]
     joint_specs = [[backbone_spec(b, **spec_options) for b in group] for group in joint]
+    results = Path(results) if results else default_results_path()
+    check_writable(results)
+    cache = resolve_cache(cache)
     _check_packaged_weights(specs)
     done = {} if rerun else _DoneRows(results)
     n_new = 0

@@ -117,13 +117,18 @@ def _add_backbone_options(p):
                         "each shape checked (order: for files saved by an older library version whose names differ)")
 
 
+def _loading_options(args) -> dict:
+    """The BackboneSpec fields the loading flags give (the card aside)."""
+    return {"checkpoint": args.checkpoint, "arch": args.arch, "weights_only": not args.trust_checkpoint,
+            "momentum_encoder": args.momentum_encoder, "checkpoint_key": args.checkpoint_key,
+            "key_match": args.key_match}
+
+
 def _backbone_spec(args, card=None):
     """The BackboneSpec of ``card`` (None: the checkpoint) with this command's loading options."""
     from .specs import BackboneSpec
 
-    return BackboneSpec(card=card, checkpoint=args.checkpoint, arch=args.arch, weights_only=not args.trust_checkpoint,
-                        momentum_encoder=args.momentum_encoder, checkpoint_key=args.checkpoint_key,
-                        key_match=args.key_match)
+    return BackboneSpec(card=card, **_loading_options(args))
 
 
 def _add_extract(p, views: bool = False):
@@ -490,11 +495,10 @@ def _cmd_suite(args):
         suite = suite.with_protocol(seeds=args.seeds)
     roots = parse_data_roots(args.data_root, args.data_roots)
     results = Path(args.results) if args.results else None
-    # the suite applies the loading options to each of its backbones (or to the checkpoint) and every entry
-    loading = {k: v for k, v in _backbone_spec(args, "-").to_dict().items() if k != "card"}
+    # the suite makes one BackboneSpec per backbone (or the checkpoint) with these options, for every entry
     state = run_suite(suite, args.backbones, roots, results=results, cache=args.cache_dir, sweep=args.sweep,
                       only=args.only, settings=_extract_settings(args), progress=not args.quiet,
-                      report=not args.no_report, interface="cli", **loading)
+                      report=not args.no_report, interface="cli", **_loading_options(args))
     table = state.status_table()
     print(table.to_markdown(index=False))
     from .leaderboard import default_results_path

@@ -537,8 +537,6 @@ def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     data_roots = dict(data_roots or {})
     results = Path(results) if results else default_results_path()
-    check_writable(results)
-    cache = resolve_cache(cache)
     if checkpoint and backbones:
         raise ValueError("pass backbones or a checkpoint, not both (run the suite twice to compare them)")
     if checkpoint and "://" not in str(checkpoint) and not Path(str(checkpoint)).expanduser().is_file():
@@ -553,7 +551,9 @@ def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None
     cards = [None] if checkpoint else list(backbones or suite.backbones)
     if not cards:
         raise ValueError(f"suite {suite.name} names no backbones: pass some (or a checkpoint)")
-    specs = [backbone_spec(card, **spec_options) for card in cards]
+    specs = [backbone_spec(card, **spec_options) for card in cards]  # bad options refused before any file is made
+    check_writable(results)
+    cache = resolve_cache(cache)
 
     state = SuiteState(suite=suite.name, description=suite.description, sweep=dict(suite.sweep) if sweep and
                        suite.sweep else None)
