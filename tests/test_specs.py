@@ -159,3 +159,25 @@ datasets:
     assert len(entries) == 2
     a, b = (read_leaderboard(r) for r in (tmp_path / "suite" / "lb.csv", tmp_path / "alone" / "lb.csv"))
     assert np.allclose(a.sort_values("protocol").acc, b.sort_values("protocol").acc)
+
+
+def test_every_command_that_extracts_takes_every_backbone_and_extraction_option():
+    """One shared group of flags per record: a new BackboneSpec / ExtractSettings field reaches every command."""
+    import dataclasses
+
+    from ssl_cluster_bench.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    backbone = {"--checkpoint", "--arch", "--trust-checkpoint", "--momentum-encoder", "--checkpoint-key",
+                "--key-match"}
+    extraction = {"--batch-size", "--workers", "--device", "--chunk-size", "--verify-content"}
+    # every field of the records has its flag here (card: --backbone(s); pretrained, amp, channels_last and
+    # augment_seed are Python-only; views: `extract` only, the other commands cluster the plain features)
+    fields = {f.name for f in dataclasses.fields(BackboneSpec)} | {f.name for f in dataclasses.fields(ExtractSettings)}
+    flagged = {"checkpoint", "arch", "weights_only", "momentum_encoder", "checkpoint_key", "key_match", "batch_size",
+               "num_workers", "device", "chunk_size", "verify_content", "views"}
+    assert fields - flagged == {"card", "pretrained", "amp", "channels_last", "augment_seed"}
+    for name in ("extract", "run", "scan", "suite", "objectnet"):
+        flags = {s for action in commands[name]._actions for s in action.option_strings}
+        assert backbone | extraction <= flags, (name, sorted((backbone | extraction) - flags))
+    assert "--views" in {s for a in commands["extract"]._actions for s in a.option_strings}
