@@ -23,6 +23,10 @@ Protocols (rows carry ``protocol``):
   ObjectNet overlap samples themselves. NMI/AMI/ARI are of (ObjectNet label, cluster) on those samples.
 
 ``chance`` is the accuracy of putting every evaluated sample into a single cluster (largest class share).
+
+As in ``sscb run``, every row carries a run id (protocol, cache entry, k, seed, protocol hash) and its cluster
+assignment of the ObjectNet samples is saved next to the leaderboard (transfer: -1 for samples outside the
+mapping); a run already done (:func:`~ssl_cluster_bench.predictions.done_runs`) is not made again.
 """
 from __future__ import annotations
 
