@@ -177,7 +177,8 @@ def import_features(features, labels, backbone: str, dataset: str, split: str = 
 
 
 def cluster_features(features, labels, protocol=None, *, n_classes: int | None = None, progress: bool = True,
-                     augmented=None, spaces=None, identity: str = "", **changes) -> pd.DataFrame:
+                     augmented=None, spaces=None, identity: str = "", columns: dict | None = None, done=None,
+                     on_row=None, **changes) -> pd.DataFrame:
     """The clustering protocol on a feature matrix: one row per method × k × seed.
 
     ``protocol`` is a :class:`~ssl_cluster_bench.protocol.Protocol` (or a dict / YAML path; None = the
@@ -189,9 +190,13 @@ def cluster_features(features, labels, protocol=None, *, n_classes: int | None =
     clustering on the PCA-reduced features, higher is better), the flag column, the fit time, ``protocol_hash``
     and ``run_id``; the cluster assignments are in
     ``df.attrs["predictions"]`` (run_id -> labels). Labels < 0 (unlabelled) are excluded from scoring.
+    The engine of ``sscb run``, for callers with rows of their own (ObjectNet): ``columns`` lead every row,
+    ``done`` maps run ids to rows made before (returned as they are, not run again) and ``on_row(row, labels)``
+    is called as each new row is done (e.g. to add columns, save the assignment and append the row).
     """
     rows, predictions = _cluster(features, labels, resolve_protocol(protocol, **changes), n_classes=n_classes,
-                                 progress=progress, augmented=augmented, spaces=spaces, identity=identity)
+                                 progress=progress, augmented=augmented, spaces=spaces, identity=identity,
+                                 columns=columns, done=done, on_row=on_row)
     df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
     return df

@@ -620,50 +620,61 @@ def run_objectnet(backbone: str | BackboneSpec | None, imagenet_root: str | os.P
           else {"overcluster": protocol.overcluster})
     protocol_args = {"seeds": protocol.seeds, **ks, "pca_dim": protocol.pca_dim, "kmeans": protocol.kmeans,
                      "progress": progress}
-    frames = []
+    frames, n_new = [], 0
 
-    n_new = 0
-
-    def keep(name: str, make, entry, cache_key: str, n_classes: int, n_samples: int) -> None:
-        """The rows of protocol ``name``: those done before (the done_runs rule, as `sscb run`) as they are,
-        else made, each stored with its run id and its assignment (saved first, so no row names a missing file)."""
-        nonlocal n_new
-        ks = _cluster_counts(protocol_args.get("n_clusters"), protocol_args.get("overcluster"), n_classes,
-                             n_samples, "ObjectNet" if name == PROTOCOL_DIRECT else "ImageNet")
-        run_ids = {(k, seed): make_run_id(f"{name}:{cache_key}", "kmeans", k, seed, row_hash) for _, k in ks
-                   for seed in protocol.seeds}
-        done = done_runs(results)
-        done = done[done["run_id"].isin(list(run_ids.values()))]
-        if done["run_id"].nunique() == len(run_ids):
-            frames.append(done.drop_duplicates("run_id"))
-            return
-        made = make()
-        assignments = made.attrs.pop("assignments")  # kept out of the concatenated frame
-        df = _identity(made, entry, cache_key, row_hash)
-        df["run_id"] = [run_ids[(int(k), int(seed))] for k, seed in zip(df["n_clusters"], df["seed"])]
-        new = ~df["run_id"].isin(set(done["run_id"]))
-        for run_id, assignment, is_new in zip(df["run_id"], assignments, new):
-            if is_new:
-                save_predictions(results, run_id, assignment)
-        n_new += append_rows(results, df[new].to_dict("records"))
-        frames.append(df)
-
+    # direct: the clustering engine of `sscb run` itself (PCA, the registry's k-means, run id, resume by the
+    # done_runs rule), with the ObjectNet columns added to each row before it is stored
     on_entry = api.extract(spec, "objectnet", objectnet_root, "test", cache, **options)
     _check_entry_labels(on_entry, len(on_dataset.classes), "ObjectNet")
-    keep(PROTOCOL_DIRECT, lambda: direct_protocol(on_entry.features, on_entry.labels, sorted(on_to_in),
-                                                  **protocol_args),
-         on_entry, on_entry.path.name, int(np.unique(on_entry.labels).size), on_entry.labels.size)
+    overlap = sorted(on_to_in)
 
+    def keep_direct(row: dict, assignment: np.ndarray) -> None:
+        nonlocal n_new
+        scores = direct_scores(on_entry.labels, assignment, overlap)
+        row.update({m: scores[m] for m in ("acc_overlap", "acc_nonoverlap", "chance")})
+        save_predictions(results, row["run_id"], assignment)  # first, so that no row names a missing file
+        n_new += append_rows(results, [row])
+
+    key = on_entry.key
+    columns = {"backbone": key.backbone, "weights": key.weights, "dataset": key.dataset, "split": key.split,
+               "protocol": PROTOCOL_DIRECT, "cache_key": on_entry.path.name, "versions": software_versions(),
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    done = {r["run_id"]: r for r in done_runs(results).to_dict("records")}
+    direct = api.cluster_features(on_entry.features, on_entry.labels, protocol, progress=progress,
+                                  identity=f"{PROTOCOL_DIRECT}:{on_entry.path.name}", columns=columns, done=done,
+                                  on_row=keep_direct)
+    direct.attrs.pop("predictions", None)  # saved already; arrays in attrs would not concatenate
+    frames.append(direct)
+
+    # transfer: k-means fitted on ImageNet and ObjectNet assigned to it, which the run engine has no place for;
+    # the same run ids, stored assignments and resume rule
     in_entry = api.extract(spec, "imagenet", imagenet_root, imagenet_split, cache, **options)
     _check_entry_labels(in_entry, len(imagenet_classes), "ImageNet")
     if in_entry.feature_dim != on_entry.feature_dim:
         raise RuntimeError(f"ImageNet features ({in_entry.path.name}) have dim {in_entry.feature_dim} but ObjectNet "
                            f"features ({on_entry.path.name}) have dim {on_entry.feature_dim}")
     in_labels = in_entry.labels
-    keep(PROTOCOL_TRANSFER, lambda: transfer_protocol(in_entry.features, in_labels, on_entry.features,
-                                                      on_entry.labels, on_to_in, **protocol_args),
-         on_entry, f"{in_entry.path.name}+{on_entry.path.name}", int(np.unique(in_labels[in_labels >= 0]).size),
-         in_labels.size)
+    cache_key = f"{in_entry.path.name}+{on_entry.path.name}"
+    ks = _cluster_counts(protocol_args.get("n_clusters"), protocol_args.get("overcluster"),
+                         int(np.unique(in_labels[in_labels >= 0]).size), in_labels.size, "ImageNet")
+    run_ids = {(k, seed): make_run_id(f"{PROTOCOL_TRANSFER}:{cache_key}", "kmeans", k, seed, row_hash)
+               for _, k in ks for seed in protocol.seeds}
+    done = done_runs(results)
+    done = done[done["run_id"].isin(list(run_ids.values()))]
+    if done["run_id"].nunique() == len(run_ids):
+        frames.append(done.drop_duplicates("run_id"))
+    else:
+        transfer = transfer_protocol(in_entry.features, in_labels, on_entry.features, on_entry.labels, on_to_in,
+                                     **protocol_args)
+        assignments = transfer.attrs.pop("assignments")  # kept out of the concatenated frame
+        transfer = _identity(transfer, on_entry, cache_key, row_hash)
+        transfer["run_id"] = [run_ids[(int(k), int(seed))] for k, seed in zip(transfer.n_clusters, transfer.seed)]
+        new = ~transfer["run_id"].isin(set(done["run_id"]))
+        for run_id, assignment, is_new in zip(transfer["run_id"], assignments, new):
+            if is_new:
+                save_predictions(results, run_id, assignment)
+        n_new += append_rows(results, transfer[new].to_dict("records"))
+        frames.append(transfer)
 
     if n_new:
         api.write_markdown(results)
