@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import platform
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -25,16 +24,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .cache import CacheEntry, CacheKey, FeatureCache
-from .leaderboard import (aggregate, append_rows, check_appendable, default_results_path, lock_path, read_leaderboard,
-                          to_markdown)
+from .cache import CacheEntry, CacheKey, FeatureCache, resolve_cache
+from .leaderboard import aggregate, append_rows, check_writable, default_results_path, read_leaderboard, to_markdown
 from .methods import MethodInputs, get_method, list_methods
 from .metrics import evaluate, silhouette
-from .predictions import has_predictions, make_run_id, save_predictions, save_sample_scores
+from .predictions import done_runs, make_run_id, save_predictions, save_sample_scores
 from .protocol import Protocol, resolve_protocol
 from .safeio import atomic_write_text, write_error
 from .errors import OptionValueError, option
+from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_settings, split_options
+from .version import software_versions
 
 __all__ = ["DEFAULT_BACKBONES", "cluster_entries", "cluster_entry", "cluster_features", "extract",
            "import_features", "run", "write_markdown"]
@@ -49,24 +48,11 @@ LABEL_METRICS = ("acc", "nmi", "ami", "ari")
 DEFAULT_BACKBONES = ("pixels", "random-resnet18", "efficientnet-lite0-96")
 
 
-def _versions() -> str:
-    import importlib.metadata as md
-
-    parts = [f"sscb={__version__}", f"python={platform.python_version()}"]
-    for pkg, name in (("numpy", "numpy"), ("scikit-learn", "sklearn"), ("faiss-cpu", "faiss"),
-                      ("faiss-gpu", "faiss"), ("torch", "torch"), ("timm", "timm")):
-        try:
-            parts.append(f"{name}={md.version(pkg)}")
-        except md.PackageNotFoundError:
-            pass
-    return ";".join(parts)
-
-
 def _flat_folder(dataset: str, data_root, split) -> bool:
     """Whether ``dataset`` names an image folder (by its path, or imagefolder + root) that holds images but no
     class folders, i.e. data without labels (see :class:`~ssl_cluster_bench.data.images.ImageFolderDataset`)."""
     from .data import list_datasets
-    from .data.images import IMG_EXTENSIONS, _loose_images, list_class_folders
+    from .data.images import IMG_EXTENSIONS, loose_images, list_class_folders
 
     if dataset in list_datasets() and dataset != "imagefolder":
         return False
@@ -75,13 +61,9 @@ def _flat_folder(dataset: str, data_root, split) -> bool:
         return False
     folder = Path(str(root)).expanduser() / (split if split not in (None, "all") else "")
     try:
-        return not list_class_folders(folder) and bool(_loose_images(folder, tuple(IMG_EXTENSIONS)))
+        return not list_class_folders(folder) and bool(loose_images(folder, tuple(IMG_EXTENSIONS)))
     except OSError:
         return False  # a missing folder: the dataset reports it, with the layout it expects
-
-
-def _resolve_cache(cache) -> FeatureCache:
-    return cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
 
 
 def _dataset(name: str, root, split, transform=None, subset=None):
@@ -95,31 +77,31 @@ def _dataset(name: str, root, split, transform=None, subset=None):
 
 
 def extract(backbone, dataset: str, data_root=None, split: str | None = None, cache=None, *,
-            checkpoint=None, arch=None, subset=None, views: int = 0, batch_size: int = 128, num_workers=None,
-            chunk_size: int = 8192, device: str = "auto", progress: bool = True, weights_only: bool = True,
-            momentum_encoder: bool | None = None, checkpoint_key: str | None = None,
-            verify_content: bool = False) -> CacheEntry:
+            settings: ExtractSettings | None = None, subset=None, progress: bool = True, **options) -> CacheEntry:
     """Extract (or find in the cache) the features of ``backbone`` on ``dataset``; returns the cache entry.
 
-    ``backbone`` is a model-card id, a card YAML path, or None with ``arch`` + ``checkpoint`` (a new SSL
-    checkpoint). ``data_root`` is the local dataset folder (not needed for the embedded digits).
-    ``subset`` (ImageNet only): a class-list file (one wnid per line), e.g. SCAN's 50/100/200-class lists.
-    ``weights_only=False`` unpickles a trusted legacy checkpoint; ``momentum_encoder`` / ``checkpoint_key``
-    choose which weights inside a checkpoint to load (see :func:`ssl_cluster_bench.backbones.create_backbone`).
-    The entry follows the data files' sizes and modification times; ``verify_content=True`` keys it on their
-    bytes instead, for copies or filesystems whose times cannot be trusted (reads every file).
+    ``backbone`` is a :class:`~ssl_cluster_bench.specs.BackboneSpec`, a model-card id, a card YAML path, or None
+    with ``arch`` + ``checkpoint`` (a new SSL checkpoint). ``data_root`` is the local dataset folder (not needed
+    for the embedded digits). ``subset`` (ImageNet only): a class-list file (one wnid per line), e.g. SCAN's
+    50/100/200-class lists. ``settings``: :class:`~ssl_cluster_bench.specs.ExtractSettings` (None = defaults).
+    Keyword ``options`` are fields of either record: backbone options (``checkpoint``, ``arch``,
+    ``weights_only=False`` for a trusted legacy pickle, ``momentum_encoder``, ``checkpoint_key``,
+    ``key_match="order"``; see :func:`ssl_cluster_bench.backbones.create_backbone`) and extraction options
+    (``batch_size``, ``num_workers``, ``device``, ``chunk_size``, ``views``, ``verify_content``: key the entry on
+    the data files' bytes instead of their sizes and modification times, for copies or filesystems whose times
+    cannot be trusted).
     """
     from .backbones import create_backbone
     from .extraction import extract_features
 
+    spec_options, settings_options = split_options(options)
+    spec = backbone_spec(backbone, **spec_options)
+    settings = extract_settings(settings, **settings_options)
     ds_probe = _dataset(dataset, data_root, split, subset=subset)  # fail on bad data before loading weights
-    bb = create_backbone(backbone, checkpoint=checkpoint, arch=arch, device="cpu", weights_only=weights_only,
-                         momentum_encoder=momentum_encoder, checkpoint_key=checkpoint_key)
+    bb = create_backbone(spec, device="cpu")
     ds = ds_probe  # indexed once: a large folder is not walked (nor its warnings printed) twice
     ds.transform = bb.transform
-    return extract_features(bb, ds, _resolve_cache(cache), batch_size=batch_size, num_workers=num_workers,
-                            chunk_size=chunk_size, device=device, views=views, progress=progress,
-                            verify_content=verify_content)
+    return extract_features(bb, ds, resolve_cache(cache), settings, progress=progress)
 
 
 def _read_array(x, what: str) -> tuple[np.ndarray, str]:
@@ -213,11 +195,12 @@ def import_features(features, labels, backbone: str, dataset: str, split: str = 
         h.update(block.tobytes())
     weights = weights or "imported:" + h.hexdigest()[:16]
     key = CacheKey(backbone=backbone, dataset=dataset, split=split, weights=weights, transform="imported")
-    return _resolve_cache(cache).put(key, feats, labs, meta={"imported": True})
+    return resolve_cache(cache).put(key, feats, labs, meta={"imported": True})
 
 
 def cluster_features(features, labels, protocol=None, *, n_classes: int | None = None, progress: bool = True,
-                     augmented=None, spaces=None, identity: str = "", **changes) -> pd.DataFrame:
+                     augmented=None, spaces=None, identity: str = "", columns: dict | None = None, done=None,
+                     on_row=None, **changes) -> pd.DataFrame:
     """The clustering protocol on a feature matrix: one row per method × k × seed.
 
     ``protocol`` is a :class:`~ssl_cluster_bench.protocol.Protocol` (or a dict / YAML path; None = the
@@ -231,9 +214,14 @@ def cluster_features(features, labels, protocol=None, *, n_classes: int | None =
     ``df.attrs["predictions"]`` (run_id -> labels). Labels < 0 (unlabelled) are excluded from scoring;
     ``labels=None`` (or all -1) is unlabelled data: k must be given (``n_clusters=[10]``), the label metrics stay
     empty (NaN) and the label-free ones (silhouette, the method's score) are filled.
+    The engine of ``sscb run``, for callers with rows of their own (ObjectNet): ``columns`` lead every row,
+    ``done`` maps run ids to rows made before (returned as they are, not run again) and
+    ``on_row(row, labels, sample_scores)``
+    is called as each new row is done (e.g. to add columns, save the assignment and append the row).
     """
     rows, predictions = _cluster(features, labels, resolve_protocol(protocol, **changes), n_classes=n_classes,
-                                 progress=progress, augmented=augmented, spaces=spaces, identity=identity)
+                                 progress=progress, augmented=augmented, spaces=spaces, identity=identity,
+                                 columns=columns, done=done, on_row=on_row)
     df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
     return df
@@ -363,7 +351,7 @@ def cluster_entry(entry: CacheEntry, protocol=None, *, progress: bool = True, un
 
 def _identity_columns(backbone: str, weights: str, key, cache_key: str) -> dict:
     return {"backbone": backbone, "weights": weights, "dataset": key.dataset, "split": key.split,
-            "protocol": "direct", "cache_key": cache_key, "versions": _versions(),
+            "protocol": "direct", "cache_key": cache_key, "versions": software_versions(),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -444,17 +432,6 @@ def _cluster_entries(entries: list[CacheEntry], protocol: Protocol, progress: bo
     return df, predictions
 
 
-def _check_writable(path: Path) -> None:
-    check_appendable(path)  # before any file is made next to a file that is not ours
-    try:
-        lock = lock_path(path)
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a"):
-            pass
-    except OSError as e:
-        raise OSError(f"results path {path} is not writable: {e}") from e
-
-
 class _DoneRows(Mapping):
     """run id -> row of the leaderboard rows already done (their assignment stored next to it), re-read whenever
     the file changed, so that a run started beside an identical one skips what the other stored meanwhile.
@@ -482,10 +459,8 @@ class _DoneRows(Mapping):
         self._stamp = stamp
         board = read_leaderboard(self.results)
         self._ids = list(board["run_id"].dropna()) if "run_id" in board.columns else []
-        # A row counts as done only with its assignment stored here: rows that came from elsewhere (a
-        # committed or merged CSV, without predictions/) run again on this machine.
-        self._rows = ({r["run_id"]: r for r in board.dropna(subset=["run_id"]).to_dict("records")
-                       if has_predictions(self.results, r["run_id"])} if "run_id" in board.columns else {})
+        # the one resume rule (done_runs): rows without their assignment stored here run again
+        self._rows = {r["run_id"]: r for r in done_runs(self.results, board).to_dict("records")}
 
     def __getitem__(self, run_id):
         self._refresh()
@@ -504,38 +479,47 @@ class _DoneRows(Mapping):
         return len(self._rows)
 
 
-def _entry_for(backbone, dataset, data_root, split, cache: FeatureCache, extract_options: dict) -> CacheEntry:
+def _entry_for(spec: BackboneSpec, dataset, data_root, split, cache: FeatureCache, settings: ExtractSettings,
+               subset=None, progress: bool = True) -> CacheEntry:
     """Extract with a model card, or fall back to features imported under that name."""
     from .backbones import load_card
 
-    if extract_options.get("checkpoint") or Path(str(backbone)).suffix in (".yaml", ".yml"):
-        return extract(backbone, dataset, data_root, split, cache, **extract_options)
+    def run_extract():
+        return extract(spec, dataset, data_root, split, cache, settings=settings, subset=subset, progress=progress)
+
+    if spec.checkpoint or not isinstance(spec.card, str) or Path(spec.card).suffix in (".yaml", ".yml"):
+        return run_extract()
     try:
-        load_card(backbone)
+        load_card(spec.card)
     except ValueError:
-        found = cache.find(backbone, dataset, split)
+        found = cache.find(spec.card, dataset, split)
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise ValueError(f"several cache entries match backbone {backbone!r} on {dataset}: "
+            raise ValueError(f"several cache entries match backbone {spec.card!r} on {dataset}: "
                              f"{[e.path.name for e in found]}; pass --split or remove the stale ones")
         raise
-    return extract(backbone, dataset, data_root, split, cache, **extract_options)
+    return run_extract()
 
 
-def _check_packaged_weights(backbones) -> None:
+def _check_packaged_weights(specs: Sequence[BackboneSpec]) -> None:
     """Fail before any extraction when a card's weights come from a pip package that is not installed, so a
     run never stops half-way with the rows of the first backbones already appended."""
     from .backbones import load_card
     from .backbones.downloads import package_file
 
-    for backbone in backbones:
-        if backbone is None or Path(str(backbone)).suffix in (".yaml", ".yml"):
+    for spec in specs:
+        if spec.card is None or spec.checkpoint or not spec.pretrained:
             continue
-        try:
-            card = load_card(backbone)
-        except ValueError:
-            continue  # imported features, or an unknown name that _entry_for reports
+        if isinstance(spec.card, str):
+            if Path(spec.card).suffix in (".yaml", ".yml"):
+                continue
+            try:
+                card = load_card(spec.card)
+            except ValueError:
+                continue  # imported features, or an unknown name that _entry_for reports
+        else:
+            card = spec.card
         if card.source == "package" and card.pretrained:
             package_file(card.package, card.file, f"Weights for model card {card.id!r}")
 
@@ -569,14 +553,17 @@ def write_markdown(results_csv, markdown_path=None) -> Path:
     return markdown_path
 
 
-def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_root=None,
+def run(backbones: Sequence[str | BackboneSpec] | None = None, dataset: str = "digits", data_root=None,
         split: str | None = None, *, protocol=None, results=None, cache=None, progress: bool = True,
-        joint: Sequence[Sequence[str]] = (), rerun: bool = False, unlabelled: bool = False,
-        assignments: bool = False, **extract_options) -> pd.DataFrame:
+        joint: Sequence[Sequence[str]] = (), rerun: bool = False, settings: ExtractSettings | None = None,
+        subset=None, unlabelled: bool = False, assignments: bool = False, **options) -> pd.DataFrame:
     """Extract what is missing, run the clustering protocol, append to the leaderboard, write markdown.
 
     ``protocol``: a :class:`~ssl_cluster_bench.protocol.Protocol`, dict or YAML path (None = the defaults).
-    ``extract_options`` go to :func:`extract` (checkpoint, arch, subset, weights_only, batch_size, device, ...).
+    ``backbones``: model-card ids or :class:`~ssl_cluster_bench.specs.BackboneSpec` records; ``settings``: the
+    :class:`~ssl_cluster_bench.specs.ExtractSettings`. Keyword ``options`` are fields of either record, as for
+    :func:`extract` (checkpoint, arch, weights_only, momentum_encoder, batch_size, device, ...); the backbone
+    options apply to every backbone (with ``checkpoint``, the checkpoint is the one backbone).
     With no arguments: the embedded default (:data:`DEFAULT_BACKBONES` on digits). Every row is appended to the
     leaderboard as soon as it is done, after its cluster assignments are saved
     (:mod:`ssl_cluster_bench.predictions`), so an interrupted run loses at most the fit in progress. Rows whose
@@ -612,14 +599,17 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
             raise ValueError(f"a joint group needs at least two backbones, got {group}")
     if joint:
         _joint_protocol(protocol)  # fail before any extraction
-    results = Path(results) if results else default_results_path()
-    _check_writable(results)
-    cache = _resolve_cache(cache)
-    if extract_options.get("checkpoint"):
+    spec_options, settings_options = split_options(options)
+    settings = extract_settings(settings, **settings_options)
+    if spec_options.get("checkpoint"):
         backbones = [None]
-    backbones = list(backbones or DEFAULT_BACKBONES)
-    extract_options = {"progress": progress, **extract_options}
-    _check_packaged_weights(backbones)
+    # the records are checked before any file is made
+    specs = [backbone_spec(b, **spec_options) for b in (backbones or DEFAULT_BACKBONES)]
+    joint_specs = [[backbone_spec(b, **spec_options) for b in group] for group in joint]
+    results = Path(results) if results else default_results_path()
+    check_writable(results)
+    cache = resolve_cache(cache)
+    _check_packaged_weights(specs)
     done = {} if rerun else _DoneRows(results)
     n_new = 0
 
@@ -636,8 +626,11 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
             n_new += append_rows(results, [row], unique_run_ids=True, known_counts=done.baseline,
                                  before_write=lambda rows: store(row["run_id"], labels, scores))
 
-    entries = [[_entry_for(b, dataset, data_root, split, cache, extract_options)] for b in backbones]
-    groups = [[_entry_for(b, dataset, data_root, split, cache, extract_options) for b in g] for g in joint]
+    def entry(spec):
+        return _entry_for(spec, dataset, data_root, split, cache, settings, subset, progress)
+
+    entries = [[entry(spec)] for spec in specs]
+    groups = [[entry(spec) for spec in group] for group in joint_specs]
     frames = [_cluster_entry(group[0], protocol, progress=progress, done=done, on_row=keep,
                              unlabelled=unlabelled)[0] if len(group) == 1
               else _cluster_entries(group, protocol, progress=progress, done=done, on_row=keep)[0]

@@ -64,7 +64,7 @@ from .errors import InterfaceError, option, spell
 from .safeio import FileLock, atomic_write, atomic_write_text, fsync_dir, write_error
 
 __all__ = ["CacheIntegrityError", "CacheKey", "CacheEntry", "ChunkWriter", "EntryStatus", "FeatureCache",
-           "default_cache_dir"]
+           "default_cache_dir", "resolve_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -1101,3 +1101,8 @@ class ChunkWriter:
             raise
         shutil.rmtree(self.dir, ignore_errors=True)
         return entry
+
+
+def resolve_cache(cache) -> FeatureCache:
+    """``cache`` as a :class:`FeatureCache`: one as it is, or a folder (None: the default folder)."""
+    return cache if isinstance(cache, FeatureCache) else FeatureCache(cache)

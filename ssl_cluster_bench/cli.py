@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,28 +114,64 @@ def _add_data(p, dataset_default="digits", required=False):
     p.add_argument("--cache-dir", default=None, help="feature cache (default $SSCB_CACHE_DIR or ~/.cache/ssl_cluster_bench/features)")
 
 
-def _add_checkpoint(p):
-    p.add_argument("--checkpoint", default=None, help="local path or URL of SSL weights to benchmark (with --arch)")
-    p.add_argument("--arch", default=None, help="timm/torchvision architecture of --checkpoint, e.g. resnet50")
-    p.add_argument("--checkpoint-key", default=None, help="where the state dict sits in the checkpoint (default: searched)")
-    p.add_argument("--momentum-encoder", action="store_true", default=None,
+def _add_backbone_options(p):
+    """The backbone's loading options, one group shared by every command that extracts (fields of BackboneSpec)."""
+    g = p.add_argument_group("backbone loading options")
+    g.add_argument("--checkpoint", default=None, help="local path or URL of SSL weights to benchmark (with --arch)")
+    g.add_argument("--arch", default=None, help="timm/torchvision architecture of --checkpoint, e.g. resnet50")
+    g.add_argument("--checkpoint-key", default=None, help="where the state dict sits in the checkpoint (default: searched)")
+    g.add_argument("--momentum-encoder", action="store_true", default=None,
                    help="load the MoCo-style momentum (key) encoder instead of the query encoder")
-    p.add_argument("--trust-checkpoint", action="store_true",
+    g.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling (torch.load weights_only=False): only for files you trust")
+    g.add_argument("--key-match", choices=["name", "order"], default="name",
+                   help="how the checkpoint's tensors meet the architecture's: by name (default) or by position, "
+                        "each shape checked (order: for files saved by an older library version whose names differ)")
 
 
-def _checkpoint_options(args) -> dict:
-    return {"checkpoint": args.checkpoint, "arch": args.arch, "checkpoint_key": args.checkpoint_key,
-            "momentum_encoder": args.momentum_encoder, "weights_only": not args.trust_checkpoint}
+def _loading_options(args) -> dict:
+    """The BackboneSpec fields the loading flags give (the card aside)."""
+    return {"checkpoint": args.checkpoint, "arch": args.arch, "weights_only": not args.trust_checkpoint,
+            "momentum_encoder": args.momentum_encoder, "checkpoint_key": args.checkpoint_key,
+            "key_match": args.key_match}
 
 
-def _add_extract(p):
-    p.add_argument("--batch-size", type=_positive, default=128)
-    p.add_argument("--workers", type=_non_negative, default=None, help="DataLoader workers (default: by dataset size)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--verify-content", action="store_true",
+def _backbone_spec(args, card=None):
+    """The BackboneSpec of ``card`` (None: the checkpoint) with this command's loading options."""
+    from .specs import BackboneSpec
+
+    return BackboneSpec(card=card, **_loading_options(args))
+
+
+def _add_extract(p, views: bool = False):
+    """The extraction options, one group shared by every command that extracts (fields of ExtractSettings)."""
+    g = p.add_argument_group("extraction options")
+    g.add_argument("--batch-size", type=_positive, default=128)
+    g.add_argument("--workers", type=_non_negative, default=None, help="DataLoader workers (default: by dataset size)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--chunk-size", type=_positive, default=8192, help="images per resumable cache chunk")
+    g.add_argument("--verify-content", action="store_true",
                    help="key cached features on the bytes of every data file, not on their sizes and modification "
                         "times (for copies or filesystems whose times cannot be trusted; reads every file)")
+    if views:  # only `extract` stores views: the other commands cluster the plain features
+        g.add_argument("--views", type=_non_negative, default=0, help="also store N seeded augmented views per image")
+
+
+def _extract_settings(args):
+    from .specs import ExtractSettings
+
+    return ExtractSettings(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                           chunk_size=args.chunk_size, views=getattr(args, "views", 0),
+                           verify_content=args.verify_content)
+
+
+def _run_specs(args, cards):
+    """One BackboneSpec per card of a run (the checkpoint alone when one is given), validated before any work."""
+    from .api import DEFAULT_BACKBONES
+
+    if args.checkpoint:
+        return [_backbone_spec(args)]
+    return [_backbone_spec(args, card) for card in (cards or DEFAULT_BACKBONES)]
 
 
 def _add_rerun(p) -> None:
@@ -205,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(no arguments: the embedded digits benchmark)")
     p.add_argument("--backbones", type=_names, default=None,
                    help="comma-separated model-card ids (default: pixels,random-resnet18,efficientnet-lite0-96)")
-    _add_checkpoint(p)
+    _add_backbone_options(p)
     p.add_argument("--methods", type=_names, default=argparse.SUPPRESS,
                    help="comma-separated method names (see `sscb methods`; default kmeans)")
     p.add_argument("--joint", type=_joint_groups, default=[], metavar="A+B[,C+D]",
@@ -227,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scan", help="SCAN clustering heads (+ self-labeling) on cached features, beside k-means")
     p.add_argument("--backbone", default=None, help="model-card id (features are extracted if missing)")
-    _add_checkpoint(p)
+    _add_backbone_options(p)
     p.add_argument("--k", type=_n_clusters, default=None,
                    help="number of clusters (default: #classes × --overcluster)")
     p.add_argument("--heads", type=_positive, default=10, help="heads trained at once; the lowest-loss one is kept")
@@ -246,11 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="extract frozen features into the cache (resumable)")
     p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
-    _add_checkpoint(p)
-    p.add_argument("--views", type=_non_negative, default=0, help="also store N seeded augmented views per image")
-    p.add_argument("--chunk-size", type=_positive, default=8192, help="images per resumable chunk")
+    _add_backbone_options(p)
     _add_data(p, required=True)
-    _add_extract(p)
+    _add_extract(p, views=True)
 
     p = sub.add_parser("import-features", help="store precomputed features (.npy) in the cache")
     p.add_argument("--features", required=True, help=".npy file, shape (n, dim)")
@@ -290,8 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("objectnet", help="ObjectNet: direct clustering and ImageNet -> ObjectNet transfer")
     p.add_argument("--backbone", default=None, help="model-card id or card YAML path")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--arch", default=None)
+    _add_backbone_options(p)
     p.add_argument("--imagenet-root", required=True, help="ImageNet folder with train/ (and val/) wnid folders")
     p.add_argument("--objectnet-root", required=True, help="ObjectNet folder (objectnet-1.0/ or images/ + mappings/)")
     p.add_argument("--imagenet-split", default="train", choices=["train", "val"],
@@ -307,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="shipped suite name (see `sscb suites`) or the path of a suite YAML file")
     p.add_argument("--backbones", type=_names, default=None, help="comma-separated model-card ids "
                                                                   "(default: the suite's)")
-    _add_checkpoint(p)
+    _add_backbone_options(p)
     p.add_argument("--data-root", action="append", default=[], metavar="NAME=PATH",
                    help="where data-root NAME lives, e.g. imagenet=~/data/imagenet (repeat for each)")
     p.add_argument("--data-roots", action="append", default=[], metavar="FILE",
@@ -352,12 +385,11 @@ def _cmd_run(args):
 
     # run's --k (scan's --k is one k, handled by scan)
     changes = {"n_clusters": args.k if args.k == "auto" else tuple(args.k)} if hasattr(args, "k") else {}
-    df = api.run(args.backbones, args.dataset, args.data_root, args.split, protocol=_protocol(args, **changes),
-                 joint=args.joint, results=args.results, cache=args.cache_dir, subset=args.subset,
-                 batch_size=args.batch_size,
-                 num_workers=args.workers, device=args.device, progress=not args.quiet, rerun=args.rerun,
-                 verify_content=args.verify_content, unlabelled=args.unlabelled, assignments=args.assignments,
-                 **_checkpoint_options(args))
+    df = api.run(_run_specs(args, args.backbones), args.dataset, args.data_root, args.split,
+                 protocol=_protocol(args, **changes),
+                 joint=[[_backbone_spec(args, b) for b in group] for group in args.joint], results=args.results,
+                 cache=args.cache_dir, subset=args.subset, settings=_extract_settings(args), progress=not args.quiet,
+                 rerun=args.rerun, unlabelled=args.unlabelled, assignments=args.assignments)
     _print_run(df, args.results)
 
 
@@ -394,11 +426,9 @@ def _cmd_scan(args):
     changes = {"methods": tuple(methods), "method_options": {"scan": scan_options, "scan+selflabel": scan_options}}
     if args.k:
         changes["n_clusters"] = (args.k,)
-    df = api.run([args.backbone] if args.backbone else None, args.dataset, args.data_root, args.split,
-                 protocol=_protocol(args, **changes), results=args.results, cache=args.cache_dir,
-                 subset=args.subset, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                 progress=not args.quiet, rerun=args.rerun, verify_content=args.verify_content,
-                 **_checkpoint_options(args))
+    df = api.run(_run_specs(args, [args.backbone] if args.backbone else None), args.dataset, args.data_root,
+                 args.split, protocol=_protocol(args, **changes), results=args.results, cache=args.cache_dir,
+                 subset=args.subset, settings=_extract_settings(args), progress=not args.quiet, rerun=args.rerun)
     _print_run(df, args.results)
 
 
@@ -407,10 +437,8 @@ def _cmd_extract(args):
 
     if args.backbone is None and not args.checkpoint:
         raise ValueError("pass --backbone CARD_ID, or --checkpoint PATH with --arch ARCH")
-    entry = api.extract(args.backbone, args.dataset, args.data_root, args.split, args.cache_dir,
-                        subset=args.subset, views=args.views, batch_size=args.batch_size,
-                        num_workers=args.workers, chunk_size=args.chunk_size, device=args.device,
-                        progress=not args.quiet, verify_content=args.verify_content, **_checkpoint_options(args))
+    entry = api.extract(_backbone_spec(args, args.backbone), args.dataset, args.data_root, args.split,
+                        args.cache_dir, subset=args.subset, settings=_extract_settings(args), progress=not args.quiet)
     m = entry.manifest
     print(f"{entry.path}\n  shape {tuple(m['shape'])} float16, skipped {m['skipped']['count']} unreadable file(s)")
 
@@ -479,11 +507,9 @@ def _cmd_objectnet(args):
 
     if args.backbone is None and not args.checkpoint:
         raise ValueError("pass --backbone CARD_ID, or --checkpoint PATH with --arch ARCH")
-    rows = run_objectnet(args.backbone, args.imagenet_root, args.objectnet_root,
+    rows = run_objectnet(_backbone_spec(args, args.backbone), args.imagenet_root, args.objectnet_root,
                          imagenet_split=args.imagenet_split, results=args.results, cache=args.cache_dir,
-                         protocol=_protocol(args), checkpoint=args.checkpoint, arch=args.arch,
-                         batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                         progress=not args.quiet, verify_content=args.verify_content)
+                         protocol=_protocol(args), settings=_extract_settings(args), progress=not args.quiet)
     print(summary_table(rows))
 
 
@@ -497,10 +523,10 @@ def _cmd_suite(args):
         suite = suite.with_protocol(seeds=args.seeds)
     roots = parse_data_roots(args.data_root, args.data_roots)
     results = Path(args.results) if args.results else None
+    # the suite makes one BackboneSpec per backbone (or the checkpoint) with these options, for every entry
     state = run_suite(suite, args.backbones, roots, results=results, cache=args.cache_dir, sweep=args.sweep,
-                      only=args.only, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                      progress=not args.quiet, report=not args.no_report, interface="cli",
-                      verify_content=args.verify_content, **_checkpoint_options(args))
+                      only=args.only, settings=_extract_settings(args), progress=not args.quiet,
+                      report=not args.no_report, interface="cli", **_loading_options(args))
     table = state.status_table()
     print(table.to_markdown(index=False))
     from .leaderboard import default_results_path

@@ -13,11 +13,12 @@ mini-batches.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["KMeans", "faiss_gpu_available", "kmeans_plusplus"]
+__all__ = ["KMeans", "KMeansSettings", "faiss_gpu_available", "kmeans_plusplus"]
 
 
 def faiss_gpu_available() -> bool:
@@ -338,3 +339,43 @@ def _nearest(X: np.ndarray, centers: np.ndarray, gpu="auto", batch_size: int = 2
             dist[start:start + d.shape[0]] = np.maximum(d[:, 0], 0.0)
             bar.update(i.shape[0])
     return labels, dist
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    """How k-means runs (see :class:`KMeans` for what each field does).
+
+    ``n_init="auto"``, ``n_iter=None`` and ``max_points_per_centroid=None`` are the automatic settings of
+    :class:`KMeans` (restarts and training sample sized by a fixed training budget);
+    the rows record what they resolved to.
+    """
+
+    backend: str = "faiss"
+    n_init: int | str = "auto"
+    n_iter: int | None = None
+    max_points_per_centroid: int | None = None
+
+    def __post_init__(self):
+        if self.backend not in ("faiss", "sklearn"):
+            raise ValueError(f"kmeans backend must be 'faiss' or 'sklearn', got {self.backend!r}")
+        if self.n_init != "auto" and (not _is_count(self.n_init) or self.n_init < 1):
+            raise ValueError(f"kmeans n_init must be an integer >= 1 or 'auto', got {self.n_init!r}")
+        for name in ("n_iter", "max_points_per_centroid"):
+            value = getattr(self, name)
+            if value is not None and (not _is_count(value) or value < 1):
+                raise ValueError(f"kmeans {name} must be an integer >= 1 or None (automatic), got {value!r}")
+
+    def make(self, n_clusters: int, random_state: int = 0, progress: bool = False):
+        """The :class:`KMeans` estimator these settings describe."""
+        return KMeans(n_clusters, backend=self.backend, n_init=self.n_init, n_iter=self.n_iter,
+                      max_points_per_centroid=self.max_points_per_centroid, random_state=random_state,
+                      progress=progress)
+
+    def columns(self, fitted) -> dict:
+        """Leaderboard columns saying how a fitted KMeans was made (the automatic settings as resolved)."""
+        return {"backend": self.backend, "n_init": fitted.n_init_, "kmeans_iter": fitted.n_iter_,
+                "max_points_per_centroid": fitted.max_points_per_centroid_}

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import CacheEntry, CacheKey, FeatureCache
+from .specs import ExtractSettings, extract_settings
 
 __all__ = ["augmentation_transform", "cache_key_for", "data_source", "dataset_fingerprint", "extract_features"]
 
@@ -219,23 +220,26 @@ def _resolve_device(device: str, local_rank: int) -> torch.device:
     return torch.device(device)
 
 
-def extract_features(backbone, dataset, cache: FeatureCache | None = None, *, batch_size: int = 128,
-                     num_workers: int | None = None, chunk_size: int = 8192, device: str = "auto",
-                     amp: str | bool = "auto", channels_last: str | bool = "auto", views: int = 0,
-                     augment_seed: int = 0, progress: bool = True, verify_content: bool = False) -> CacheEntry:
+def extract_features(backbone, dataset, cache: FeatureCache | None = None, settings: ExtractSettings | None = None,
+                     *, progress: bool = True, **options) -> CacheEntry:
     """Features of ``backbone`` (a :class:`~ssl_cluster_bench.backbones.Backbone`) on ``dataset``.
 
+    ``settings`` (:class:`~ssl_cluster_bench.specs.ExtractSettings`: batch size, workers, device, chunk size,
+    views, amp, ...; None = the defaults); keyword ``options`` replace its fields
+    (``extract_features(bb, ds, batch_size=8)``).
     Returns the cache entry, computing only what the cache lacks. ``views > 0`` returns instead the entry
     of ``views`` augmented views per image (features shape (views, n, dim)).
     ``amp``: autocast on CUDA ("auto": bf16 where supported, else fp16); never on CPU.
     The entry is keyed on the data files' sizes and modification times (:func:`dataset_fingerprint`);
     ``verify_content=True`` keys it on their bytes instead (reads every file once per call).
     """
+    settings = extract_settings(settings, **options)
+    batch_size, num_workers, chunk_size, device = (settings.batch_size, settings.num_workers, settings.chunk_size,
+                                                   settings.device)
+    amp, channels_last, views, augment_seed = (settings.amp, settings.channels_last, settings.views,
+                                               settings.augment_seed)
+    verify_content = settings.verify_content
     cache = cache or FeatureCache()
-    if batch_size <= 0 or chunk_size <= 0:
-        raise ValueError("batch_size and chunk_size must be positive")
-    if views < 0:
-        raise ValueError(f"views must be >= 0, got {views}")
     n = len(dataset)
     if n == 0:
         raise ValueError(f"dataset {dataset.name}/{dataset.split} is empty")

@@ -32,7 +32,8 @@ import pandas as pd
 from .safeio import atomic_write, write_error
 
 __all__ = ["COLUMNS", "METRICS", "OLDER_COLUMNS", "LeaderboardFileError", "aggregate", "append_rows", "latest_runs",
-           "check_appendable", "default_results_path", "lock_path", "mark_best", "read_leaderboard", "to_markdown"]
+           "check_appendable", "check_writable", "default_results_path", "lock_path", "mark_best", "read_leaderboard",
+           "rows_of", "to_markdown"]
 
 # Identity of a configuration: rows sharing all of these differ only by seed.
 CONFIG_COLUMNS = [
@@ -171,6 +172,37 @@ def check_appendable(path) -> None:
         if data.strip():
             header, _ = _parse(data, path)
             _check_header(header, path)
+
+
+def check_writable(path: Path) -> None:
+    """Raise before any work when rows could not be appended to ``path``: a file that is not a leaderboard of
+    ours (:func:`check_appendable`), or a folder where its lock file cannot be made."""
+    check_appendable(path)  # before any file is made next to a file that is not ours
+    try:
+        lock = lock_path(path)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a"):
+            pass
+    except OSError as e:
+        raise OSError(f"results path {path} is not writable: {e}") from e
+
+
+def rows_of(df: pd.DataFrame, protocol) -> pd.Series:
+    """Which leaderboard rows ``protocol`` produced (or would): for each of its methods, the rows with that
+    method's row hash (``protocol.row_hash(method)``), one of its k (``n_clusters``) or overcluster factors, and
+    one of its seeds. Rows of another protocol that made the very same runs match too: they are the same runs."""
+    mask = pd.Series(False, index=df.index)
+    if df.empty or "protocol_hash" not in df.columns:
+        return mask
+    if protocol.n_clusters:
+        k_ok = df["n_clusters"].isin(list(protocol.n_clusters))
+    else:
+        # factors are stored as given (1.5 -> 1.5); compare at the column's 4-decimal rounding
+        k_ok = df["overcluster"].astype(float).round(4).isin([round(f, 4) for f in protocol.overcluster])
+    seed_ok = df["seed"].isin(list(protocol.seeds))
+    for method in protocol.methods:
+        mask |= (df["method"] == method) & (df["protocol_hash"] == protocol.row_hash(method))
+    return mask & k_ok & seed_ok
 
 
 def default_results_path() -> Path:

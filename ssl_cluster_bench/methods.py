@@ -20,12 +20,15 @@ import difflib
 import inspect
 import math
 import time
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
+from .cluster import KMeansSettings
 from .errors import did_you_mean
-from .protocol import Protocol
+
+if TYPE_CHECKING:  # annotations only: protocol.py checks its method names against this registry
+    from .protocol import Protocol
 
 __all__ = ["ClusteringMethod", "MethodInputs", "check_options", "get_method", "list_methods",
            "register_method"]
@@ -226,8 +229,6 @@ class KMeansMethod(ClusteringMethod):
         return cls(n_clusters, random_state=random_state, verbose=verbose, settings=protocol.kmeans)
 
     def fit(self, inputs: MethodInputs) -> "KMeansMethod":
-        from .protocol import KMeansSettings
-
         settings = self.options.get("settings") or KMeansSettings()
         reduced = inputs.reduced
         km = settings.make(self.n_clusters, self.random_state, progress=self.verbose).fit(reduced)

@@ -24,6 +24,8 @@ __all__ = [
     "confusion_matrix",
     "evaluate",
     "match_clusters",
+    "match_confusion",
+    "nmi_from_confusion",
     "silhouette",
     "top_k_accuracy",
 ]
@@ -115,7 +117,9 @@ class ClusterMatching:
         return np.where(known, self.classes[self.class_index[pos]], unknown)
 
 
-def _match(confusion: np.ndarray) -> np.ndarray:
+def match_confusion(confusion: np.ndarray) -> np.ndarray:
+    """The class index of each cluster (row of ``confusion``, clusters x classes): Hungarian one-to-one, and when
+    there are more clusters than classes, the clusters left over go to their majority class."""
     n_clusters, n_classes = confusion.shape
     if n_clusters <= n_classes:
         rows, cols = linear_sum_assignment(confusion, maximize=True)
@@ -132,7 +136,7 @@ def _match(confusion: np.ndarray) -> np.ndarray:
 def match_clusters(y_true, y_pred) -> ClusterMatching:
     """Match predicted clusters to classes on the confusion matrix (see :class:`ClusterMatching`)."""
     confusion, clusters, classes = confusion_matrix(y_true, y_pred)
-    return ClusterMatching(clusters, classes, _match(confusion), confusion)
+    return ClusterMatching(clusters, classes, match_confusion(confusion), confusion)
 
 
 def cluster_accuracy(y_true, y_pred) -> float:
@@ -236,7 +240,7 @@ def _ami_from_confusion(confusion: np.ndarray) -> float:
     return float((mi - emi) / denominator)
 
 
-def _nmi_from_confusion(confusion: np.ndarray) -> float:
+def nmi_from_confusion(confusion: np.ndarray) -> float:
     """scikit-learn's ``normalized_mutual_info_score`` (arithmetic mean) from the confusion matrix.
 
     The MI itself is scikit-learn's ``mutual_info_score`` on the table; only the table is shared, instead of
@@ -284,7 +288,7 @@ def evaluate(y_true, y_pred, probs=None) -> dict:
     confusion = matching.confusion
     out = {
         "acc": matching.n_correct / float(y_true.shape[0]),
-        "nmi": _nmi_from_confusion(confusion),
+        "nmi": nmi_from_confusion(confusion),
         "ami": _ami_from_confusion(confusion),
         "ari": _ari_from_confusion(confusion),
     }

@@ -23,6 +23,10 @@ Protocols (rows carry ``protocol``):
   ObjectNet overlap samples themselves. NMI/AMI/ARI are of (ObjectNet label, cluster) on those samples.
 
 ``chance`` is the accuracy of putting every evaluated sample into a single cluster (largest class share).
+
+As in ``sscb run``, every row carries a run id (protocol, cache entry, k, seed, protocol hash) and its cluster
+assignment of the ObjectNet samples is saved next to the leaderboard (transfer: -1 for samples outside the
+mapping); a run already done (:func:`~ssl_cluster_bench.predictions.done_runs`) is not made again.
 """
 from __future__ import annotations
 
@@ -40,11 +44,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import api
-from .cache import FeatureCache
-from .leaderboard import aggregate, append_rows, default_results_path
+from .cache import FeatureCache, resolve_cache
+from .leaderboard import aggregate, append_rows, check_writable, default_results_path
 from .metrics import evaluate, match_clusters
+from .predictions import done_runs, make_run_id, save_predictions, save_sample_scores
 from .protocol import KMeansSettings, Protocol, resolve_protocol
 from .reduce import PCA
+from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_settings, split_options
+from .version import software_versions
 
 __all__ = [
     "MAPPING_FILES",
@@ -442,11 +449,12 @@ def direct_protocol(features, labels, overlap_classes, *, n_clusters=None,
     overlap = _overlap_ids(overlap_classes, labels)
     pca, pca_seconds = _fit_pca(features, pca_dim, whiten, l2_normalize, progress)
     reduced = pca.transform(features)
-    rows = []
+    rows, assignments = [], []
     runs = [(f, k, s) for f, k in ks for s in seeds]
     for factor, k, seed in tqdm(runs, desc=PROTOCOL_DIRECT, unit="run", disable=not progress, leave=False):
         t0 = time.perf_counter()
         km = kmeans.make(k, seed, progress=progress).fit(reduced)
+        assignments.append(np.asarray(km.labels_, dtype=np.int64))
         empty = k - np.unique(km.labels_).size
         scores = direct_scores(labels, km.labels_, overlap)
         rows.append(_row(PROTOCOL_DIRECT, n_classes=n_classes, k=k, factor=factor, pca_dim=reduced.shape[1],
@@ -454,7 +462,9 @@ def direct_protocol(features, labels, overlap_classes, *, n_clusters=None,
                          n_samples=int(labels.size), scores=scores,
                          flag=f"empty_clusters={empty}" if empty else "",
                          seconds=time.perf_counter() - t0 + pca_seconds / len(runs)))
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["assignments"] = assignments  # cluster of every ObjectNet sample, one array per row
+    return df
 
 
 def transfer_protocol(imnet_features, imnet_labels, on_features, on_labels, on_to_in: Mapping[int, Iterable[int]],
@@ -494,19 +504,25 @@ def transfer_protocol(imnet_features, imnet_labels, on_features, on_labels, on_t
     pca, pca_seconds = _fit_pca(imnet_features, pca_dim, whiten, l2_normalize, progress)
     z_in = pca.transform(imnet_features)
     z_on = pca.transform(np.asarray(on_features[rows_on], dtype=np.float32))
-    rows = []
+    rows, assignments = [], []
     runs = [(f, k, s) for f, k in ks for s in seeds]
     for factor, k, seed in tqdm(runs, desc=PROTOCOL_TRANSFER, unit="run", disable=not progress, leave=False):
         t0 = time.perf_counter()
         km = kmeans.make(k, seed, progress=progress).fit(z_in)
         empty = k - np.unique(km.labels_).size
-        scores = transfer_scores(imnet_labels, km.labels_, y_on, km.predict(z_on), on_to_in)
+        on_clusters = km.predict(z_on)
+        assignment = np.full(on_labels.shape[0], -1, dtype=np.int64)  # -1: a class outside the mapping
+        assignment[rows_on] = on_clusters
+        assignments.append(assignment)
+        scores = transfer_scores(imnet_labels, km.labels_, y_on, on_clusters, on_to_in)
         rows.append(_row(PROTOCOL_TRANSFER, n_classes=scores["n_classes"], k=k, factor=factor,
                          pca_dim=z_in.shape[1], whiten=whiten, l2_normalize=l2_normalize,
                          kmeans=kmeans.columns(km), seed=seed, n_samples=scores["n_samples"], scores=scores,
                          flag=f"empty_clusters={empty}" if empty else "",
                          seconds=time.perf_counter() - t0 + pca_seconds / len(runs)))
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["assignments"] = assignments  # ImageNet cluster of every ObjectNet sample (-1: not evaluated)
+    return df
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -544,20 +560,23 @@ def _identity(df: pd.DataFrame, entry, cache_key: str, row_hash: str = "") -> pd
     df.insert(3, "split", key.split)
     df["cache_key"] = cache_key
     df["protocol_hash"] = row_hash
-    df["versions"] = api._versions()
+    df["versions"] = software_versions()
     df["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return df
 
 
-def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, objectnet_root: str | os.PathLike, *,
-                  imagenet_split: str = "train", results: str | os.PathLike | None = None,
-                  cache: str | os.PathLike | FeatureCache | None = None, protocol=None,
-                  checkpoint: str | os.PathLike | None = None, arch: str | None = None, batch_size: int = 128,
-                  num_workers: int | None = None, device: str = "auto", progress: bool = True,
-                  verify_content: bool = False) -> pd.DataFrame:
+def run_objectnet(backbone: str | BackboneSpec | None, imagenet_root: str | os.PathLike,
+                  objectnet_root: str | os.PathLike, *, imagenet_split: str = "train",
+                  results: str | os.PathLike | None = None, cache: str | os.PathLike | FeatureCache | None = None,
+                  protocol=None, progress: bool = True, settings: ExtractSettings | None = None,
+                  **options) -> pd.DataFrame:
     """Run both ObjectNet protocols for one backbone and append their rows to the leaderboard CSV.
 
-    ``backbone`` is a model-card id / card path (or None with ``arch`` + ``checkpoint``). Features of ObjectNet
+    ``backbone`` is a :class:`~ssl_cluster_bench.specs.BackboneSpec`, a model-card id / card path (or None with
+    ``arch`` + ``checkpoint``); keyword ``options`` are backbone options (checkpoint, arch, weights_only,
+    momentum_encoder, checkpoint_key, key_match) and extraction options (batch_size, num_workers, device, ...;
+    or ``settings``, an :class:`~ssl_cluster_bench.specs.ExtractSettings`), as for
+    :func:`ssl_cluster_bench.api.extract`: both datasets are extracted with the same weights. Features of ObjectNet
     (``objectnet_root``, with ``objectnet-1.0/{images,mappings}``) and of ImageNet ``imagenet_split``
     (``imagenet_root/<split>/<wnid>/``) come from :func:`ssl_cluster_bench.api.extract` (feature cache).
     ``protocol`` (:class:`~ssl_cluster_bench.protocol.Protocol`, dict or YAML path; default: k-means at
@@ -566,6 +585,9 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
     appended as soon as they exist, then the transfer rows; the markdown next to ``results`` is rewritten.
     Returns all new rows (see :func:`summary_table` to display them).
     """
+    spec_options, settings_options = split_options(options)
+    spec = backbone_spec(backbone, **spec_options)
+    settings = extract_settings(settings, **settings_options)
     protocol = resolve_protocol(protocol if protocol is not None else Protocol(overcluster=(1.0,)))
     if protocol.methods != ("kmeans",):
         raise ValueError(f"the ObjectNet protocols cluster with k-means only, not {list(protocol.methods)}")
@@ -573,8 +595,8 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
         raise ValueError("whitening / L2 normalisation (--whiten / --l2-normalize) are not supported by the "
                          "ObjectNet protocols")
     results = Path(results) if results else default_results_path()
-    api._check_writable(results)
-    cache = api._resolve_cache(cache)
+    check_writable(results)
+    cache = resolve_cache(cache)
 
     # Cheap checks of both roots and of the mapping, before any feature is extracted.
     from .data.objectnet import ObjectNetDataset
@@ -592,35 +614,75 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
     log.info("ObjectNet: %d of %d classes overlap the %d ImageNet classes", len(on_to_in),
              len(on_dataset.classes), len(imagenet_classes))
 
-    options = {"checkpoint": checkpoint, "arch": arch, "batch_size": batch_size, "num_workers": num_workers,
-               "device": device, "progress": progress, "verify_content": verify_content}
+    options = {"settings": settings, "progress": progress}
     row_hash = protocol.row_hash("kmeans")
     ks = ({"n_clusters": list(protocol.n_clusters)} if protocol.n_clusters
           else {"overcluster": protocol.overcluster})
     protocol_args = {"seeds": protocol.seeds, **ks, "pca_dim": protocol.pca_dim, "kmeans": protocol.kmeans,
                      "progress": progress}
-    frames = []
+    frames, n_new = [], 0
 
-    on_entry = api.extract(backbone, "objectnet", objectnet_root, "test", cache, **options)
+    # direct: the clustering engine of `sscb run` itself (PCA, the registry's k-means, run id, resume by the
+    # done_runs rule), with the ObjectNet columns added to each row before it is stored
+    on_entry = api.extract(spec, "objectnet", objectnet_root, "test", cache, **options)
     _check_entry_labels(on_entry, len(on_dataset.classes), "ObjectNet")
-    direct = direct_protocol(on_entry.features, on_entry.labels, sorted(on_to_in), **protocol_args)
-    direct = _identity(direct, on_entry, on_entry.path.name, row_hash)
-    append_rows(results, direct.to_dict("records"))
+    overlap = sorted(on_to_in)
+
+    def keep_direct(row: dict, assignment: np.ndarray, sample_scores: dict) -> None:
+        nonlocal n_new
+        scores = direct_scores(on_entry.labels, assignment, overlap)
+        row.update({m: scores[m] for m in ("acc_overlap", "acc_nonoverlap", "chance")})
+        # first, so that no row names a missing file (the per-sample numbers before the assignment that marks it done)
+        save_sample_scores(results, row["run_id"], **sample_scores)
+        save_predictions(results, row["run_id"], assignment)
+        n_new += append_rows(results, [row])
+
+    key = on_entry.key
+    columns = {"backbone": key.backbone, "weights": key.weights, "dataset": key.dataset, "split": key.split,
+               "protocol": PROTOCOL_DIRECT, "cache_key": on_entry.path.name, "versions": software_versions(),
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    done = {r["run_id"]: r for r in done_runs(results).to_dict("records")}
+    direct = api.cluster_features(on_entry.features, on_entry.labels, protocol, progress=progress,
+                                  identity=f"{PROTOCOL_DIRECT}:{on_entry.path.name}", columns=columns, done=done,
+                                  on_row=keep_direct)
+    direct.attrs.pop("predictions", None)  # saved already; arrays in attrs would not concatenate
     frames.append(direct)
 
-    in_entry = api.extract(backbone, "imagenet", imagenet_root, imagenet_split, cache, **options)
+    # transfer: k-means fitted on ImageNet and ObjectNet assigned to it, which the run engine has no place for;
+    # the same run ids, stored assignments and resume rule
+    in_entry = api.extract(spec, "imagenet", imagenet_root, imagenet_split, cache, **options)
     _check_entry_labels(in_entry, len(imagenet_classes), "ImageNet")
     if in_entry.feature_dim != on_entry.feature_dim:
         raise RuntimeError(f"ImageNet features ({in_entry.path.name}) have dim {in_entry.feature_dim} but ObjectNet "
                            f"features ({on_entry.path.name}) have dim {on_entry.feature_dim}")
-    transfer = transfer_protocol(in_entry.features, in_entry.labels, on_entry.features, on_entry.labels,
-                                 on_to_in, **protocol_args)
-    transfer = _identity(transfer, on_entry, f"{in_entry.path.name}+{on_entry.path.name}", row_hash)
-    append_rows(results, transfer.to_dict("records"))
-    frames.append(transfer)
+    in_labels = in_entry.labels
+    cache_key = f"{in_entry.path.name}+{on_entry.path.name}"
+    ks = _cluster_counts(protocol_args.get("n_clusters"), protocol_args.get("overcluster"),
+                         int(np.unique(in_labels[in_labels >= 0]).size), in_labels.size, "ImageNet")
+    run_ids = {(k, seed): make_run_id(f"{PROTOCOL_TRANSFER}:{cache_key}", "kmeans", k, seed, row_hash)
+               for _, k in ks for seed in protocol.seeds}
+    done = done_runs(results)
+    done = done[done["run_id"].isin(list(run_ids.values()))]
+    if done["run_id"].nunique() == len(run_ids):
+        frames.append(done.drop_duplicates("run_id"))
+    else:
+        transfer = transfer_protocol(in_entry.features, in_labels, on_entry.features, on_entry.labels, on_to_in,
+                                     **protocol_args)
+        assignments = transfer.attrs.pop("assignments")  # kept out of the concatenated frame
+        transfer = _identity(transfer, on_entry, cache_key, row_hash)
+        transfer["run_id"] = [run_ids[(int(k), int(seed))] for k, seed in zip(transfer.n_clusters, transfer.seed)]
+        new = ~transfer["run_id"].isin(set(done["run_id"]))
+        for run_id, assignment, is_new in zip(transfer["run_id"], assignments, new):
+            if is_new:
+                save_predictions(results, run_id, assignment)
+        n_new += append_rows(results, transfer[new].to_dict("records"))
+        frames.append(transfer)
 
-    api.write_markdown(results)
-    return pd.concat(frames, ignore_index=True)
+    if n_new:
+        api.write_markdown(results)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["new_rows"] = n_new
+    return out
 
 
 def summary_table(rows: pd.DataFrame) -> str:

@@ -8,6 +8,7 @@ Entry points:
     save_sample_scores(results_csv, run_id, confidence=..., distance=...) / load_sample_scores(...) -> dict
         per-sample numbers beside the assignment (``<run_id>.samples.npz``): what the assignments table and the
         report's prototype images are chosen by
+    done_runs(results_csv) -> DataFrame            the leaderboard rows that count as done (assignment stored)
 
 Rows name their file by ``run_id``: a digest of (cache entry, method, k, seed, row protocol hash), so the same
 configuration run again writes the same file with the same content.
@@ -23,8 +24,8 @@ import numpy as np
 
 from .safeio import atomic_write
 
-__all__ = ["load_predictions", "load_sample_scores", "make_run_id", "predictions_dir", "save_predictions",
-           "save_sample_scores"]
+__all__ = ["done_runs", "has_predictions", "load_predictions", "load_sample_scores", "make_run_id",
+           "predictions_dir", "save_predictions", "save_sample_scores"]
 
 #: the per-sample numbers a run may store beside its assignment: ``confidence``, the probability of the cluster
 #: the sample went to (methods that give probabilities: the heads); ``distance``, the Euclidean distance to its
@@ -102,3 +103,18 @@ def load_sample_scores(results_csv, run_id: str) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files if k in SAMPLE_SCORES}
 
+
+def done_runs(results_csv, board=None):
+    """The rows of the leaderboard ``results_csv`` that count as done: a run id whose assignment is stored next to
+    it. The one resume rule of ``sscb run``, ``sscb suite`` and ``sscb objectnet``: rows that came from elsewhere
+    (a committed or merged CSV, without ``predictions/``) are run again on this machine. ``board``: the
+    leaderboard already read (``read_leaderboard(results_csv)``). Always has a ``run_id`` column."""
+    import pandas as pd
+
+    from .leaderboard import read_leaderboard
+
+    if board is None:
+        board = read_leaderboard(results_csv) if Path(results_csv).is_file() else pd.DataFrame()
+    if "run_id" not in board.columns:
+        return board.iloc[0:0].assign(run_id=pd.Series(dtype=object))
+    return board[board["run_id"].map(lambda run_id: has_predictions(results_csv, run_id)).astype(bool)]

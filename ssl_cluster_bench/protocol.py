@@ -21,47 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .cluster import KMeansSettings  # how k-means runs: a field of the protocol, defined beside KMeans
 from .errors import did_you_mean
 
 __all__ = ["KMeansSettings", "Protocol", "resolve_protocol"]
-
-
-@dataclass(frozen=True)
-class KMeansSettings:
-    """How k-means runs (see :class:`ssl_cluster_bench.cluster.KMeans` for what each field does).
-
-    ``n_init="auto"``, ``n_iter=None`` and ``max_points_per_centroid=None`` are the automatic settings of
-    :class:`~ssl_cluster_bench.cluster.KMeans` (restarts and training sample sized by a fixed training budget);
-    the rows record what they resolved to.
-    """
-
-    backend: str = "faiss"
-    n_init: int | str = "auto"
-    n_iter: int | None = None
-    max_points_per_centroid: int | None = None
-
-    def __post_init__(self):
-        if self.backend not in ("faiss", "sklearn"):
-            raise ValueError(f"kmeans backend must be 'faiss' or 'sklearn', got {self.backend!r}")
-        if self.n_init != "auto" and (not _is_int(self.n_init) or self.n_init < 1):
-            raise ValueError(f"kmeans n_init must be an integer >= 1 or 'auto', got {self.n_init!r}")
-        for name in ("n_iter", "max_points_per_centroid"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise ValueError(f"kmeans {name} must be an integer >= 1 or None (automatic), got {value!r}")
-
-    def make(self, n_clusters: int, random_state: int = 0, progress: bool = False):
-        """The :class:`~ssl_cluster_bench.cluster.KMeans` estimator these settings describe."""
-        from .cluster import KMeans
-
-        return KMeans(n_clusters, backend=self.backend, n_init=self.n_init, n_iter=self.n_iter,
-                      max_points_per_centroid=self.max_points_per_centroid, random_state=random_state,
-                      progress=progress)
-
-    def columns(self, fitted) -> dict:
-        """Leaderboard columns saying how a fitted KMeans was made (the automatic settings as resolved)."""
-        return {"backend": self.backend, "n_init": fitted.n_init_, "kmeans_iter": fitted.n_iter_,
-                "max_points_per_centroid": fitted.max_points_per_centroid_}
 
 
 def _is_int(x) -> bool:

@@ -536,7 +536,7 @@ def select_rows(df: pd.DataFrame, state=None) -> tuple[pd.DataFrame, dict[str, p
     df = _with_protocol(df)
     if state is None:
         return df, {}
-    from .suite import rows_of
+    from .leaderboard import rows_of
 
     main = pd.Series(False, index=df.index)
     for protocol in state.main_protocols():

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from .metrics import _match, _nmi_from_confusion, confusion_matrix
+from .metrics import confusion_matrix, match_confusion, nmi_from_confusion
 
 __all__ = ["Comparison", "Interval", "compare_backbones", "compare_predictions", "leaderboard_intervals",
            "metric_interval"]
@@ -29,11 +29,11 @@ __all__ = ["Comparison", "Interval", "compare_backbones", "compare_predictions",
 
 def _acc(confusion: np.ndarray) -> float:
     total = confusion.sum()
-    index = _match(confusion)
+    index = match_confusion(confusion)
     return float(confusion[np.arange(confusion.shape[0]), index].sum() / total) if total else float("nan")
 
 
-METRIC_FUNCTIONS = {"acc": _acc, "nmi": _nmi_from_confusion}
+METRIC_FUNCTIONS = {"acc": _acc, "nmi": nmi_from_confusion}
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ Data roots are given once, by name (``data_roots={"imagenet": "~/data/imagenet"}
 ``--data-root imagenet=PATH`` or a YAML file of such names). An entry whose dataset is unknown, whose root is
 not given or not present, or whose subset file is missing is recorded as "not run" with the reason; the other
 entries still run. Every (backbone, entry, protocol) whose rows are already in the leaderboard under the same
-protocol hash is skipped, so an interrupted suite resumes where it stopped; rows are appended as each finishes.
+protocol hash, with their assignments stored (:func:`~ssl_cluster_bench.predictions.done_runs`, the rule of
+``sscb run``), is skipped, so an interrupted suite resumes where it stopped; rows are appended as each finishes.
 After every entry the suite state (``suite.json``) and the report (:mod:`ssl_cluster_bench.report`) are
 rewritten next to the leaderboard.
 """
@@ -54,7 +55,9 @@ import pandas as pd
 import yaml
 
 from .errors import option, spell
+from .leaderboard import rows_of  # which rows a protocol made (also importable from here, as before)
 from .safeio import atomic_write_text
+from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_settings, split_options
 
 __all__ = ["EntryStatus", "Suite", "SuiteEntry", "SuiteState", "list_suites", "load_suite", "parse_data_roots",
            "run_suite"]
@@ -363,18 +366,18 @@ class _Context:
     cache: object
     protocol: object
     roots: dict[str, str]
-    backbone: str | None  # card id, or None for the checkpoint
-    extract_options: dict
+    spec: BackboneSpec  # the backbone and every loading option, passed whole to each runner
+    settings: ExtractSettings
     progress: bool
 
 
 def _resolve_roots(entry: SuiteEntry, data_roots: Mapping[str, str], interface: str) -> tuple[dict, str]:
     """(role -> existing path, "") or ({}, reason not run)."""
-    from .data import _lookup
+    from .data import dataset_info
 
     if entry.kind == "direct":
         try:
-            _, needs_root, _ = _lookup(entry.dataset)
+            needs_root = dataset_info(entry.dataset).needs_root
         except ValueError:
             return {}, f"unknown dataset {entry.dataset!r} (not registered in this version of sscb)"
     else:
@@ -417,32 +420,16 @@ def _probe_direct(entry: SuiteEntry, roots: dict) -> tuple[str, str]:
     return ds.name, ds.split
 
 
-def rows_of(df: pd.DataFrame, protocol) -> pd.Series:
-    """Which leaderboard rows ``protocol`` produced (or would): for each of its methods, the rows with that
-    method's row hash (``protocol.row_hash(method)``), one of its k (``n_clusters``) or overcluster factors, and
-    one of its seeds. Rows of another protocol that made the very same runs match too: they are the same runs."""
-    mask = pd.Series(False, index=df.index)
-    if df.empty or "protocol_hash" not in df.columns:
-        return mask
-    if protocol.n_clusters:
-        k_ok = df["n_clusters"].isin(list(protocol.n_clusters))
-    else:
-        # factors are stored as given (1.5 -> 1.5); compare at the column's 4-decimal rounding
-        k_ok = df["overcluster"].astype(float).round(4).isin([round(f, 4) for f in protocol.overcluster])
-    seed_ok = df["seed"].isin(list(protocol.seeds))
-    for method in protocol.methods:
-        mask |= (df["method"] == method) & (df["protocol_hash"] == protocol.row_hash(method))
-    return mask & k_ok & seed_ok
-
-
 def _existing(results: Path, identity: tuple[str, str | None], dataset: str, split: str,
               protocols: tuple[str, ...] = ("direct",)) -> pd.DataFrame:
-    """The leaderboard rows of this backbone (and weights) on this dataset split."""
+    """The leaderboard rows of this backbone (and weights) on this dataset split that count as done: by the one
+    resume rule of run, suite and objectnet (:func:`~ssl_cluster_bench.predictions.done_runs`), a row whose
+    assignment is not stored (e.g. committed in a fresh clone) is made again, not skipped."""
     if not results.is_file():
         return pd.DataFrame()
-    from .leaderboard import read_leaderboard
+    from .predictions import done_runs
 
-    df = read_leaderboard(results)
+    df = done_runs(results)
     if "protocol_hash" not in df.columns:
         return df.iloc[0:0]
     name, weights = identity
@@ -486,9 +473,8 @@ def _run_direct(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | Non
         return "already in leaderboard", done, ""
     n = 0
     for part in todo:
-        df = api.run([ctx.backbone] if ctx.backbone else None, entry.dataset, ctx.roots.get("data"), split,
-                     results=ctx.results, cache=ctx.cache, subset=ctx.roots.get("subset"), protocol=part,
-                     progress=ctx.progress, **ctx.extract_options)
+        df = api.run([ctx.spec], entry.dataset, ctx.roots.get("data"), split, results=ctx.results, cache=ctx.cache,
+                     subset=ctx.roots.get("subset"), protocol=part, progress=ctx.progress, settings=ctx.settings)
         n += df.attrs.get("new_rows", len(df))
     return "ran", n, f"resumed: {done} rows were already in the leaderboard" if done else ""
 
@@ -504,52 +490,51 @@ def _run_objectnet(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | 
     expected = len(protocol.n_clusters or protocol.overcluster) * len(protocol.seeds)
     if min(done.values()) >= expected:
         return "already in leaderboard", sum(done.values()), ""
-    options = {k: v for k, v in ctx.extract_options.items() if k in ("checkpoint", "arch", "batch_size",
-                                                                      "num_workers", "device", "verify_content")}
-    df = run_objectnet(ctx.backbone, ctx.roots["imagenet"], ctx.roots["objectnet"], imagenet_split=entry.split or
+    # the whole spec: a MoCo suite extracts ObjectNet with the same encoder (and weights id) as its other entries
+    df = run_objectnet(ctx.spec, ctx.roots["imagenet"], ctx.roots["objectnet"], imagenet_split=entry.split or
                        "train", results=ctx.results, cache=ctx.cache, protocol=protocol, progress=ctx.progress,
-                       **options)
-    return "ran", len(df), ""
+                       settings=ctx.settings)
+    return "ran", df.attrs.get("new_rows", len(df)), ""
 
 
 # kind -> runner(entry, context, (backbone name, weights id or None)) -> (status, rows, reason)
 RUNNERS: dict[str, Callable] = {"direct": _run_direct, "objectnet": _run_objectnet}
 
 
-def _identity(backbone: str | None, extract_options: dict) -> tuple[str, str | None]:
-    """(name, weights id) the rows of ``backbone`` carry; building the model also checks it loads at all."""
+def _identity(spec: BackboneSpec) -> tuple[str, str | None]:
+    """(name, weights id) the rows of ``spec`` carry; building the model also checks it loads at all."""
     from .backbones import create_backbone
 
-    bb = create_backbone(backbone, checkpoint=extract_options.get("checkpoint"), arch=extract_options.get("arch"),
-                         device="cpu", weights_only=extract_options.get("weights_only", True),
-                         momentum_encoder=extract_options.get("momentum_encoder"),
-                         checkpoint_key=extract_options.get("checkpoint_key"))
+    bb = create_backbone(spec, device="cpu")
     return bb.card.id, bb.weights_id
 
 
-def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_roots: Mapping[str, str] | None = None,
-              *, results=None, cache=None, checkpoint=None, arch=None, weights_only: bool = True,
-              momentum_encoder: bool | None = None, checkpoint_key: str | None = None, sweep: bool = False,
-              only: Sequence[str] | None = None, batch_size: int = 128, num_workers=None, device: str = "auto",
-              progress: bool = True, report: bool = True, interface: str = "api",
-              verify_content: bool = False) -> SuiteState:
+def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None = None,
+              data_roots: Mapping[str, str] | None = None, *, results=None, cache=None, sweep: bool = False,
+              only: Sequence[str] | None = None, progress: bool = True, report: bool = True, interface: str = "api",
+              settings: ExtractSettings | None = None, **options) -> SuiteState:
     """Run every entry of ``suite`` for every backbone (or the checkpoint); returns the suite state.
 
-    ``backbones``: model-card ids (default: the suite's); ``checkpoint`` + ``arch``: a new SSL checkpoint
-    instead. ``data_roots``: data-root name -> folder. ``sweep``: also run the suite's PCA-dim and k grids on
+    ``backbones``: model-card ids or :class:`~ssl_cluster_bench.specs.BackboneSpec` records (default: the
+    suite's); ``checkpoint`` + ``arch``: a new SSL checkpoint instead. Keyword ``options`` are backbone options
+    (checkpoint, arch, weights_only, momentum_encoder, checkpoint_key, key_match), applied to every backbone and
+    every entry (ObjectNet's included), and extraction options (batch_size, num_workers, device, ...; or
+    ``settings``, an :class:`~ssl_cluster_bench.specs.ExtractSettings`). ``data_roots``: data-root name ->
+    folder. ``sweep``: also run the suite's PCA-dim and k grids on
     its sweep datasets. ``only``: entry ids to run (the others are listed as not run). Rows go to ``results``
     (default results/leaderboard.csv) as each (backbone, entry) finishes; ``report.md``/``report.html`` and
     ``suite.json`` are rewritten next to it after each entry. ``interface`` ("api"/"cli") chooses how the
     "not run" reasons spell the options to pass.
     """
-    from .api import _check_writable, _resolve_cache
-    from .leaderboard import default_results_path
+    from .cache import resolve_cache
+    from .leaderboard import check_writable, default_results_path
 
+    spec_options, settings_options = split_options(options)
+    settings = extract_settings(settings, **settings_options)
+    checkpoint, arch = spec_options.get("checkpoint"), spec_options.get("arch")
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     data_roots = dict(data_roots or {})
     results = Path(results) if results else default_results_path()
-    _check_writable(results)
-    cache = _resolve_cache(cache)
     if checkpoint and backbones:
         raise ValueError("pass backbones or a checkpoint, not both (run the suite twice to compare them)")
     if checkpoint and "://" not in str(checkpoint) and not Path(str(checkpoint)).expanduser().is_file():
@@ -561,16 +546,12 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
         if unknown:
             raise ValueError(f"unknown dataset id(s) {sorted(unknown)} in suite {suite.name}; its ids: "
                              f"{', '.join(e.id for e in suite.entries)}")
-    specs: list[str | None] = [None] if checkpoint else list(backbones or suite.backbones)
-    if not specs:
+    cards = [None] if checkpoint else list(backbones or suite.backbones)
+    if not cards:
         raise ValueError(f"suite {suite.name} names no backbones: pass some (or a checkpoint)")
-    extract_options = {"checkpoint": checkpoint, "arch": arch, "weights_only": weights_only,
-                       "momentum_encoder": momentum_encoder, "checkpoint_key": checkpoint_key,
-                       "batch_size": batch_size, "num_workers": num_workers, "device": device,
-                       "verify_content": verify_content}
-    label = {s: s for s in specs}
-    if checkpoint:
-        label[None] = f"{Path(str(checkpoint)).name} ({arch})"
+    specs = [backbone_spec(card, **spec_options) for card in cards]  # bad options refused before any file is made
+    check_writable(results)
+    cache = resolve_cache(cache)
 
     state = SuiteState(suite=suite.name, description=suite.description, sweep=dict(suite.sweep) if sweep and
                        suite.sweep else None)
@@ -589,7 +570,7 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
         state.sweeps[axis] = {p.hash: p.to_dict() for p in ps}
 
     identities: dict = {}
-    ctx_args = {"results": results, "cache": cache, "extract_options": extract_options, "progress": progress}
+    ctx_args = {"results": results, "cache": cache, "settings": settings, "progress": progress}
 
     last_report = [time.monotonic()]
 
@@ -612,15 +593,15 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
     for entry, protocol, roots, reason in plans:
         for spec in specs:
             if roots is None:
-                state.record(EntryStatus(entry.id, entry.dataset, entry.split or "", label[spec], "not run", reason,
+                state.record(EntryStatus(entry.id, entry.dataset, entry.split or "", spec.label, "not run", reason,
                                          protocol_hash=protocol.hash))
                 continue
-            status = _run_one(entry, protocol, roots, spec, ctx_args, identities, label[spec], interface)
+            status = _run_one(entry, protocol, roots, spec, ctx_args, identities, spec.label, interface)
             state.record(status)
             if entry.id in sweep_ids and status.status != "failed":
                 for axis, ps in sweep_protocols.items():
                     for p in ps:
-                        s = _run_one(entry, p, roots, spec, ctx_args, identities, label[spec], interface)
+                        s = _run_one(entry, p, roots, spec, ctx_args, identities, spec.label, interface)
                         if s.status == "failed":
                             s.entry = f"{entry.id} (sweep {axis})"
                             state.record(s)
@@ -640,22 +621,23 @@ def _run_one(entry, protocol, roots, spec, ctx_args: dict, identities: dict, lab
         ks = f"k={list(protocol.n_clusters)}" if protocol.n_clusters else f"overcluster={list(protocol.overcluster)}"
         print(f"suite {entry.id} × {label}: {'/'.join(protocol.methods)}, {ks}, PCA {protocol.pca_dim}",
               file=sys.stderr)
+    is_checkpoint = spec.checkpoint is not None
     try:
-        if spec not in identities:
+        if label not in identities:
             try:
-                identities[spec] = _identity(spec, ctx_args["extract_options"])
+                identities[label] = _identity(spec)
             except Exception as e:
-                if spec is None:
+                if is_checkpoint:
                     raise
-                identities[spec] = e
-        if isinstance(identities[spec], Exception):
-            raise identities[spec]
-        ctx = _Context(protocol=protocol, roots=roots, backbone=spec, **ctx_args)
-        status, n, reason = RUNNERS[entry.kind](entry, ctx, identities[spec])
+                identities[label] = e
+        if isinstance(identities[label], Exception):
+            raise identities[label]
+        ctx = _Context(protocol=protocol, roots=roots, spec=spec, **ctx_args)
+        status, n, reason = RUNNERS[entry.kind](entry, ctx, identities[label])
     except KeyboardInterrupt:
         raise
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        if spec is None and spec not in identities:
+        if is_checkpoint and label not in identities:
             raise
         log.warning("%s on %s failed: %s", label, entry.id, e)
         return EntryStatus(entry.id, entry.dataset, split, label, "failed", " ".join(message_for(e, interface).split()),

@@ -11,6 +11,7 @@ from ssl_cluster_bench import objectnet as on
 from ssl_cluster_bench.cache import FeatureCache
 from ssl_cluster_bench.leaderboard import COLUMNS, read_leaderboard
 from ssl_cluster_bench.protocol import KMeansSettings, Protocol
+from ssl_cluster_bench.specs import BackboneSpec
 
 # Real ImageNet-1k wnids (PyTorch index in brackets) so the standard wnid order resolves them.
 ANALOG, BACKPACK, DIGITAL, BANANA = "n02708093", "n02769748", "n03196217", "n07753592"  # 409, 414, 530, 954
@@ -265,7 +266,8 @@ def test_run_objectnet_end_to_end_with_pixels(tmp_path, trees, monkeypatch):
     df = on.run_objectnet("pixels", imagenet, objectnet, results=results, cache=tmp_path / "cache",
                           protocol=Protocol(overcluster=(1.0,), seeds=2, pca_dim=2,
                                             kmeans=KMeansSettings(backend="sklearn", n_iter=3)), num_workers=0, device="cpu", progress=False)
-    assert calls == [("pixels", "objectnet", "test"), ("pixels", "imagenet", "train")]
+    # both datasets are extracted with one backbone record, passed whole
+    assert calls == [(BackboneSpec("pixels"), "objectnet", "test"), (BackboneSpec("pixels"), "imagenet", "train")]
     assert df.protocol.tolist() == ["objectnet-direct"] * 2 + ["objectnet-transfer"] * 2
     assert (df.backbone == "pixels").all() and (df.dataset == "objectnet").all() and (df.split == "test").all()
 

@@ -339,27 +339,32 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, checkpoint_key: s
 
 
 def map_by_order(state_dict: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor],
-                 source: str) -> dict[str, torch.Tensor]:
+                 source: str, fix: str = "the card's arch") -> dict[str, torch.Tensor]:
     """``state_dict``'s tensors renamed to ``model_sd``'s keys position by position.
 
     Raises RuntimeError unless both hold the same number of tensors and every pair has the same shape, so no
-    tensor of either side is left out and no layer stays at its random init.
+    tensor of either side is left out and no layer stays at its random init. The message names the first pair
+    that differs (the place where the two orders part) and ``fix``, what to check.
     """
     ours, theirs = list(model_sd.items()), list(state_dict.items())
-    mismatched = [(i, mk, tuple(mv.shape), ck, tuple(cv.shape))
-                  for i, ((mk, mv), (ck, cv)) in enumerate(zip(ours, theirs)) if tuple(mv.shape) != tuple(cv.shape)]
-    if len(ours) != len(theirs) or mismatched:
-        shown = "; ".join(f"#{i} model {mk} {ms} vs checkpoint {ck} {cs}" for i, mk, ms, ck, cs in mismatched[:3])
-        raise RuntimeError(
+    first = next((i for i, ((_, mv), (_, cv)) in enumerate(zip(ours, theirs)) if tuple(mv.shape) != tuple(cv.shape)),
+                 None)
+    if first is None and len(ours) != len(theirs):
+        first = min(len(ours), len(theirs))  # one side ends first: its "pair" has no partner
+    if first is not None:
+        def side(items, i):
+            return f"{items[i][0]} {tuple(items[i][1].shape)}" if i < len(items) else "(no tensor left)"
+
+        raise OptionRuntimeError(
             f"{source}: cannot map the checkpoint onto the model tensor by tensor: the model has {len(ours)} "
-            f"tensors, the checkpoint {len(theirs)}" + (f", and {len(mismatched)} positions differ in shape "
-                                                        f"({shown})" if mismatched else "")
-            + ". The file does not hold this architecture in the same order; check the card's arch.")
+            f"tensors, the checkpoint {len(theirs)}; the first pair that differs is #{first}: model "
+            f"{side(ours, first)} vs checkpoint {side(theirs, first)}. The file does not hold this architecture in "
+            f"the same order; check {fix}.")
     return {mk: cv for (mk, _), (_, cv) in zip(ours, theirs)}
 
 
 def load_by_order(model: nn.Module, path: str | os.PathLike, checkpoint_key: str | None = None,
-                  weights_only: bool = True) -> LoadReport:
+                  weights_only: bool = True, fix: str = "the card's arch") -> LoadReport:
     """Load a checkpoint whose keys are named differently from ``model``'s but come in the same order.
 
     ``model`` must be the full architecture the file was saved from (classifier included); every tensor of
@@ -368,7 +373,7 @@ def load_by_order(model: nn.Module, path: str | os.PathLike, checkpoint_key: str
     source = f"checkpoint {os.fspath(path)}"
     raw = read_checkpoint(path, weights_only=weights_only)
     state_dict, key = _in_file(source, lambda: find_state_dict(raw, checkpoint_key))
-    renamed = map_by_order(state_dict, model.state_dict(), source)
+    renamed = map_by_order(state_dict, model.state_dict(), source, fix)
     model.load_state_dict(renamed, strict=True)
     n = sum(1 for k in renamed if not k.endswith("num_batches_tracked"))
     log.info("%s: loaded all %d tensors by position (key=%s)", source, n, key)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionValueError, option
+from ..specs import BackboneSpec, backbone_spec
 from . import archs, downloads
 from .cards import ModelCard, Preprocessing, load_card
 from .checkpoints import file_digest, load_by_order, load_checkpoint
@@ -328,26 +329,38 @@ def _without_classifier(model: nn.Module, spec: str) -> nn.Module:
     return model
 
 
+def _load_by_order(arch: str, model_kwargs: Mapping[str, Any], seed: int, path: Path, checkpoint_key: str | None,
+                   weights_only: bool, fix: str) -> nn.Module:
+    """``arch`` (timm or torchvision) with the tensors of ``path`` taken by position; ``fix`` says what to
+    check when the file does not hold that architecture in the same order."""
+    # the full architecture, classifier included, so that every tensor of the file has its place
+    lib, name = parse_arch(arch)
+    if lib not in ("timm", "torchvision"):
+        raise ValueError(f"key_match 'order' needs a timm or torchvision arch, got {arch!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if lib == "timm":
+            import timm
+
+            full = timm.create_model(name, pretrained=False, **model_kwargs)
+        else:
+            import torchvision.models as tvm
+
+            full = tvm.get_model(name, weights=None, **model_kwargs)
+    load_by_order(full, path, checkpoint_key, weights_only, fix=fix)
+    return _without_classifier(full, arch)
+
+
 def _load_file_into_arch(card: ModelCard, path: Path, weights_only: bool, momentum_encoder: bool) -> nn.Module:
     """The card's architecture with the weights of ``path``, matched by name or (key_match: order) by position."""
     if card.key_match == "order":
-        # the full architecture, classifier included, so that every tensor of the file has its place
-        lib, name = parse_arch(card.arch)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(card.seed)
-            if lib == "timm":
-                import timm
-
-                full = timm.create_model(name, pretrained=False, **card.model_kwargs)
-            elif lib != "torchvision":
-                raise ValueError(f"{_where(card)}: key_match 'order' needs a timm or torchvision arch, got "
-                                 f"{card.arch!r}")
-            else:
-                import torchvision.models as tvm
-
-                full = tvm.get_model(name, weights=None, **card.model_kwargs)
-        load_by_order(full, path, card.checkpoint_key, weights_only)
-        return _without_classifier(full, card.arch)
+        try:
+            return _load_by_order(card.arch, card.model_kwargs, card.seed, path, card.checkpoint_key, weights_only,
+                                  "the card's arch")
+        except ValueError as e:
+            if "needs a timm or torchvision arch" not in str(e):
+                raise
+            raise ValueError(f"{_where(card)}: {e}") from None
     model = _seeded_build(card.arch, card.model_kwargs, card.seed)
     # the card's prefix names the query encoder; the momentum encoder's prefix is found by matching
     prefix = None if momentum_encoder else card.prefix
@@ -475,13 +488,15 @@ def _resolve_device(device) -> torch.device:
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}") from None
 
 
-def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str | os.PathLike | None = None,
-                    arch: str | None = None, pretrained: bool = True, device: str | torch.device = "cpu", *,
-                    weights_only: bool = True, momentum_encoder: bool | None = None,
-                    checkpoint_key: str | None = None) -> Backbone:
+def create_backbone(card: "ModelCard | str | os.PathLike | BackboneSpec | None",
+                    checkpoint: str | os.PathLike | None = None, arch: str | None = None,
+                    pretrained: bool | None = None, device: str | torch.device = "cpu", *,
+                    weights_only: bool | None = None, momentum_encoder: bool | None = None,
+                    checkpoint_key: str | None = None, key_match: str | None = None) -> Backbone:
     """Build the frozen feature extractor for ``card``.
 
-    card: a ModelCard, a card id or YAML path, or None (then ``arch`` + ``checkpoint`` define an ad-hoc card
+    card: a :class:`~ssl_cluster_bench.specs.BackboneSpec` (every option below in one record), a ModelCard, a
+        card id or YAML path, or None (then ``arch`` + ``checkpoint`` define an ad-hoc card
         whose id is the checkpoint's file name and whose preprocessing is the arch's pretrained config: give
         the timm tag, e.g. "vit_small_patch16_224.dino", to get that tag's mean/std; ``arch`` alone with
         ``pretrained=False`` gives a seeded random init).
@@ -492,17 +507,15 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
     weights_only: torch.load safety; set False only for trusted legacy pickles.
     momentum_encoder: load the MoCo-style momentum encoder instead of the query encoder (default: the card's).
     checkpoint_key: where the state dict sits inside ``checkpoint`` (default: searched).
+    key_match: "order" loads ``checkpoint``'s tensors by position (names differ, shapes checked pair by pair).
+    The keyword options, when given (not None), replace the fields of a ``card`` given as a BackboneSpec.
     """
+    spec = backbone_spec(card, checkpoint=checkpoint, arch=arch, pretrained=pretrained, weights_only=weights_only,
+                         momentum_encoder=momentum_encoder, checkpoint_key=checkpoint_key, key_match=key_match)
     dev = _resolve_device(device)
-    if checkpoint is not None:
-        checkpoint = os.fspath(checkpoint)
+    card, checkpoint, arch = spec.card, spec.checkpoint, spec.arch
+    pretrained, weights_only, checkpoint_key = spec.pretrained, spec.weights_only, spec.checkpoint_key
     if card is None:
-        if arch is None:
-            raise OptionValueError(f"a checkpoint needs its architecture: pass {option('arch')} with "
-                                   f"{option('checkpoint')} (or a model card instead)")
-        if checkpoint is None and pretrained:
-            raise OptionValueError(f"architecture {arch!r} without a card needs {option('checkpoint')} "
-                                   f"(or pretrained=False for a seeded random init)")
         card = _adhoc_card(arch, checkpoint)
     else:
         if not isinstance(card, ModelCard):
@@ -511,15 +524,15 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
             raise OptionValueError(f"architecture {arch!r} only applies with {option('checkpoint')}; the weights "
                                    f"of {_where(card)} belong to its own architecture {card.build_arch}")
     pp = resolve_preprocessing(card)
-    momentum = card.momentum_encoder if momentum_encoder is None else bool(momentum_encoder)
+    momentum = card.momentum_encoder if spec.momentum_encoder is None else spec.momentum_encoder
 
-    spec = arch or card.build_arch
+    arch_spec = arch or card.build_arch
     model_kwargs = dict(card.model_kwargs) if (arch is None or arch == card.build_arch) else {}
     built_from_arch = True
     if card.source == "builtin":
         model, weights_id, built_from_arch = _Pixels(), f"builtin:{card.model}", False
     elif checkpoint is not None:
-        if spec is None:
+        if arch_spec is None:
             raise OptionValueError(f"{_where(card)} has no architecture to load checkpoint {checkpoint!r} into; "
                                    f"pass {option('arch')}")
         if checkpoint.lower().startswith("file://"):
@@ -535,19 +548,25 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
                 raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
             weights_id = f"file:{file_digest(path)}"
         # the same file loaded into another architecture (or other kwargs, e.g. num_heads) gives other features
-        weights_id += f"#arch={_arch_tag(spec, model_kwargs)}"
+        weights_id += f"#arch={_arch_tag(arch_spec, model_kwargs)}"
         if momentum:
             weights_id += "#momentum_encoder"
         if checkpoint_key:
             weights_id += f"#key={checkpoint_key}"
-        model = _seeded_build(spec, model_kwargs, card.seed)
-        # the card's key/prefix hints describe its own file; a user file is searched (or checkpoint_key given)
-        load_checkpoint(model, path, checkpoint_key, None, momentum, weights_only)
+        if spec.key_match == "order":
+            # the same tensors as a by-name load would give; marked so that a by-name entry is never reused
+            weights_id += "#key_match=order"
+            model = _load_by_order(arch_spec, model_kwargs, card.seed, path, checkpoint_key, weights_only,
+                                   f"the architecture ({option('arch')})")
+        else:
+            model = _seeded_build(arch_spec, model_kwargs, card.seed)
+            # the card's key/prefix hints describe its own file; a user file is searched (or checkpoint_key given)
+            load_checkpoint(model, path, checkpoint_key, None, momentum, weights_only)
     elif not (pretrained and card.pretrained):
-        if spec is None:
+        if arch_spec is None:
             raise ValueError(f"{_where(card)} has no arch to build a random init from")
-        model = _seeded_build(spec, model_kwargs, card.seed)
-        weights_id = f"random:{_arch_tag(spec, model_kwargs)}:seed={card.seed}"
+        model = _seeded_build(arch_spec, model_kwargs, card.seed)
+        weights_id = f"random:{_arch_tag(arch_spec, model_kwargs)}:seed={card.seed}"
     elif card.source == "timm":
         model, weights_id = _load_timm(card)
     elif card.source == "torchvision":
@@ -564,7 +583,7 @@ def create_backbone(card: ModelCard | str | os.PathLike | None, checkpoint: str 
     if card.source == "builtin":
         feature_dim = card.feature_dim if card.feature_dim is not None else -1
     elif built_from_arch:
-        feature_dim = probe_feature_dim(spec, model_kwargs)
+        feature_dim = probe_feature_dim(arch_spec, model_kwargs)
     else:
         feature_dim = _forward_dim(model.eval(), pp)
     declared = card.feature_dim

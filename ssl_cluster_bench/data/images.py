@@ -48,6 +48,11 @@ __all__ = [
     "read_class_list",
     "index_class_folders",
     "list_class_folders",
+    "loose_images",
+    "ArrayImageDataset",
+    "existing_dir",
+    "normalize_extensions",
+    "preview_names",
 ]
 
 logger = logging.getLogger(__name__)
@@ -134,7 +139,7 @@ def _float_to_8bit(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255)
 
 
-def _normalize_extensions(extensions: str | Sequence[str]) -> tuple[str, ...]:
+def normalize_extensions(extensions: str | Sequence[str]) -> tuple[str, ...]:
     if isinstance(extensions, str):
         extensions = (extensions,)
     exts = tuple(str(e).lower() for e in extensions)
@@ -143,7 +148,7 @@ def _normalize_extensions(extensions: str | Sequence[str]) -> tuple[str, ...]:
     return exts
 
 
-def _existing_dir(path: PathLike, what: str, layout: str) -> Path:
+def existing_dir(path: PathLike, what: str, layout: str) -> Path:
     """Return ``path`` as a Path, or raise FileNotFoundError explaining the expected ``layout``."""
     p = Path(path).expanduser()
     if not p.is_dir():
@@ -156,7 +161,7 @@ def _existing_dir(path: PathLike, what: str, layout: str) -> Path:
 
 def _find_data_dir(root: PathLike, subdir: str, marker: str, what: str, layout: str) -> Path:
     """Locate ``root/subdir`` (the archive's own folder), also accepting ``root`` being that folder."""
-    base = _existing_dir(root, f"{what} root", layout)
+    base = existing_dir(root, f"{what} root", layout)
     if (base / subdir).is_dir():
         return base / subdir
     if (base / marker).exists():
@@ -172,7 +177,7 @@ def _require_file(path: Path, what: str, layout: str) -> Path:
     return path
 
 
-def _preview(names: Sequence[str], limit: int = 8) -> str:
+def preview_names(names: Sequence[str], limit: int = 8) -> str:
     shown = ", ".join(repr(n) for n in list(names)[:limit])
     return shown + (f", ... ({len(names)} in total)" if len(names) > limit else "")
 
@@ -483,7 +488,7 @@ class FileImageDataset(ImageDataset):
         return _open_rgb(self.root / name.decode("utf-8"))
 
 
-def _loose_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
+def loose_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
     """Paths of the image files directly in ``folder`` (hidden ones left out), sorted by name."""
     with os.scandir(folder) as entries:
         return sorted(e.path for e in entries if not e.name.startswith(".") and e.name.lower().endswith(extensions)
@@ -539,9 +544,9 @@ class ImageFolderDataset(FileImageDataset):
         name: str | None,
         layout: str,
     ) -> None:
-        self.root = _existing_dir(root, "root", layout)
+        self.root = existing_dir(root, "root", layout)
         self.transform = transform
-        self.extensions = _normalize_extensions(extensions)
+        self.extensions = normalize_extensions(extensions)
         self.name = name if name is not None else self.root.name
         self.split = "all" if split is None else str(split)
         image_dir = self.root
@@ -551,12 +556,12 @@ class ImageFolderDataset(FileImageDataset):
                 available = list_class_folders(self.root)
                 raise FileNotFoundError(
                     f"split {split!r} not found: {str(image_dir)!r} is not a directory "
-                    f"(folders under root: {_preview(available) or 'none'}).\nExpected layout:\n{layout}"
+                    f"(folders under root: {preview_names(available) or 'none'}).\nExpected layout:\n{layout}"
                 )
         self._check_layout(image_dir, layout)
         found = list_class_folders(image_dir)
         if not found and classes is None:
-            loose = _loose_images(image_dir, self.extensions)
+            loose = loose_images(image_dir, self.extensions)
             if loose:
                 # A folder of images without class folders is data without labels: clustered all the same (k given),
                 # every label -1, so the label metrics are left empty instead of scored against one made-up class.
@@ -576,12 +581,12 @@ class ImageFolderDataset(FileImageDataset):
                 raise ValueError("classes must list at least one class folder name, got an empty sequence")
             duplicates = sorted({c for c in self.classes if self.classes.count(c) > 1})
             if duplicates:
-                raise ValueError(f"classes lists these names more than once: {_preview(duplicates)}")
+                raise ValueError(f"classes lists these names more than once: {preview_names(duplicates)}")
             unknown = sorted(set(self.classes) - set(found))
             if unknown:
                 raise ValueError(
                     f"classes contains {len(unknown)} name(s) with no folder in {str(image_dir)!r}: "
-                    f"{_preview(unknown)}; available class folders: {_preview(found)}"
+                    f"{preview_names(unknown)}; available class folders: {preview_names(found)}"
                 )
 
         undecodable = [c for c in self.classes if not _is_utf8(os.fsencode(c))]
@@ -601,7 +606,7 @@ class ImageFolderDataset(FileImageDataset):
         if empty:
             raise FileNotFoundError(
                 f"{len(empty)} class folder(s) in {str(image_dir)!r} contain no image with extension "
-                f"{', '.join(self.extensions)}: {_preview(empty)}"
+                f"{', '.join(self.extensions)}: {preview_names(empty)}"
             )
         self._set_files(files, labels)
 
@@ -673,7 +678,7 @@ class ImageNetDataset(ImageFolderDataset):
             )
 
 
-class _ArrayImageDataset(ImageDataset):
+class ArrayImageDataset(ImageDataset):
     """Base for datasets stored as uint8 image arrays spread over one or more files.
 
     Subclasses fill ``_sources`` (file names) and ``_bounds`` (cumulative sample counts per file)
@@ -720,7 +725,7 @@ def _as_str_list(values: Sequence[Any]) -> list[str]:
     return [v.decode("latin1") if isinstance(v, bytes) else str(v) for v in values]
 
 
-class _CIFARBase(_ArrayImageDataset):
+class _CIFARBase(ArrayImageDataset):
     """Shared loader for the python versions of CIFAR-10 and CIFAR-100 (32x32 RGB, in RAM)."""
 
     _archive_dir: str
@@ -851,7 +856,7 @@ _STL10_LAYOUT = """\
 _STL10_IMAGE_BYTES = 3 * 96 * 96
 
 
-class STL10Dataset(_ArrayImageDataset):
+class STL10Dataset(ArrayImageDataset):
     """STL-10, binary version: ``root/stl10_binary/{split}_X.bin`` (+ ``{split}_y.bin``).
 
     Splits ``train`` (5k), ``test`` (8k) and ``unlabeled`` (100k, every target -1). Images are
@@ -929,7 +934,7 @@ def _cifar100_fine(root: PathLike, split: str, transform: Callable | None = None
 
 
 def _register() -> None:
-    from . import register_dataset
+    from .registry import register_dataset
 
     # Defaults are the splits clustering benchmarks report on (ImageNet val, CIFAR/STL test).
     register_dataset("imagefolder", _image_folder, needs_root=True, default_split="all")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .images import PathLike, _ArrayImageDataset
+from .images import ArrayImageDataset, PathLike
 
 __all__ = ["MNISTDataset", "FashionMNISTDataset", "read_idx"]
 
@@ -64,7 +64,7 @@ def read_idx(path: PathLike, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-class _IdxDataset(_ArrayImageDataset):
+class _IdxDataset(ArrayImageDataset):
     """Grey images + labels from the idx files of one or both official splits, held in RAM (uint8)."""
 
     name: str
@@ -162,7 +162,7 @@ class MNISTDataset(_IdxDataset):
 
 
 def _register() -> None:
-    from . import register_dataset
+    from .registry import register_dataset
 
     # test = the 10,000-image split, the cheap default like CIFAR's; "all" is the 70,000 deep clustering reports
     register_dataset("fashion-mnist", FashionMNISTDataset, needs_root=True, default_split="test")

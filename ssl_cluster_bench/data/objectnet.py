@@ -20,12 +20,12 @@ from .images import (
     IMG_EXTENSIONS,
     FileImageDataset,
     PathLike,
-    _existing_dir,
-    _normalize_extensions,
-    _preview,
+    existing_dir,
     index_class_folders,
     list_class_folders,
     logger,
+    normalize_extensions,
+    preview_names,
 )
 
 __all__ = ["ObjectNetDataset", "MAPPING_FILE"]
@@ -66,8 +66,8 @@ class ObjectNetDataset(FileImageDataset):
         self.split = split
         self.transform = transform
         self.border_crop = bool(border_crop)
-        self.extensions = _normalize_extensions(extensions)
-        self.root = _existing_dir(root, "ObjectNet root", _OBJECTNET_LAYOUT)
+        self.extensions = normalize_extensions(extensions)
+        self.root = existing_dir(root, "ObjectNet root", _OBJECTNET_LAYOUT)
         base = self.root / "objectnet-1.0" if (self.root / "objectnet-1.0" / "images").is_dir() else self.root
         image_dir = base / "images"
         if not image_dir.is_dir():
@@ -85,7 +85,7 @@ class ObjectNetDataset(FileImageDataset):
         if unmapped:
             raise ValueError(
                 f"{len(unmapped)} folder(s) in {str(image_dir)!r} have no entry in {str(mapping_path)!r}: "
-                f"{_preview(unmapped)}; is the mapping file from the same ObjectNet release?"
+                f"{preview_names(unmapped)}; is the mapping file from the same ObjectNet release?"
             )
         self.classes = sorted({self.folder_to_label[f] for f in folders})
         class_to_idx = self.class_to_idx
@@ -99,7 +99,7 @@ class ObjectNetDataset(FileImageDataset):
         if empty:
             raise FileNotFoundError(
                 f"{len(empty)} ObjectNet folder(s) in {str(image_dir)!r} contain no image with extension "
-                f"{', '.join(self.extensions)}: {_preview(empty)}"
+                f"{', '.join(self.extensions)}: {preview_names(empty)}"
             )
         self._set_files(files, labels)
 
@@ -134,7 +134,7 @@ class ObjectNetDataset(FileImageDataset):
 
 
 def _register() -> None:
-    from . import register_dataset
+    from .registry import register_dataset
 
     register_dataset("objectnet", ObjectNetDataset, needs_root=True, default_split="test")
 
