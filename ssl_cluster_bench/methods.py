@@ -504,8 +504,10 @@ class HDBSCANMethod(ReducedSpaceMethod):
     def _estimator(self, n_samples):
         from sklearn.cluster import HDBSCAN
 
+        # copy: scikit-learn 1.8 warns unless it is given; the reduced features are shared with the other rows
+        copy = {"copy": True} if "copy" in inspect.signature(HDBSCAN).parameters else {}
         return HDBSCAN(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples,
-                       cluster_selection_method=self.cluster_selection_method)
+                       cluster_selection_method=self.cluster_selection_method, **copy)
 
     def fit(self, inputs):
         super().fit(inputs)

@@ -345,7 +345,14 @@ def test_an_abbreviated_or_mistyped_flag_is_refused_not_read_as_another(capsys):
     from ssl_cluster_bench.cli import main
 
     with pytest.raises(SystemExit) as stop:
+        main(["run", "--kmeans-it", "1"])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --kmeans-it 1" in err and len(err.strip().splitlines()) == 1
+    # run has its own --k now (numbers of clusters or auto): a k of 1 is refused by that flag, in one line
+    with pytest.raises(SystemExit) as stop:
         main(["run", "--k", "1"])
     assert stop.value.code == 1
     err = capsys.readouterr().err
-    assert "unrecognized arguments: --k 1" in err and len(err.strip().splitlines()) == 1
+    assert "argument --k: expected 'auto' or comma-separated numbers of clusters >= 2" in err \
+        and len(err.strip().splitlines()) == 1
