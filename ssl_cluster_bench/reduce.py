@@ -281,11 +281,8 @@ def _none(features, protocol, options, random_state, progress):
 
 
 def _umap(features, protocol, options, random_state, progress):
-    try:
-        import umap
-    except ImportError:
-        raise ImportError("reduce umap needs umap-learn: pip install 'ssl_cluster_bench[peer]' (or umap-learn)") \
-            from None
+    import umap  # checked where the protocol was made (resolve_reducer_options)
+
     x = np.asarray(features, dtype=np.float32)
     n, dim = x.shape
     # UMAP's spectral initialisation needs more samples than components; a space smaller than asked is kept as is
@@ -325,6 +322,11 @@ def resolve_reducer_options(name, options) -> dict:
                              f"{name} {takes}")
     out = {**known, **options}
     if name == "umap":
+        import importlib.util
+
+        if importlib.util.find_spec("umap") is None:  # refused where the protocol is read, before any extraction
+            raise ValueError("reduce umap needs the umap-learn package, which is not installed: pip install "
+                             "'ssl_cluster_bench[peer]' (or pip install umap-learn), or choose another reducer")
         for key, low in (("n_components", 1), ("n_neighbors", 2)):
             v = out[key]
             if not isinstance(v, int) or isinstance(v, bool) or v < low:

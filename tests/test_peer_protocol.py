@@ -252,3 +252,20 @@ def test_cli_run_k_auto_with_peer_methods_writes_rows_and_curves(tmp_path, capsy
     curve = pd.read_csv(curves[0])
     assert list(curve["k"]) == [9, 10, 11] and curve["chosen"].sum() == 1
     assert "Rows ranked by AMI" in out.out
+
+
+def test_umap_without_umap_learn_is_refused_where_the_protocol_is_read(monkeypatch, capsys):
+    import importlib.util
+
+    from ssl_cluster_bench.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "umap" else real(name, *a))
+    with pytest.raises(ValueError, match=r"reduce umap needs the umap-learn package, which is not installed: pip "
+                                         r"install 'ssl_cluster_bench\[peer\]'"):
+        Protocol(reduce="umap")
+    # the CLI says it in one line, before any feature is extracted (no cache dir is made)
+    assert main(["run", "--reduce", "umap", "--cache-dir", "/nonexistent/cache", "--results", "/nonexistent/x.csv"]) \
+        == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reduce umap needs the umap-learn package" in err[0]
