@@ -366,7 +366,7 @@ def aggregate(df: pd.DataFrame, rank_by: str = "acc") -> pd.DataFrame:
 
 # Rows compared for "best" and "within noise": one dataset split, one method, one k (the seed paper's Table 1
 # compares the rows of one column this way).
-MARK_GROUP = ["dataset", "split", "method", "n_clusters"]
+MARK_GROUP = ["dataset", "split", "method", "n_clusters"]  # n_clusters: "k:<criterion>" where k was picked
 MARK_LEGEND = ("**bold**: best mean per dataset × method × k; *italic*: within one standard deviation of it "
                "(the larger of the two rows' std over seeds), so not distinguishable from the best by seed noise")
 
@@ -381,7 +381,13 @@ def mark_best(agg: pd.DataFrame, metrics=None) -> pd.DataFrame:
     metrics = [m for m in (metrics or METRICS) if f"{m}_mean" in agg.columns]
     keys = [c for c in MARK_GROUP if c in agg.columns]
     out = pd.DataFrame(index=agg.index, columns=metrics, data="")
-    groups = agg.groupby(keys, sort=False, dropna=False).groups.values() if keys else [agg.index]
+    by = agg
+    if "k_criterion" in agg.columns and "n_clusters" in keys:
+        # k picked per backbone (--k auto) or found by the method: those rows compare with each other whatever k
+        # each landed on, not with the rows of one given k
+        how = agg["k_criterion"].fillna("").astype(str)
+        by = agg.assign(n_clusters=agg["n_clusters"].astype(object).where(how == "", "k:" + how))
+    groups = by.groupby(keys, sort=False, dropna=False).groups.values() if keys else [agg.index]
     for m in metrics:
         mean, std = agg[f"{m}_mean"], agg[f"{m}_std"].fillna(0.0)
         for index in groups:

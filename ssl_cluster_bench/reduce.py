@@ -17,6 +17,7 @@ reference protocol (scikit-learn IncrementalPCA with batch max(4096, 2·dim)), k
 from __future__ import annotations
 
 import mmap
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -290,7 +291,10 @@ def _umap(features, protocol, options, random_state, progress):
     model = umap.UMAP(n_components=n_components, n_neighbors=int(min(options["n_neighbors"], n - 1)),
                       min_dist=float(options["min_dist"]), metric=options["metric"], random_state=random_state,
                       verbose=False)
-    return np.ascontiguousarray(model.fit_transform(x), dtype=np.float32)
+    with warnings.catch_warnings():
+        # "n_jobs overridden by setting random_state": known and documented (one thread per seeded fit)
+        warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random_state.*")
+        return np.ascontiguousarray(model.fit_transform(x), dtype=np.float32)
 
 
 #: name -> Reducer. UMAP's defaults are Lowe et al.'s (2024): 50 dimensions, 30 neighbours, min_dist 0.

@@ -269,3 +269,13 @@ def test_umap_without_umap_learn_is_refused_where_the_protocol_is_read(monkeypat
         == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reduce umap needs the umap-learn package" in err[0]
+
+
+def test_rows_whose_k_was_picked_are_marked_against_each_other_not_per_k():
+    rows = [{"backbone": b, "dataset": "d", "split": "all", "method": "kmeans", "n_clusters": k, "seed": 0,
+             "acc": acc, "ami": acc, "nmi": acc, "ari": acc, "k_criterion": "silhouette"}
+            for b, k, acc in (("a", 9, 0.6), ("b", 12, 0.8))]
+    text = to_markdown(aggregate(pd.DataFrame(rows)))
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    # one group (both picked by silhouette): only b is best; per k each would have been "best" alone
+    assert "**80.0" in lines[1] and "**" not in lines[2]
