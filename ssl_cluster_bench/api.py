@@ -312,7 +312,9 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
             # What the method derived from the shared inputs (PCA, neighbours; done in its first fit) is charged
             # evenly to the rows it runs now.
             share = (inputs.prep_seconds - prep_before) / n_todo
-            row = {**(columns or {}), "method": cls.name, "n_clusters": n_found if k is None else k,
+            # a method that finds its own k has no k of the configuration (n_found says what it found, which may
+            # differ between seeds that are still one configuration)
+            row = {**(columns or {}), "method": cls.name, "n_clusters": k,
                    "overcluster": f, **est.config_, "k_criterion": how, "n_found": n_found,
                    "seed": seed, "n_classes": n_classes, "n_samples": int(labelled.sum()), **scores,
                    "score": getattr(est, "score_", None), "silhouette": sil, **free, "flag": getattr(est, "flag_", ""),

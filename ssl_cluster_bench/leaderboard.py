@@ -353,8 +353,9 @@ def aggregate(df: pd.DataFrame, rank_by: str = "acc") -> pd.DataFrame:
     for column in ("reduce", "k_criterion"):
         if column in df.columns and df[column].notna().any():
             agg[column] = grouped[column].first()
-    if "noise_fraction" in df.columns and df["noise_fraction"].notna().any():
-        agg["noise_fraction_mean"] = grouped["noise_fraction"].mean()
+    for column in ("noise_fraction", "n_found"):
+        if column in df.columns and df[column].notna().any():
+            agg[f"{column}_mean"] = grouped[column].mean()
     agg = agg.reset_index()
     if f"{rank_by}_mean" not in agg.columns:
         agg[f"{rank_by}_mean"] = np.nan
@@ -420,6 +421,10 @@ def to_markdown(agg: pd.DataFrame, columns=("backbone", "dataset", "split", "met
     if "reduce" in agg.columns and "pca_dim" in columns and agg["reduce"].fillna("pca").ne("pca").any():
         columns.insert(columns.index("pca_dim"), "reduce")  # another space than PCA among the rows: say which
     out = pd.DataFrame({c: agg[c] for c in columns if c in agg.columns})
+    if "n_clusters" in out.columns and "n_found_mean" in agg.columns and out["n_clusters"].isna().any():
+        # methods that find their own k (hdbscan, affinity): the mean number found over seeds
+        out["n_clusters"] = [f"{k:g}" if pd.notna(k) else f"{found:.1f} found" if pd.notna(found) else ""
+                             for k, found in zip(agg["n_clusters"], agg["n_found_mean"])]
     if "cache_key" in agg.columns and "cache_key" not in out.columns and len(out.columns) and \
             out.duplicated(keep=False).any():
         # the same configuration on different data (e.g. images rewritten between runs): say which entry

@@ -478,7 +478,7 @@ class AgglomerativeMethod(ReducedSpaceMethod):
 class HDBSCANMethod(ReducedSpaceMethod):
     """HDBSCAN (scikit-learn's ``sklearn.cluster.HDBSCAN``): finds its own number of clusters and leaves the
     points of no dense region out (label -1, noise); scored with the noise as one extra cluster and without
-    it (the *_clustered columns), with the noise fraction in the row."""
+    it (the *_clustered columns), with the noise fraction in the row (``noise_fraction``)."""
 
     has_noise = True
     max_samples = 50000
@@ -509,11 +509,6 @@ class HDBSCANMethod(ReducedSpaceMethod):
         return HDBSCAN(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples,
                        cluster_selection_method=self.cluster_selection_method, **copy)
 
-    def fit(self, inputs):
-        super().fit(inputs)
-        noise = float(np.mean(self.labels_ < 0))
-        self.flag_ = ";".join(f for f in (self.flag_, f"noise={noise:.3f}" if noise else "") if f)
-        return self
 
 
 @register_method("spectral")
