@@ -27,7 +27,7 @@ import numpy as np
 from .errors import did_you_mean
 from .protocol import Protocol
 
-__all__ = ["OPTION_RANGES", "ClusteringMethod", "MethodInputs", "check_options", "get_method", "list_methods",
+__all__ = ["OPTION_CHOICES", "OPTION_RANGES", "ClusteringMethod", "MethodInputs", "check_options", "get_method", "list_methods",
            "register_method"]
 
 _REGISTRY: dict[str, type] = {}
@@ -68,6 +68,14 @@ OPTION_RANGES: dict[str, tuple[float, float, bool]] = {
         "inner_steps", "inner_lr", "score_folds", "score_max_samples")},
     **{name: (0, math.inf, True) for name in ("weight_decay", "entropy_weight", "warmup_epochs", "gamma", "beta")},
     **{name: (0, 1, True) for name in ("confidence", "momentum", "final_momentum", "prior_momentum")},
+    **{name: (0, math.inf, False) for name in ("distance_threshold", "min_cluster_size", "min_samples", "max_iter")},
+    "damping": (0.5, 1, True),
+}
+# String options with a fixed set of values, refused where the protocol is read (with a did-you-mean)
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {
+    "linkage": ("ward", "complete", "average", "single"),
+    "cluster_selection_method": ("eom", "leaf"),
+    "affinity": ("nearest_neighbors", "rbf"),
 }
 _TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "None": "null"}
 
@@ -114,6 +122,9 @@ def check_options(method: str, options: Mapping) -> None:
         if types is not None and not _type_ok(value, types):
             words = " or ".join(_TYPE_WORDS[t] for t in sorted(types, key=list(_TYPE_WORDS).index))
             raise ValueError(f"{where} must be {words}, got {value!r}")
+        if isinstance(value, str) and key in OPTION_CHOICES and value not in OPTION_CHOICES[key]:
+            raise ValueError(f"{where} must be one of {', '.join(OPTION_CHOICES[key])}, got {value!r}"
+                             f"{did_you_mean(value, OPTION_CHOICES[key])}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             low, high, inclusive = OPTION_RANGES.get(key, (-math.inf, math.inf, True))
             if not (math.isfinite(value) and (low <= value if inclusive else low < value) and value <= high):
