@@ -455,8 +455,10 @@ class ReducedSpaceMethod(ClusteringMethod):
 
 @register_method("agglomerative")
 class AgglomerativeMethod(ReducedSpaceMethod):
-    """Agglomerative clustering (scikit-learn), Ward linkage by default, to k clusters, or to a
-    ``distance_threshold`` (then k is unknown: the tree is cut where merges get that far apart)."""
+    """Agglomerative clustering (Ward by default) of the reduced features, to k or to a distance_threshold.
+
+    scikit-learn's estimator; with ``distance_threshold`` k is unknown: the tree is cut where merges get that far
+    apart, and the row records the number found."""
 
     # scipy's linkage keeps the condensed distance matrix: n(n-1)/2 float64, plus its copy while it is built
     bytes_per_pair = 8.0
@@ -487,9 +489,10 @@ class AgglomerativeMethod(ReducedSpaceMethod):
 
 @register_method("hdbscan")
 class HDBSCANMethod(ReducedSpaceMethod):
-    """HDBSCAN (scikit-learn's ``sklearn.cluster.HDBSCAN``): finds its own number of clusters and leaves the
-    points of no dense region out (label -1, noise); scored with the noise as one extra cluster and without
-    it (the *_clustered columns), with the noise fraction in the row (``noise_fraction``)."""
+    """HDBSCAN of the reduced features: finds its own k, leaves noise points out (scored both ways).
+
+    scikit-learn's ``sklearn.cluster.HDBSCAN``; points of no dense region get label -1 (noise). Rows are scored
+    with the noise as one extra cluster and without it (the *_clustered columns), with ``noise_fraction``."""
 
     has_noise = True
     max_samples = 50000
@@ -524,8 +527,10 @@ class HDBSCANMethod(ReducedSpaceMethod):
 
 @register_method("spectral")
 class SpectralMethod(ReducedSpaceMethod):
-    """Spectral clustering (scikit-learn) on the k-nearest-neighbour graph of the reduced features (sparse, so
-    it scales past the dense RBF kernel), labels assigned by k-means in the spectral embedding."""
+    """Spectral clustering of the reduced features' k-nearest-neighbour graph (scikit-learn).
+
+    The sparse neighbour graph scales past the dense RBF kernel (``affinity: rbf``); labels are assigned by
+    k-means in the spectral embedding."""
 
     max_samples = 20000
     why_limit = "the eigenvectors of its neighbour graph"
@@ -560,8 +565,10 @@ class SpectralMethod(ReducedSpaceMethod):
 
 @register_method("affinity")
 class AffinityPropagationMethod(ReducedSpaceMethod):
-    """Affinity propagation (scikit-learn): finds its own number of clusters (set by ``preference``; None = the
-    median similarity); damping 0.5 and at most 1000 iterations as Lowe et al. run it."""
+    """Affinity propagation of the reduced features (scikit-learn): finds its own number of clusters.
+
+    The number is set by ``preference`` (None = the median similarity); damping 0.5 and at most 1000 iterations
+    as Lowe et al. run it."""
 
     # the similarity, responsibility and availability matrices (n × n float64 each) and a temporary
     bytes_per_pair = 32.0
