@@ -31,8 +31,12 @@ def parse_args(argv=None):
     parser.add_argument("--methods", default="kmeans,agglomerative")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (the grid is fitted with each)")
     parser.add_argument("--pca-dim", type=int, default=50, help="PCA dim of the pca reducers (default 50, UMAP's)")
+    parser.add_argument("--quick", action="store_true", help="smoke size: pca, kmeans, seed 0")
     parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.reduce, args.methods, args.seeds = "pca", "kmeans", "0"
+    return args
 
 
 def main(argv=None) -> pd.DataFrame:

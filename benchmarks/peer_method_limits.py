@@ -44,8 +44,11 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--methods", default="agglomerative,hdbscan,spectral,affinity")
     parser.add_argument("--sizes", default="1000,2000,4000,8000")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per fit before it counts as too slow")
+    parser.add_argument("--quick", action="store_true", help="smoke size: agglomerative at 200 and 400")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.methods, args.sizes = "agglomerative", "200,400"
     from ssl_cluster_bench.methods import get_method
 
     rows = []

@@ -532,7 +532,7 @@ class SpectralMethod(ReducedSpaceMethod):
     The sparse neighbour graph scales past the dense RBF kernel (``affinity: rbf``); labels are assigned by
     k-means in the spectral embedding."""
 
-    max_samples = 20000
+    max_samples = 50000
     why_limit = "the eigenvectors of its neighbour graph"
 
     def __init__(self, n_clusters, random_state: int = 0, verbose: bool = False, n_neighbors: int = 10,
