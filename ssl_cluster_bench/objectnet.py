@@ -572,6 +572,10 @@ def run_objectnet(backbone: str | None, imagenet_root: str | os.PathLike, object
     if protocol.whiten or protocol.l2_normalize:
         raise ValueError("whitening / L2 normalisation (--whiten / --l2-normalize) are not supported by the "
                          "ObjectNet protocols")
+    if protocol.reduce != "pca" or protocol.n_clusters == "auto":
+        raise ValueError(f"the ObjectNet protocols reduce by PCA at given k only, not reduce {protocol.reduce!r}"
+                         f"{' with n_clusters auto' if protocol.n_clusters == 'auto' else ''} (--reduce / --k auto "
+                         f"are for sscb run)")
     results = Path(results) if results else default_results_path()
     api._check_writable(results)
     cache = api._resolve_cache(cache)
