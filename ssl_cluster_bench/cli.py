@@ -100,6 +100,21 @@ def _k_or_auto(text: str):
                                          f"got {text!r}") from None
 
 
+def _k_grid(text: str) -> list[int]:
+    """``--k-grid``: comma-separated k values, or a range LOW-HIGH (e.g. 2-20)."""
+    try:
+        if "-" in text and "," not in text:
+            low, high = (int(x) for x in text.split("-"))
+            values = list(range(low, high + 1))
+        else:
+            values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 2:
+        raise argparse.ArgumentTypeError(f"expected comma-separated k values >= 2 or a range such as 2-20, got {text!r}")
+    return values
+
+
 def _n_init(text: str):
     return "auto" if text == "auto" else _positive(text)
 
@@ -190,6 +205,9 @@ def _add_protocol(p):
     p.add_argument("--seeds", type=_positive, default=argparse.SUPPRESS, help="seeds per configuration (default 5)")
     p.add_argument("--pca-dim", type=_pca_dim, default=argparse.SUPPRESS,
                    help="PCA output dim, or 'none' (also 0 or off): no PCA (default 256)")
+    p.add_argument("--reduce", choices=["pca", "zscore+pca", "umap", "none"], default=argparse.SUPPRESS,
+                   help="the space methods cluster: pca (default), zscore+pca (features z-scored first), umap (50 "
+                        "dims, 30 neighbours, min_dist 0; one seeded fit per seed, needs umap-learn) or none")
     p.add_argument("--whiten", action="store_true", default=argparse.SUPPRESS, help="whiten the PCA output")
     p.add_argument("--l2-normalize", action="store_true", default=argparse.SUPPRESS,
                    help="L2-normalise the reduced features")
@@ -208,7 +226,8 @@ def _add_protocol(p):
 
 # argparse dest -> Protocol field, and -> protocol.kmeans field
 _PROTOCOL_FLAGS = {"methods": "methods", "overcluster": "overcluster", "seeds": "seeds", "pca_dim": "pca_dim",
-                   "whiten": "whiten", "l2_normalize": "l2_normalize"}
+                   "whiten": "whiten", "l2_normalize": "l2_normalize", "reduce": "reduce", "k_grid": "k_grid",
+                   "k_criterion": "k_criterion"}
 _KMEANS_FLAGS = {"backend": "backend", "n_init": "n_init", "kmeans_iter": "n_iter",
                  "max_points_per_centroid": "max_points_per_centroid"}
 
@@ -248,8 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also cluster these backbones' aligned features together with the multi-space "
                         "methods among --methods (turtle); rows name the group, e.g. backbone pixels+random-resnet18")
     p.add_argument("--k", type=_k_or_auto, default=argparse.SUPPRESS,
-                   help="numbers of clusters, comma-separated (default: #classes × --overcluster; required for data "
-                        "without labels)")
+                   help="numbers of clusters, comma-separated (default: #classes × --overcluster), or 'auto': "
+                        "picked per backbone and method by --k-criterion over --k-grid; required for data without labels)")
+    p.add_argument("--k-grid", type=_k_grid, default=argparse.SUPPRESS,
+                   help="with --k auto: the k values tried, e.g. 2-20 or 5,10,20 (default 2 .. 2 × #classes)")
+    p.add_argument("--k-criterion", choices=["silhouette", "calinski_harabasz", "davies_bouldin"],
+                   default=argparse.SUPPRESS, help="with --k auto: the label-free criterion (default silhouette)")
+    p.add_argument("--rank-by", choices=["acc", "nmi", "ami", "ari", "fmi", "homogeneity", "completeness"],
+                   default="acc", help="metric the printed table is ranked by (default acc)")
     p.add_argument("--assignments", action="store_true",
                    help="also write each row's cluster assignment as a table: <results dir>/assignments/<run_id>.csv "
                         "(sample_id, path, cluster, confidence, distance to the cluster centre)")
@@ -302,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print 95%% intervals for ACC / NMI (bootstrap over images with each clustering fixed, "
                         "plus the spread over seeds; needs the stored predictions and the feature cache)")
     p.add_argument("--no-mark", action="store_true", help="no bold / italic marking of the best rows")
+    p.add_argument("--rank-by", choices=["acc", "nmi", "ami", "ari", "fmi", "homogeneity", "completeness"],
+                   default="acc", help="metric the rows are ranked by, best first (default acc; Lowe et al. rank "
+                                       "by ami)")
     p.add_argument("--level", type=_fraction, default=0.95, help="interval level (default 0.95)")
     p.add_argument("--n-boot", type=_positive, default=200, help="bootstrap resamples of the images (default 200)")
     p.add_argument("--cache-dir", default=None, help="feature cache the rows were made from (for the labels)")
@@ -390,10 +418,10 @@ def _cmd_run(args):
                  joint=[[_backbone_spec(args, b) for b in group] for group in args.joint], results=args.results,
                  cache=args.cache_dir, subset=args.subset, settings=_extract_settings(args), progress=not args.quiet,
                  rerun=args.rerun, unlabelled=args.unlabelled, assignments=args.assignments)
-    _print_run(df, args.results)
+    _print_run(df, args.results, rank_by=args.rank_by)
 
 
-def _print_run(df, results) -> None:
+def _print_run(df, results, rank_by: str = "acc") -> None:
     """The run's configurations as a table, and how many rows were new."""
     from .leaderboard import aggregate, default_results_path, to_markdown
 
@@ -401,7 +429,7 @@ def _print_run(df, results) -> None:
     if df.empty:
         print(f"nothing to run; leaderboard {results}")
         return
-    print(to_markdown(aggregate(df)))
+    print(to_markdown(aggregate(df, rank_by=rank_by)))
     new = df.attrs.get("new_rows", len(df))
     already = f" ({len(df) - new} were already there: same run ids, not run again; --rerun runs them anew)" \
         if len(df) > new else ""
@@ -461,7 +489,7 @@ def _cmd_leaderboard(args):
         df = df[df["dataset"] == args.dataset]
         if df.empty:
             raise ValueError(f"no rows for dataset {args.dataset!r}")
-    agg = aggregate(df)
+    agg = aggregate(df, rank_by=args.rank_by)
     intervals = None
     if args.intervals:
         from .significance import leaderboard_intervals

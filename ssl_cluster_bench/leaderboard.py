@@ -41,10 +41,22 @@ CONFIG_COLUMNS = [
     "overcluster", "pca_dim", "whiten", "l2_normalize", "backend", "n_init", "kmeans_iter",
     "max_points_per_centroid", "protocol_hash",
 ]
-METRICS = ["acc", "nmi", "ami", "ari", "top5", "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"]
-COLUMNS = CONFIG_COLUMNS + ["seed", "n_samples"] + METRICS + [
-    "score", "silhouette", "flag", "seconds", "run_id", "cache_key", "versions", "timestamp",
+# Label metrics (higher is better). fmi, homogeneity, completeness: Lowe et al.'s set beside AMI. The *_clustered
+# ones score only the points a method with noise (hdbscan) put in a cluster; the plain ones count its noise as one
+# more cluster (both as Lowe et al. report them).
+METRICS = ["acc", "nmi", "ami", "ari", "top5", "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance",
+           "fmi", "homogeneity", "completeness", "acc_clustered", "nmi_clustered", "ami_clustered", "ari_clustered"]
+_NEW_METRICS = ("fmi", "homogeneity", "completeness", "acc_clustered", "nmi_clustered", "ami_clustered",
+                "ari_clustered")
+# reduce: the reducer of the row's space; k_criterion: how k was picked ("" = given); n_found: clusters the method
+# returned (noise not counted); noise_fraction: the share of points left unclustered; calinski_harabasz and
+# davies_bouldin: label-free, on the reduced features, like silhouette.
+COLUMNS = CONFIG_COLUMNS + ["reduce", "k_criterion", "n_found", "seed", "n_samples"] + METRICS + [
+    "noise_fraction", "score", "silhouette", "calinski_harabasz", "davies_bouldin", "flag", "seconds", "run_id",
+    "cache_key", "versions", "timestamp",
 ]
+#: metrics ``--rank-by`` may order the leaderboard by
+RANK_METRICS = ("acc", "nmi", "ami", "ari", "fmi", "homogeneity", "completeness")
 
 
 def _without(*names: str) -> list[str]:
@@ -54,19 +66,22 @@ def _without(*names: str) -> list[str]:
 # The column sets earlier versions wrote (newest first; `git log -p ssl_cluster_bench/leaderboard.py`), each an
 # ordered subset of COLUMNS. Their leaderboards are still appended to (the header is widened to COLUMNS); any
 # other header is another tool's table, which is never rewritten.
+_PEER = ("reduce", "k_criterion", "n_found", "noise_fraction", "calinski_harabasz", "davies_bouldin", *_NEW_METRICS)
 OLDER_COLUMNS = [
-    _without("silhouette"),
-    _without("silhouette", "protocol_hash", "score", "run_id"),
-    _without("silhouette", "protocol_hash", "score", "run_id", "n_init", "kmeans_iter", "max_points_per_centroid"),
-    _without("silhouette", "protocol_hash", "score", "run_id", "n_init", "kmeans_iter", "max_points_per_centroid",
-             "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"),
+    _without(*_PEER),
+    _without(*_PEER, "silhouette"),
+    _without(*_PEER, "silhouette", "protocol_hash", "score", "run_id"),
+    _without(*_PEER, "silhouette", "protocol_hash", "score", "run_id", "n_init", "kmeans_iter",
+             "max_points_per_centroid"),
+    _without(*_PEER, "silhouette", "protocol_hash", "score", "run_id", "n_init", "kmeans_iter",
+             "max_points_per_centroid", "acc_tr", "acc_val", "acc_overlap", "acc_nonoverlap", "chance"),
 ]
 # What one mean ± std is taken over: the configuration and the data it ran on (a cache entry follows the data).
 GROUP_COLUMNS = CONFIG_COLUMNS + ["cache_key"]
 # Columns every row has: a file without them in its header is no leaderboard.
 _REQUIRED = ("backbone", "dataset", "method", "n_clusters", "seed", "acc")
 # Columns that are averaged or grouped on: a value there that is not a number means the row was damaged.
-_NUMERIC = ["n_clusters", "seed", "n_samples", "seconds", *METRICS]
+_NUMERIC = ["n_clusters", "seed", "n_samples", "seconds", "n_found", "noise_fraction", *METRICS]
 # strftime("%Y-%m-%dT%H:%M:%S%z"): a last field shorter than this was cut.
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d([+-]\d{4})?")
 
@@ -333,11 +348,21 @@ def latest_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[~repeated] if repeated.any() else df
 
 
-def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of every metric, one row per configuration (sorted best ACC first).
+def _check_rank_by(rank_by: str) -> None:
+    if rank_by not in RANK_METRICS:
+        from .errors import did_you_mean
+
+        raise ValueError(f"rank_by must be one of {', '.join(RANK_METRICS)}, got {rank_by!r}"
+                         f"{did_you_mean(rank_by, RANK_METRICS)}")
+
+
+def aggregate(df: pd.DataFrame, rank_by: str = "acc") -> pd.DataFrame:
+    """Mean and std over seeds of every metric, one row per configuration (sorted best ``rank_by`` first, e.g.
+    "ami" as Lowe et al. rank; default ACC).
 
     A configuration includes its cache entry (``cache_key``): rows made on other data under the same dataset
     name (images rewritten between two runs, another folder) are never averaged together."""
+    _check_rank_by(rank_by)
     df = latest_runs(df)
     keys = [c for c in GROUP_COLUMNS if c in df.columns]
     # ACC always (empty where no row had labels: the table and the sort need the column); silhouette, the label-free
@@ -349,13 +374,26 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     agg["n_seeds"] = grouped["seed"].nunique()
     if "flag" in df.columns:
         agg["flag"] = grouped["flag"].agg(lambda s: ";".join(sorted({str(v) for v in s.dropna() if str(v)})))
+    # descriptive, not part of a configuration's identity (the protocol hash already names the reducer): the
+    # rows written before these columns existed stay in their groups
+    for column in ("reduce", "k_criterion"):
+        if column in df.columns and df[column].notna().any():
+            agg[column] = grouped[column].first()
+    for column in ("noise_fraction", "n_found"):
+        if column in df.columns and df[column].notna().any():
+            agg[f"{column}_mean"] = grouped[column].mean()
     agg = agg.reset_index()
-    return agg.sort_values(["dataset", "acc_mean"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    if f"{rank_by}_mean" not in agg.columns:
+        agg[f"{rank_by}_mean"] = np.nan
+        agg[f"{rank_by}_std"] = np.nan
+    agg.attrs["rank_by"] = rank_by
+    return agg.sort_values(["dataset", f"{rank_by}_mean"], ascending=[True, False], kind="stable",
+                           na_position="last").reset_index(drop=True)
 
 
 # Rows compared for "best" and "within noise": one dataset split, one method, one k (the seed paper's Table 1
 # compares the rows of one column this way).
-MARK_GROUP = ["dataset", "split", "method", "n_clusters"]
+MARK_GROUP = ["dataset", "split", "method", "n_clusters"]  # n_clusters: "k:<criterion>" where k was picked
 MARK_LEGEND = ("**bold**: best mean per dataset × method × k; *italic*: within one standard deviation of it "
                "(the larger of the two rows' std over seeds), so not distinguishable from the best by seed noise")
 
@@ -370,7 +408,13 @@ def mark_best(agg: pd.DataFrame, metrics=None) -> pd.DataFrame:
     metrics = [m for m in (metrics or METRICS) if f"{m}_mean" in agg.columns]
     keys = [c for c in MARK_GROUP if c in agg.columns]
     out = pd.DataFrame(index=agg.index, columns=metrics, data="")
-    groups = agg.groupby(keys, sort=False, dropna=False).groups.values() if keys else [agg.index]
+    by = agg
+    if "k_criterion" in agg.columns and "n_clusters" in keys:
+        # k picked per backbone (--k auto) or found by the method: those rows compare with each other whatever k
+        # each landed on, not with the rows of one given k
+        how = agg["k_criterion"].fillna("").astype(str)
+        by = agg.assign(n_clusters=agg["n_clusters"].astype(object).where(how == "", "k:" + how))
+    groups = by.groupby(keys, sort=False, dropna=False).groups.values() if keys else [agg.index]
     for m in metrics:
         mean, std = agg[f"{m}_mean"], agg[f"{m}_std"].fillna(0.0)
         for index in groups:
@@ -388,15 +432,25 @@ def mark_best(agg: pd.DataFrame, metrics=None) -> pd.DataFrame:
 
 
 def to_markdown(agg: pd.DataFrame, columns=("backbone", "dataset", "split", "method", "n_clusters", "pca_dim"),
-                mark: bool = True, intervals: pd.DataFrame | None = None) -> str:
+                mark: bool = True, intervals: pd.DataFrame | None = None, rank_by: str | None = None) -> str:
     """Markdown table of an aggregated frame: metrics as ``mean ± std`` (in %, 1 decimal).
 
     ``mark``: the best mean per dataset × method × k in bold and rows within one std of it in italics
     (:func:`mark_best`), with a legend under the table. ``intervals``: a frame aligned with ``agg`` holding
     ``{metric}_low`` / ``{metric}_high`` (see :func:`ssl_cluster_bench.significance.leaderboard_intervals`);
-    those metrics then also show their interval in brackets.
+    those metrics then also show their interval in brackets. ``rank_by`` (default: the metric ``aggregate`` sorted
+    by): its column comes first among the metrics and the legend says so.
     """
+    rank_by = rank_by or agg.attrs.get("rank_by", "acc")
+    _check_rank_by(rank_by)
+    columns = list(columns)
+    if "reduce" in agg.columns and "pca_dim" in columns and agg["reduce"].fillna("pca").ne("pca").any():
+        columns.insert(columns.index("pca_dim"), "reduce")  # another space than PCA among the rows: say which
     out = pd.DataFrame({c: agg[c] for c in columns if c in agg.columns})
+    if "n_clusters" in out.columns and "n_found_mean" in agg.columns and out["n_clusters"].isna().any():
+        # methods that find their own k (hdbscan, affinity): the mean number found over seeds
+        out["n_clusters"] = [f"{k:g}" if pd.notna(k) else f"{found:.1f} found" if pd.notna(found) else ""
+                             for k, found in zip(agg["n_clusters"], agg["n_found_mean"])]
     if "cache_key" in agg.columns and "cache_key" not in out.columns and len(out.columns) and \
             out.duplicated(keep=False).any():
         # the same configuration on different data (e.g. images rewritten between runs): say which entry
@@ -406,7 +460,7 @@ def to_markdown(agg: pd.DataFrame, columns=("backbone", "dataset", "split", "met
     # rows of data without labels (flat image folders, --unlabelled): their label metrics show "–", not a blank
     # that reads as "does not apply", and the silhouette is shown beside them as the one score they have
     unlabelled = agg["acc_mean"].isna() if "acc_mean" in agg.columns else pd.Series(False, index=agg.index)
-    for m in METRICS:
+    for m in [rank_by] + [m for m in METRICS if m != rank_by]:
         if f"{m}_mean" in agg.columns:
             mean, std = agg[f"{m}_mean"] * 100, agg[f"{m}_std"].fillna(0.0) * 100
             cells = [f"{a:.1f} ± {b:.1f}" if np.isfinite(a) else "–" if none else ""
@@ -421,11 +475,15 @@ def to_markdown(agg: pd.DataFrame, columns=("backbone", "dataset", "split", "met
     if unlabelled.any() and "silhouette_mean" in agg.columns:
         out["SILHOUETTE"] = [f"{a:.3f} ± {b:.3f}" if np.isfinite(a) else "" for a, b in
                              zip(agg["silhouette_mean"], agg["silhouette_std"].fillna(0.0))]
+    if "noise_fraction_mean" in agg.columns and (agg["noise_fraction_mean"] > 0).any():
+        out["noise %"] = [f"{v * 100:.1f}" if np.isfinite(v) else "" for v in agg["noise_fraction_mean"]]
     out["seeds"] = agg["n_seeds"]
     if "flag" in agg.columns and agg["flag"].astype(bool).any():
         out["flag"] = agg["flag"]
     text = out.to_markdown(index=False)
     notes = []
+    if rank_by != "acc":
+        notes.append(f"Rows ranked by {rank_by.upper()} (best mean first per dataset).")
     if marks is not None and (marks == "best").to_numpy().any():
         notes.append(MARK_LEGEND)
     if intervals is not None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .cluster import KMeansSettings
 from .errors import did_you_mean
+from .heads.constraints import Interval, Options
 
 if TYPE_CHECKING:  # annotations only: protocol.py checks its method names against this registry
     from .protocol import Protocol
@@ -124,8 +125,9 @@ def check_options(method: str, options: Mapping) -> None:
 class MethodInputs:
     """Everything a method may read, each derived once and shared by every method × k × seed of a run.
 
-    ``features`` are the cached features as stored; ``reduced`` is the PCA of the protocol (computed on first
-    use); ``neighbors(k)`` the cosine k nearest neighbours (self excluded, computed once per k); ``augmented``
+    ``features`` are the cached features as stored; ``reduced_for(seed)`` is the protocol's reduction (PCA,
+    zscore+pca, umap or none; computed on first use, once per seed only for a seeded reducer) and ``reduced`` that
+    of the first seed; ``neighbors(k)`` the cosine k nearest neighbours (self excluded, computed once per k); ``augmented``
     the cached augmented views (views, n, d) or None; ``spaces`` the aligned feature matrices of multi-space
     methods (default: just ``features``). ``prep_seconds`` counts the time spent deriving them.
     """
@@ -137,23 +139,26 @@ class MethodInputs:
         self.spaces = list(spaces) if spaces is not None else [features]
         self.progress = progress
         self.prep_seconds = 0.0
-        self._reduced = None
+        self._reduced: dict = {}
         self._neighbors: dict[int, np.ndarray] = {}
 
     @property
     def reduced(self) -> np.ndarray:
-        if self._reduced is None:
-            from .reduce import PCA
+        """The protocol's reduction of the features (of the first seed, for a seeded reducer such as umap)."""
+        return self.reduced_for(self.protocol.seeds[0])
 
-            p = self.protocol
-            n, dim = self.features.shape
-            # PCA cannot give more components than samples or dims; at the input dim it is only a rotation
-            eff_dim = None if p.pca_dim is None or p.pca_dim >= dim else int(min(p.pca_dim, n))
+    def reduced_for(self, seed: int) -> np.ndarray:
+        """The protocol's reduction (:func:`ssl_cluster_bench.reduce.reduce_features`) as seen by ``seed``: one
+        array shared by every seed unless the reducer is seeded (umap), which is fitted once per seed."""
+        from .reduce import REDUCERS, reduce_features
+
+        key = int(seed) if REDUCERS[self.protocol.reduce].seeded else None
+        if key not in self._reduced:
             t0 = time.perf_counter()
-            self._reduced = PCA(eff_dim, whiten=p.whiten, l2_normalize=p.l2_normalize,
-                                progress=self.progress).fit_transform(self.features)
+            self._reduced[key] = reduce_features(self.features, self.protocol, random_state=key or 0,
+                                                 progress=self.progress)
             self.prep_seconds += time.perf_counter() - t0
-        return self._reduced
+        return self._reduced[key]
 
     def neighbors(self, k: int) -> np.ndarray:
         k = int(k)
@@ -164,6 +169,14 @@ class MethodInputs:
             self._neighbors[k] = mine_neighbors(self.features, k, verbose=self.progress)
             self.prep_seconds += time.perf_counter() - t0
         return self._neighbors[k]
+
+
+def reduced_columns(protocol: Protocol, reduced) -> dict:
+    """Leaderboard columns naming the space a method clustered: the reducer, its output dim, whitening, L2."""
+    from .reduce import REDUCERS
+
+    return {"reduce": protocol.reduce, "pca_dim": int(reduced.shape[1]),
+            "whiten": protocol.whiten and REDUCERS[protocol.reduce].uses_pca, "l2_normalize": protocol.l2_normalize}
 
 
 class ClusteringMethod:
@@ -180,6 +193,19 @@ class ClusteringMethod:
 
     #: shown after the list of options when an unknown one is given (where the method's settings live instead)
     options_note = ""
+    #: True when ``labels_`` may hold -1 for points left out of every cluster (noise; hdbscan)
+    has_noise = False
+
+    @classmethod
+    def k_free(cls, options: Mapping) -> bool:
+        """True when the method finds its own number of clusters with these options (``n_clusters`` is ignored;
+        the row records the number found): hdbscan, affinity, agglomerative with a distance_threshold."""
+        return False
+
+    @classmethod
+    def check_size(cls, n_samples: int, dim: int, options: Mapping) -> None:
+        """Raise ValueError (one line: the size, what runs out, the limit, what to do) when the method cannot
+        finish on ``n_samples`` rows on this machine; called for every method before the first fit."""
 
     def __init__(self, n_clusters: int, random_state: int = 0, verbose: bool = False, **options):
         self.n_clusters = n_clusters
@@ -202,7 +228,7 @@ class ClusteringMethod:
         return {}
 
     @classmethod
-    def from_protocol(cls, protocol: Protocol, n_clusters: int, random_state: int, verbose: bool = False):
+    def from_protocol(cls, protocol: Protocol, n_clusters: int | None, random_state: int, verbose: bool = False):
         return cls(n_clusters, random_state=random_state, verbose=verbose, **protocol.options_for(cls.name))
 
     def fit(self, inputs: MethodInputs) -> "ClusteringMethod":
@@ -230,7 +256,7 @@ class KMeansMethod(ClusteringMethod):
 
     def fit(self, inputs: MethodInputs) -> "KMeansMethod":
         settings = self.options.get("settings") or KMeansSettings()
-        reduced = inputs.reduced
+        reduced = inputs.reduced_for(self.random_state)
         km = settings.make(self.n_clusters, self.random_state, progress=self.verbose).fit(reduced)
         self.estimator_ = km
         self.labels_, self.probs_, self.degenerate_ = km.labels_, None, False
@@ -238,8 +264,7 @@ class KMeansMethod(ClusteringMethod):
         self.flag_ = f"empty_clusters={empty}" if empty else ""
         self.score_ = km.inertia_ / max(1, reduced.shape[0])
         p = inputs.protocol
-        self.config_ = {"pca_dim": reduced.shape[1], "whiten": p.whiten, "l2_normalize": p.l2_normalize,
-                        **settings.columns(km)}
+        self.config_ = {**reduced_columns(p, reduced), **settings.columns(km)}
         return self
 
 
@@ -288,7 +313,7 @@ class HeadMethod(ClusteringMethod):
         losses = getattr(est, "head_losses_", None)
         own = getattr(est, "score_", None)
         self.score_ = float(own) if own is not None else float(np.min(losses)) if losses is not None else None
-        self.config_ = {"backend": "torch", "pca_dim": inputs.features.shape[1], "whiten": False,
+        self.config_ = {"backend": "torch", "reduce": "none", "pca_dim": inputs.features.shape[1], "whiten": False,
                         "l2_normalize": False}
         return self
 
@@ -372,4 +397,224 @@ class TURTLEMethod(HeadMethod):
         super().fit(inputs)
         self.score_ = 1.0 - self.estimator_.score_
         self.config_["pca_dim"] = int(sum(z.shape[1] for z in inputs.spaces))
+        return self
+
+
+# --- Lowe et al.'s clusterers (scikit-learn's estimators on the protocol's reduced space) ------------------------
+def _available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2 ** 30:,.1f} GiB"
+
+
+class ReducedSpaceMethod(ClusteringMethod):
+    """A scikit-learn clusterer fitted on the protocol's reduced features (``inputs.reduced_for(seed)``).
+
+    ``max_samples``: above it the method is refused before any fit: its time grows with the square (or more) of
+    the rows, measured on this project's 2-core CPU machine (benchmarks/peer_method_limits.py) so that one fit
+    stays under about ten minutes. ``bytes_per_pair``: memory per pair of rows its dense matrices hold (refused
+    when they would not fit in the available memory).
+    """
+
+    max_samples: int | None = None
+    bytes_per_pair: float = 0.0
+    why_limit = ""
+    # option -> accepted values (heads/constraints.py), checked where the protocol is read and again at fit
+    _parameter_constraints: dict = {}
+
+    @classmethod
+    def option_constraints(cls):
+        return cls._parameter_constraints
+
+    @classmethod
+    def check_size(cls, n_samples, dim, options):
+        need = cls.bytes_per_pair * float(n_samples) ** 2
+        available = _available_memory()
+        if need and need > 0.5 * available:
+            raise ValueError(f"{cls.name} on {n_samples:,} samples needs {_gib(need)} for {cls.why_limit} "
+                             f"(half the {_gib(available)} of memory available here is the limit): refused before "
+                             f"any fit; cluster a subset of the data (e.g. --subset) or use kmeans")
+        if cls.max_samples is not None and n_samples > cls.max_samples:
+            raise ValueError(f"{cls.name} on {n_samples:,} samples is beyond its measured limit of "
+                             f"{cls.max_samples:,} on this machine ({cls.why_limit}; its time grows with the square "
+                             f"of the samples, so it would run for hours): refused before any fit; cluster a "
+                             f"subset of the data or use kmeans")
+
+    def _estimator(self, n_samples: int):
+        raise NotImplementedError
+
+    def fit(self, inputs: MethodInputs) -> "ReducedSpaceMethod":
+        from .heads.constraints import check_param
+
+        for option, constraints in self._parameter_constraints.items():
+            check_param(option, getattr(self, option), constraints, where=f"method_options.{self.name}.")
+        reduced = inputs.reduced_for(self.random_state)
+        est = self._estimator(reduced.shape[0]).fit(reduced)
+        self.estimator_ = est
+        labels = np.asarray(est.labels_, dtype=np.int64)
+        self.labels_, self.probs_, self.degenerate_ = labels, None, False
+        found = np.unique(labels[labels >= 0]).size
+        self.n_found_ = int(found)
+        self.degenerate_ = found < 2
+        self.flag_ = "degenerate" if self.degenerate_ else ""
+        self.score_ = None
+        self.config_ = {**reduced_columns(inputs.protocol, reduced), "backend": "sklearn"}
+        return self
+
+
+@register_method("agglomerative")
+class AgglomerativeMethod(ReducedSpaceMethod):
+    """Agglomerative clustering (Ward by default) of the reduced features, to k or to a distance_threshold.
+
+    scikit-learn's estimator; with ``distance_threshold`` k is unknown: the tree is cut where merges get that far
+    apart, and the row records the number found."""
+
+    # scipy's linkage keeps the condensed distance matrix: n(n-1)/2 float64, plus its copy while it is built
+    bytes_per_pair = 8.0
+    max_samples = 40000
+    why_limit = "the pairwise distance matrix of the linkage tree"
+    _parameter_constraints = {"linkage": [Options("ward", "complete", "average", "single")],
+                              "distance_threshold": [None, Interval("real", 0, None, closed="neither")]}
+
+    def __init__(self, n_clusters, random_state: int = 0, verbose: bool = False, linkage: str = "ward",
+                 distance_threshold: float | None = None):
+        super().__init__(n_clusters, random_state, verbose)
+        self.linkage = linkage
+        self.distance_threshold = distance_threshold
+
+    @classmethod
+    def k_free(cls, options):
+        return options.get("distance_threshold") is not None
+
+    def _estimator(self, n_samples):
+        from sklearn.cluster import AgglomerativeClustering
+
+        if self.distance_threshold is not None:
+            return AgglomerativeClustering(n_clusters=None, distance_threshold=self.distance_threshold,
+                                           linkage=self.linkage)
+        return AgglomerativeClustering(n_clusters=int(self.n_clusters), linkage=self.linkage)
+
+
+@register_method("hdbscan")
+class HDBSCANMethod(ReducedSpaceMethod):
+    """HDBSCAN of the reduced features: finds its own k, leaves noise points out (scored both ways).
+
+    scikit-learn's ``sklearn.cluster.HDBSCAN``; points of no dense region get label -1 (noise). Rows are scored
+    with the noise as one extra cluster and without it (the *_clustered columns), with ``noise_fraction``."""
+
+    has_noise = True
+    max_samples = 50000
+    why_limit = "its mutual-reachability spanning tree in the reduced space"
+    _parameter_constraints = {"min_cluster_size": [Interval("int", 2, None)],
+                              "min_samples": [None, Interval("int", 1, None)],
+                              "cluster_selection_method": [Options("eom", "leaf")]}
+
+    def __init__(self, n_clusters=None, random_state: int = 0, verbose: bool = False, min_cluster_size: int = 5,
+                 min_samples: int | None = None, cluster_selection_method: str = "eom"):
+        super().__init__(n_clusters, random_state, verbose)
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.cluster_selection_method = cluster_selection_method
+
+    @classmethod
+    def k_free(cls, options):
+        return True
+
+    def _estimator(self, n_samples):
+        from sklearn.cluster import HDBSCAN
+
+        # copy: scikit-learn 1.8 warns unless it is given; the reduced features are shared with the other rows
+        copy = {"copy": True} if "copy" in inspect.signature(HDBSCAN).parameters else {}
+        return HDBSCAN(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples,
+                       cluster_selection_method=self.cluster_selection_method, **copy)
+
+
+
+@register_method("spectral")
+class SpectralMethod(ReducedSpaceMethod):
+    """Spectral clustering of the reduced features' k-nearest-neighbour graph (scikit-learn).
+
+    The sparse neighbour graph scales past the dense RBF kernel (``affinity: rbf``); labels are assigned by
+    k-means in the spectral embedding."""
+
+    max_samples = 50000
+    why_limit = "the eigenvectors of its neighbour graph"
+    _parameter_constraints = {"n_neighbors": [Interval("int", 1, None)],
+                              "affinity": [Options("nearest_neighbors", "rbf")]}
+
+    def __init__(self, n_clusters, random_state: int = 0, verbose: bool = False, n_neighbors: int = 10,
+                 affinity: str = "nearest_neighbors"):
+        super().__init__(n_clusters, random_state, verbose)
+        self.n_neighbors = n_neighbors
+        self.affinity = affinity
+
+    @classmethod
+    def check_size(cls, n_samples, dim, options):
+        if options.get("affinity") == "rbf":
+            # the dense kernel: n × n float64, plus the Laplacian made from it
+            need = 16.0 * float(n_samples) ** 2
+            available = _available_memory()
+            if need > 0.5 * available:
+                raise ValueError(f"spectral (affinity rbf) on {n_samples:,} samples needs {_gib(need)} for its "
+                                 f"dense kernel (half the {_gib(available)} available here is the limit): refused "
+                                 f"before any fit; use affinity nearest_neighbors or a subset")
+        super().check_size(n_samples, dim, options)
+
+    def _estimator(self, n_samples):
+        from sklearn.cluster import SpectralClustering
+
+        return SpectralClustering(n_clusters=int(self.n_clusters), affinity=self.affinity,
+                                  n_neighbors=int(min(self.n_neighbors, n_samples - 1)),
+                                  assign_labels="kmeans", random_state=self.random_state)
+
+
+@register_method("affinity")
+class AffinityPropagationMethod(ReducedSpaceMethod):
+    """Affinity propagation of the reduced features (scikit-learn): finds its own number of clusters.
+
+    The number is set by ``preference`` (None = the median similarity); damping 0.5 and at most 1000 iterations
+    as Lowe et al. run it."""
+
+    # the similarity, responsibility and availability matrices (n × n float64 each) and a temporary
+    bytes_per_pair = 32.0
+    max_samples = 10000
+    why_limit = "its three dense n × n message matrices"
+    _parameter_constraints = {"damping": [Interval("real", 0.5, 1, closed="left")],
+                              "max_iter": [Interval("int", 1, None)],
+                              "preference": [None, Interval("real")]}
+
+    def __init__(self, n_clusters=None, random_state: int = 0, verbose: bool = False, damping: float = 0.5,
+                 max_iter: int = 1000, preference: float | None = None):
+        super().__init__(n_clusters, random_state, verbose)
+        self.damping = damping
+        self.max_iter = max_iter
+        self.preference = preference
+
+    @classmethod
+    def k_free(cls, options):
+        return True
+
+    def _estimator(self, n_samples):
+        from sklearn.cluster import AffinityPropagation
+
+        return AffinityPropagation(damping=self.damping, max_iter=int(self.max_iter), preference=self.preference,
+                                   random_state=self.random_state)
+
+    def fit(self, inputs):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            super().fit(inputs)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            # scikit-learn labels every point -1 when the messages did not converge: say so in the row
+            self.flag_ = "not_converged"
+            self.degenerate_ = True
+        self.labels_ = np.where(self.labels_ < 0, 0, self.labels_)  # no noise: non-convergence is one cluster
         return self

@@ -1,9 +1,14 @@
-"""Clustering metrics: ACC (Hungarian / many-to-one), NMI, AMI, ARI and top-5 ACC.
+"""Clustering metrics: ACC (Hungarian / many-to-one), NMI, AMI, ARI, Fowlkes-Mallows, homogeneity,
+completeness and top-5 ACC; label-free: silhouette, Calinski-Harabasz, Davies-Bouldin.
 
 Entry points:
     cluster_accuracy(y_true, y_pred) -> float
     match_clusters(y_true, y_pred, n_clusters=None) -> ClusterMatching
-    evaluate(y_true, y_pred, probs=None) -> dict with keys acc, nmi, ami, ari (+ top5 when probs given)
+    evaluate(y_true, y_pred, probs=None) -> dict with keys acc, nmi, ami, ari, fmi, homogeneity, completeness
+        (+ top5 when probs given)
+    evaluate_with_noise(y_true, y_pred, probs=None) -> the same, plus noise_fraction and acc/nmi/ami/ari_clustered
+        when y_pred marks noise with -1 (hdbscan)
+    silhouette(features, labels), label_free(features, labels) -> {"calinski_harabasz", "davies_bouldin"}
 
 Everything is computed from one confusion matrix built with ``np.bincount``; there is no Python loop over
 samples or over cluster/class pairs, so n = 1.28M, k = 1000 takes well under a second for ACC.
@@ -23,6 +28,8 @@ __all__ = [
     "cluster_accuracy",
     "confusion_matrix",
     "evaluate",
+    "evaluate_with_noise",
+    "label_free",
     "match_clusters",
     "match_confusion",
     "nmi_from_confusion",
@@ -276,6 +283,29 @@ def _ari_from_confusion(confusion: np.ndarray) -> float:
     return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
 
 
+def _pair_counts(confusion: np.ndarray) -> tuple[int, int, int]:
+    """(pairs together in both, pairs of one cluster, pairs of one class), in exact integer arithmetic."""
+    n = int(confusion.sum())
+    tk = int((confusion.astype(np.int64) ** 2).sum()) - n
+    pk = int((confusion.sum(axis=1).astype(np.int64) ** 2).sum()) - n
+    qk = int((confusion.sum(axis=0).astype(np.int64) ** 2).sum()) - n
+    return tk, pk, qk
+
+
+def _fmi_from_confusion(confusion: np.ndarray) -> float:
+    """scikit-learn's ``fowlkes_mallows_score``: TP / sqrt((TP + FP)(TP + FN)) over pairs, from the table."""
+    tk, pk, qk = _pair_counts(confusion)
+    return float(np.sqrt(tk / pk) * np.sqrt(tk / qk)) if tk != 0 else 0.0
+
+
+def _homogeneity_completeness(confusion: np.ndarray) -> tuple[float, float]:
+    """scikit-learn's ``homogeneity_completeness_v_measure`` (first two): MI / H(classes), MI / H(clusters)."""
+    n = int(confusion.sum())
+    h_true, h_pred = _entropy(confusion.sum(axis=0), n), _entropy(confusion.sum(axis=1), n)
+    mi = skm.mutual_info_score(None, None, contingency=confusion.T)
+    return (float(mi / h_true) if h_true else 1.0), (float(mi / h_pred) if h_pred else 1.0)
+
+
 def evaluate(y_true, y_pred, probs=None) -> dict:
     """All clustering metrics for one labeling.
 
@@ -291,10 +321,43 @@ def evaluate(y_true, y_pred, probs=None) -> dict:
         "nmi": nmi_from_confusion(confusion),
         "ami": _ami_from_confusion(confusion),
         "ari": _ari_from_confusion(confusion),
+        "fmi": _fmi_from_confusion(confusion),
     }
+    out["homogeneity"], out["completeness"] = _homogeneity_completeness(confusion)
     if probs is not None:
         out["top5"] = top_k_accuracy(y_true, probs, matching, k=5)
     return out
+
+
+def evaluate_with_noise(y_true, y_pred, probs=None) -> dict:
+    """:func:`evaluate` for a labeling that may mark noise points with -1 (hdbscan, as Lowe et al. score it).
+
+    The plain metrics count the noise as one more cluster (no point is dropped, so a method cannot gain by
+    leaving the hard points out); ``acc/nmi/ami/ari_clustered`` score only the points put in a cluster, and
+    ``noise_fraction`` says how many were not. Without noise the ``*_clustered`` keys are absent.
+    """
+    y_true, y_pred = _check_pair(y_true, y_pred)
+    noise = y_pred < 0
+    out = evaluate(y_true, y_pred, probs)
+    out["noise_fraction"] = float(noise.mean())
+    if noise.any() and not noise.all():
+        kept = evaluate(y_true[~noise], y_pred[~noise])
+        out.update({f"{m}_clustered": kept[m] for m in ("acc", "nmi", "ami", "ari")})
+    elif noise.all():
+        out.update({f"{m}_clustered": float("nan") for m in ("acc", "nmi", "ami", "ari")})
+    return out
+
+
+def label_free(features, labels) -> dict:
+    """scikit-learn's Calinski-Harabasz (higher is better) and Davies-Bouldin (lower is better) indices of a
+    labeling on ``features``, over every row (each is one pass over the data, O(n·dim)). NaN when the labels use
+    fewer than 2 clusters or every row is its own cluster."""
+    labels = np.asarray(labels)
+    if not 2 <= np.unique(labels).size <= labels.shape[0] - 1:
+        return {"calinski_harabasz": float("nan"), "davies_bouldin": float("nan")}
+    x = np.asarray(features, dtype=np.float32)  # no float64 copy of a large reduced space
+    return {"calinski_harabasz": float(skm.calinski_harabasz_score(x, labels)),
+            "davies_bouldin": float(skm.davies_bouldin_score(x, labels))}
 
 
 def silhouette(features, labels, sample_size: int | None = SILHOUETTE_SAMPLE, random_state: int = 0) -> float:

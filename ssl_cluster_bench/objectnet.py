@@ -594,6 +594,10 @@ def run_objectnet(backbone: str | BackboneSpec | None, imagenet_root: str | os.P
     if protocol.whiten or protocol.l2_normalize:
         raise ValueError("whitening / L2 normalisation (--whiten / --l2-normalize) are not supported by the "
                          "ObjectNet protocols")
+    if protocol.reduce != "pca" or protocol.n_clusters == "auto":
+        raise ValueError(f"the ObjectNet protocols reduce by PCA at given k only, not reduce {protocol.reduce!r}"
+                         f"{' with n_clusters auto' if protocol.n_clusters == 'auto' else ''} (--reduce / --k auto "
+                         f"are for sscb run)")
     results = Path(results) if results else default_results_path()
     check_writable(results)
     cache = resolve_cache(cache)

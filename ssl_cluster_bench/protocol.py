@@ -1,7 +1,8 @@
 """Protocol: the whole clustering protocol as one record (what is clustered, and how).
 
 Entry points:
-    Protocol(methods=("kmeans",), overcluster=(1.0, 1.5), seeds=5, pca_dim=256, ...)   frozen dataclass
+    Protocol(methods=("kmeans",), overcluster=(1.0, 1.5), seeds=5, pca_dim=256, reduce="pca", ...)   frozen
+                                     dataclass (``n_clusters="auto"``: k picked by a label-free criterion)
     Protocol.from_yaml(path) / .to_yaml(path=None) / .from_dict(d) / .to_dict() / .replace(**changes)
     Protocol.hash                    12 hex chars of the canonical JSON: names the whole record
     Protocol.row_hash(method)        what one leaderboard row depends on (stored as ``protocol_hash``)
@@ -49,6 +50,11 @@ def _as_tuple(value) -> tuple | None:
 # Fields that list which rows to make; each row depends only on its own method, k and seed, so these are left
 # out of a row's hash (adding a seed or a method to a run does not change the rows it already made).
 _RUN_LIST_FIELDS = ("methods", "overcluster", "n_clusters", "seeds")
+# Fields added after rows were committed, with their defaults: left out of to_dict() (so of every hash) while they
+# hold these values, so the rows of the default protocol (reduce "pca") keep the hash they were written with.
+_LATER_FIELDS = {"reduce": "pca", "reduce_options": {}, "k_grid": None, "k_criterion": "silhouette"}
+#: label-free criteria ``n_clusters="auto"`` may pick k by (computed on the reduced features), and their direction
+K_CRITERIA = {"silhouette": "max", "calinski_harabasz": "max", "davies_bouldin": "min"}
 
 
 @dataclass(frozen=True)
@@ -57,22 +63,32 @@ class Protocol:
 
     methods : method names from the registry (:func:`ssl_cluster_bench.methods.list_methods`).
     overcluster : k = round(factor × #classes) for each factor; ignored when ``n_clusters`` is given.
-    n_clusters : explicit k values.
+    n_clusters : explicit k values, or "auto": k picked per (data, method) by ``k_criterion`` over ``k_grid``.
     seeds : an int n (seeds 0..n-1) or explicit seeds.
-    pca_dim, whiten, l2_normalize : the reduction k-means runs on (None = no PCA).
+    pca_dim, whiten, l2_normalize : the PCA of the "pca" and "zscore+pca" reducers (None = no PCA);
+        l2_normalize applies after every reducer.
+    reduce : the reducer (:data:`ssl_cluster_bench.reduce.REDUCERS`): "pca", "zscore+pca", "umap" or "none".
+    reduce_options : the reducer's own settings (umap: n_components, n_neighbors, min_dist, metric), filled in
+        with their defaults so that the hash names them.
+    k_grid : the k values ``n_clusters="auto"`` tries (None: 2 .. 2 × #classes).
+    k_criterion : "silhouette" (default), "calinski_harabasz" or "davies_bouldin".
     kmeans : :class:`KMeansSettings` (a dict is accepted).
     method_options : per-method keyword options, e.g. ``{"scan": {"n_neighbors": 20}}``.
     """
 
     methods: tuple[str, ...] = ("kmeans",)
     overcluster: tuple[float, ...] = (1.0, 1.5)
-    n_clusters: tuple[int, ...] | None = None
+    n_clusters: tuple[int, ...] | str | None = None
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     pca_dim: int | None = 256
     whiten: bool = False
     l2_normalize: bool = False
     kmeans: KMeansSettings = field(default_factory=KMeansSettings)
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    reduce: str = "pca"
+    reduce_options: Mapping[str, Any] = field(default_factory=dict)
+    k_grid: tuple[int, ...] | None = None
+    k_criterion: str = "silhouette"
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -91,11 +107,25 @@ class Protocol:
             raise ValueError(f"overcluster factors must be positive finite numbers (k = factor × #classes), given "
                              f"as a non-empty list; got {self.overcluster!r}")
         set_("overcluster", tuple(float(f) for f in overcluster))
-        if self.n_clusters is not None:
+        if self.n_clusters == "auto":
+            pass
+        elif self.n_clusters is not None:
             ks = _as_tuple(self.n_clusters)
             if not ks or not all(_is_int(k) and k >= 2 for k in ks):
-                raise ValueError(f"n_clusters must be a list of integers >= 2, got {self.n_clusters!r}")
+                raise ValueError(f"n_clusters must be a list of integers >= 2 or \"auto\", got {self.n_clusters!r}")
             set_("n_clusters", tuple(int(k) for k in ks))
+        if self.k_grid is not None:
+            grid = _as_tuple(self.k_grid)
+            if not grid or not all(_is_int(k) and k >= 2 for k in grid):
+                raise ValueError(f"k_grid must be a list of integers >= 2 (the k values n_clusters: auto tries), "
+                                 f"got {self.k_grid!r}")
+            if self.n_clusters != "auto":
+                raise ValueError("k_grid is used only with n_clusters: auto (k picked by a label-free criterion); "
+                                 "set n_clusters to auto or drop k_grid")
+            set_("k_grid", tuple(sorted(set(int(k) for k in grid))))
+        if self.k_criterion not in K_CRITERIA:
+            raise ValueError(f"k_criterion must be one of {', '.join(K_CRITERIA)}, got {self.k_criterion!r}"
+                             f"{did_you_mean(self.k_criterion, K_CRITERIA)}")
         if _is_int(self.seeds):
             if self.seeds < 1:
                 raise ValueError(f"seeds must be a count >= 1 or a list of integers >= 0, got {self.seeds!r}")
@@ -130,14 +160,22 @@ class Protocol:
         for name, options in self.method_options.items():
             check_options(name, options)
         set_("method_options", {str(k): dict(v) for k, v in self.method_options.items()})
+        from .reduce import resolve_reducer_options  # the reducer registry: looked up at construction time
+
+        set_("reduce_options", resolve_reducer_options(self.reduce, self.reduce_options))
 
     # --- conversions ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["methods"], d["overcluster"] = list(self.methods), list(self.overcluster)
-        d["n_clusters"] = list(self.n_clusters) if self.n_clusters is not None else None
+        d["n_clusters"] = list(self.n_clusters) if isinstance(self.n_clusters, tuple) else self.n_clusters
         d["seeds"] = len(self.seeds) if self.seeds == tuple(range(len(self.seeds))) else list(self.seeds)
         d["method_options"] = {k: dict(v) for k, v in sorted(self.method_options.items())}
+        d["reduce_options"] = dict(sorted(self.reduce_options.items()))
+        d["k_grid"] = list(self.k_grid) if self.k_grid is not None else None
+        for name, default in _LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]  # the hash of a protocol without them stays the one its rows were written with
         return d
 
     @classmethod
@@ -192,6 +230,12 @@ class Protocol:
     def row_hash(self, method: str) -> str:
         """Hash of what a row of ``method`` depends on: the reduction, and only that method's settings."""
         d = {k: v for k, v in self.to_dict().items() if k not in _RUN_LIST_FIELDS}
+        if self.n_clusters == "auto":
+            # k picked by a criterion over a grid: a row of that k depends on how it was picked
+            d["n_clusters"] = "auto"
+        else:
+            d.pop("k_grid", None)
+            d.pop("k_criterion", None)
         d["method_options"] = d["method_options"].get(method, {})
         if method != "kmeans":
             d.pop("kmeans")

@@ -1,7 +1,12 @@
-"""Reduce: PCA fitted by streaming over cached features in blocks (the cache is never loaded whole).
+"""Reduce: PCA fitted by streaming over cached features in blocks (the cache is never loaded whole), and the
+registry of reducers a protocol chooses from.
 
-Entry point:
-    PCA(n_components=None, whiten=False, l2_normalize=False, method="covariance").fit(features).transform(features)
+Entry points:
+    PCA(n_components=None, whiten=False, l2_normalize=False, method="covariance", standardize=False)
+        .fit(features).transform(features)
+    REDUCERS: name -> Reducer ("pca", "zscore+pca", "umap", "none")
+    reduce_features(features, protocol, random_state=0, progress=True) -> float32 (n, dim')
+    resolve_reducer_options(name, options) -> the reducer's options with their defaults filled in
 
 ``features`` is any row-sliceable array (a float16 memory map from the cache works; its pages are released
 after each block so the resident memory stays at one block). ``method="covariance"`` accumulates the mean
@@ -12,12 +17,16 @@ reference protocol (scikit-learn IncrementalPCA with batch max(4096, 2·dim)), k
 from __future__ import annotations
 
 import mmap
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from scipy.linalg import blas, eigh
 from tqdm.auto import tqdm
 
-__all__ = ["PCA", "l2_normalize_rows", "release_pages"]
+__all__ = ["PCA", "REDUCERS", "Reducer", "l2_normalize_rows", "reduce_features", "release_pages",
+           "resolve_reducer_options"]
 
 
 def l2_normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -97,12 +106,17 @@ class PCA:
         "covariance" is exact and one pass; "incremental" is scikit-learn's IncrementalPCA (reference).
     batch_size : int or None
         Rows per block; default max(4096, 2·dim) for "incremental", 16384 for "covariance".
+    standardize : bool
+        Z-score every input column first (PCA of the correlation matrix; columns of zero variance are left
+        unscaled). Folded into the one streaming pass and into the projection: no standardised copy is made.
 
     Attributes: ``mean_``, ``components_`` (n_components × dim), ``explained_variance_``, ``n_samples_``.
     """
 
     def __init__(self, n_components: int | None = None, whiten: bool = False, l2_normalize: bool = False,
-                 method: str = "covariance", batch_size: int | None = None, progress: bool = True):
+                 method: str = "covariance", batch_size: int | None = None, progress: bool = True,
+                 standardize: bool = False):
+        self.standardize = standardize
         self.n_components = n_components
         self.whiten = whiten
         self.l2_normalize = l2_normalize
@@ -118,6 +132,8 @@ class PCA:
             raise ValueError("features are empty")
         if self.method not in ("covariance", "incremental"):
             raise ValueError(f"method must be 'covariance' or 'incremental', got {self.method!r}")
+        if self.standardize and self.method != "covariance":
+            raise ValueError("standardize=True needs method='covariance' (the correlation matrix is formed from it)")
         if self.n_components is not None and not (1 <= self.n_components <= min(n, d)):
             raise ValueError(f"n_components={self.n_components} must be between 1 and min(n_samples, dim)={min(n, d)}")
         return n, d
@@ -150,6 +166,7 @@ class PCA:
             last = block
         ipca.partial_fit(last)
         self.mean_ = ipca.mean_.astype(np.float64)
+        self.scale_ = np.ones(d)
         self.components_ = ipca.components_.astype(np.float64)
         self.explained_variance_ = ipca.explained_variance_.astype(np.float64)
 
@@ -179,6 +196,13 @@ class PCA:
         scatter = np.tril(scatter) + np.tril(scatter, -1).T
         mean_shifted = total / n
         cov = (scatter - n * np.outer(mean_shifted, mean_shifted)) / max(n - 1, 1)
+        self.scale_ = np.ones(d)
+        if self.standardize:
+            # z-scoring the columns turns the covariance into the correlation matrix; a constant column keeps
+            # scale 1 (it is all zeros once centred), as scikit-learn's StandardScaler does
+            std = np.sqrt(np.maximum(np.diag(cov), 0.0))
+            self.scale_ = np.where(std > 0, std, 1.0)
+            cov = cov / np.outer(self.scale_, self.scale_)
         # Only the top k eigenpairs are needed: LAPACK's subset solver skips the rest.
         eigval, eigvec = eigh(cov, subset_by_index=[d - k, d - 1])
         order = np.argsort(eigval)[::-1]
@@ -197,7 +221,8 @@ class PCA:
         if getattr(features, "ndim", None) != 2 or features.shape[1] != self.n_features_in_:
             raise ValueError(f"features must have shape (n_samples, {self.n_features_in_}) as at fit time, "
                              f"got {getattr(features, 'shape', None)}")
-        projection = self.components_.T.astype(np.float32)  # dim × n_components
+        # dim × n_components; the z-scoring divides input column j by scale_[j]: folded into row j
+        projection = (self.components_.T / self.scale_[:, None]).astype(np.float32)
         if self.whiten:
             # Whitening folded into the projection: one GEMM per block instead of GEMM + scaling.
             projection /= np.sqrt(np.maximum(self.explained_variance_, 1e-12)).astype(np.float32)
@@ -217,3 +242,114 @@ class PCA:
 
     def fit_transform(self, features, y=None) -> np.ndarray:
         return self.fit(features).transform(features)
+
+
+# --- the reducers a protocol chooses from ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reducer:
+    """One entry of :data:`REDUCERS`: how ``reduce_features`` turns features into the space methods cluster.
+
+    ``options``: the reducer's own settings with their defaults (the protocol's ``reduce_options`` may set
+    them); ``uses_pca``: whether the protocol's pca_dim / whiten apply; ``seeded``: whether the result depends on
+    the seed (each seed of a run then gets its own reduction, at that many times the cost).
+    """
+
+    name: str
+    fit_transform: Callable[..., np.ndarray]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    uses_pca: bool = False
+    seeded: bool = False
+    description: str = ""
+
+
+def _pca_dim(protocol, n: int, dim: int) -> int | None:
+    # PCA cannot give more components than samples or dims; at the input dim it is only a rotation
+    return None if protocol.pca_dim is None or protocol.pca_dim >= dim else int(min(protocol.pca_dim, n))
+
+
+def _pca(features, protocol, options, random_state, progress, standardize=False):
+    n, dim = features.shape
+    return PCA(_pca_dim(protocol, n, dim), whiten=protocol.whiten, l2_normalize=protocol.l2_normalize,
+               standardize=standardize, progress=progress).fit_transform(features)
+
+
+def _zscore_pca(features, protocol, options, random_state, progress):
+    return _pca(features, protocol, options, random_state, progress, standardize=True)
+
+
+def _none(features, protocol, options, random_state, progress):
+    return np.asarray(features, dtype=np.float32)
+
+
+def _umap(features, protocol, options, random_state, progress):
+    import umap  # checked where the protocol was made (resolve_reducer_options)
+
+    x = np.asarray(features, dtype=np.float32)
+    n, dim = x.shape
+    # UMAP's spectral initialisation needs more samples than components; a space smaller than asked is kept as is
+    n_components = int(min(options["n_components"], dim, max(1, n - 2)))
+    model = umap.UMAP(n_components=n_components, n_neighbors=int(min(options["n_neighbors"], n - 1)),
+                      min_dist=float(options["min_dist"]), metric=options["metric"], random_state=random_state,
+                      verbose=False)
+    with warnings.catch_warnings():
+        # "n_jobs overridden by setting random_state": known and documented (one thread per seeded fit)
+        warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random_state.*")
+        return np.ascontiguousarray(model.fit_transform(x), dtype=np.float32)
+
+
+#: name -> Reducer. UMAP's defaults are Lowe et al.'s (2024): 50 dimensions, 30 neighbours, min_dist 0.
+REDUCERS: dict[str, Reducer] = {r.name: r for r in (
+    Reducer("pca", _pca, uses_pca=True, description="streaming PCA to pca_dim (optionally whitened)"),
+    Reducer("zscore+pca", _zscore_pca, uses_pca=True,
+            description="every feature z-scored, then PCA to pca_dim (Lowe et al.'s PCA)"),
+    Reducer("umap", _umap, options={"n_components": 50, "n_neighbors": 30, "min_dist": 0.0, "metric": "euclidean"},
+            seeded=True, description="UMAP (umap-learn) seeded by the row's seed; one fit per seed, single-threaded "
+                                     "when seeded (minutes per seed at 10^4-10^5 samples on CPU)"),
+    Reducer("none", _none, description="the features as cached"),
+)}
+_UMAP_METRICS = ("euclidean", "cosine", "manhattan", "correlation", "chebyshev", "minkowski")
+
+
+def resolve_reducer_options(name, options) -> dict:
+    """``options`` of reducer ``name`` checked (unknown keys, types, ranges) and completed with its defaults."""
+    from .errors import did_you_mean
+
+    if name not in REDUCERS:
+        raise ValueError(f"reduce must be one of {', '.join(REDUCERS)}, got {name!r}{did_you_mean(name, REDUCERS)}")
+    if not isinstance(options, Mapping):
+        raise ValueError(f"reduce_options must map option names to values, got {type(options).__name__}")
+    known = REDUCERS[name].options
+    for key, value in options.items():
+        if key not in known:
+            takes = f"takes: {', '.join(known)}" if known else "takes no options (pca_dim and whiten set the PCA)"
+            raise ValueError(f"reduce_options: unknown option {key!r} for reduce {name}{did_you_mean(key, known)}; "
+                             f"{name} {takes}")
+    out = {**known, **options}
+    if name == "umap":
+        import importlib.util
+
+        if importlib.util.find_spec("umap") is None:  # refused where the protocol is read, before any extraction
+            raise ValueError("reduce umap needs the umap-learn package, which is not installed: pip install "
+                             "'ssl_cluster_bench[peer]' (or pip install umap-learn), or choose another reducer")
+        for key, low in (("n_components", 1), ("n_neighbors", 2)):
+            v = out[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"reduce_options.{key} must be an integer >= {low}, got {v!r}")
+        v = out["min_dist"]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+            raise ValueError(f"reduce_options.min_dist must be a number in [0, 1], got {v!r}")
+        out["min_dist"] = float(v)
+        if out["metric"] not in _UMAP_METRICS:
+            raise ValueError(f"reduce_options.metric must be one of {', '.join(_UMAP_METRICS)}, got "
+                             f"{out['metric']!r}{did_you_mean(out['metric'], _UMAP_METRICS)}")
+    return out
+
+
+def reduce_features(features, protocol, random_state: int = 0, progress: bool = True) -> np.ndarray:
+    """The space the methods of ``protocol`` cluster: its reducer on ``features``, then the optional L2
+    normalisation of every row (float32, n × dim'). ``random_state`` matters only for seeded reducers (umap)."""
+    reducer = REDUCERS[protocol.reduce]
+    z = reducer.fit_transform(features, protocol, protocol.reduce_options, int(random_state), progress)
+    if protocol.l2_normalize and not reducer.uses_pca:  # PCA normalises its output itself, block by block
+        z = l2_normalize_rows(z).astype(np.float32)
+    return z

@@ -189,3 +189,18 @@ def test_fingerprint_cost_runs_and_reports_every_step(tmp_path, monkeypatch, cap
     assert all(r["seconds"] > 0 for r in rows) and rows[0]["× names only"] == 1
     assert "| stat: path, size, mtime" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == [out]  # the synthetic tree is deleted
+
+
+def test_k_auto_digits_smoke():
+    # one row per method × seed, the k each criterion picks within the grid 2..20
+    out = _run("k_auto_digits.py", "--quick")
+    row = next(line for line in out.splitlines() if line.startswith("| pca"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "kmeans" and all(2 <= int(k) <= 20 for k in cells[3:6])
+
+
+def test_peer_method_limits_smoke():
+    # every (method, size) measured in its own process, extrapolated to the method's limit and to ImageNet
+    out = _run("peer_method_limits.py", "--quick")
+    rows = [line for line in out.splitlines() if line.startswith("| agglomerative")]
+    assert len(rows) == 2 and all("timeout" not in r and "40000" in r for r in rows)

@@ -128,7 +128,7 @@ def test_readme_python_example_runs(tmp_path):
 def test_add_a_method_guide_runs(tmp_path):
     code = _blocks((DOCS / "guides" / "add-a-method.md").read_text(encoding="utf-8"), "python")[0]
     out = _run_python(code, tmp_path)
-    assert "agglomerative" in out and "kmeans" in out
+    assert "birch" in out and "kmeans" in out
 
 
 def test_add_a_backbone_guide_card_is_valid(tmp_path):

@@ -323,4 +323,7 @@ def test_run_objectnet_checks_before_extracting(tmp_path, trees, monkeypatch):
     with pytest.raises(ValueError, match="k-means only"):
         on.run_objectnet("pixels", imagenet, objectnet, protocol={"methods": ["scan"]}, results=tmp_path / "lb.csv",
                          progress=False)
+    with pytest.raises(ValueError, match="reduce by PCA at given k only, not reduce 'none'"):
+        on.run_objectnet("pixels", imagenet, objectnet, protocol={"reduce": "none"}, results=tmp_path / "lb.csv",
+                         progress=False)
     assert calls == [] and not (tmp_path / "lb.csv").exists()
