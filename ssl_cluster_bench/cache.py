@@ -572,6 +572,14 @@ class FeatureCache:
             raise RuntimeError(f"cache entry {path} does not belong to key {key} (hash collision?)")
         return CacheEntry(path, manifest).ensure_verified()
 
+    def entry_named(self, name: str) -> CacheEntry | None:
+        """The complete entry in the folder ``name`` of this cache (a row's ``cache_key``, as ``sscb cache`` lists
+        it), or None when there is none; its data are verified on first use."""
+        path = self.root / name
+        if not name or Path(name).name != name or not (path / "manifest.json").is_file():
+            return None
+        return CacheEntry(path, _load_manifest(path))
+
     def entries(self) -> list[CacheEntry]:
         """Every complete entry under the root whose manifest reads (data are verified on first use)."""
         out = []
