@@ -50,12 +50,12 @@ def test_default_protocol_hash_is_the_one_committed_rows_carry():
     ({"n_clusters": "auto", "k_criterion": "silhouete"}, "did you mean 'silhouette'"),
     ({"n_clusters": "many"}, "n_clusters must be a list of integers >= 2 or \"auto\""),
     ({"method_options": {"agglomerative": {"linkage": "wards"}}},
-     r"method_options.agglomerative.linkage must be one of ward, complete, average, single, got 'wards' "
+     r"method_options.agglomerative.linkage must be 'ward', 'complete', 'average' or 'single', got 'wards' "
      r"\(did you mean 'ward'\?\)"),
     ({"method_options": {"agglomerative": {"distance_threshold": -1.0}}},
-     "method_options.agglomerative.distance_threshold must be > 0"),
+     "method_options.agglomerative.distance_threshold must be None or a number > 0"),
     ({"method_options": {"hdbscan": {"min_cluster_size": 1.5}}}, "min_cluster_size must be an integer"),
-    ({"method_options": {"affinity": {"damping": 0.2}}}, r"method_options.affinity.damping must be in \[0.5, 1\]"),
+    ({"method_options": {"affinity": {"damping": 0.2}}}, r"method_options.affinity.damping must be in \[0.5, 1\)"),
 ])
 def test_protocol_refuses_bad_reducer_and_k_settings(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -108,7 +108,8 @@ def test_unlabelled_hides_the_labels_and_makes_rows_of_its_own(tmp_path):
     agg = aggregate(board)
     assert list(agg["acc_mean"].isna()) == [False, True]  # the scored row first, the unlabelled one last
     text = to_markdown(agg)
-    assert text.splitlines()[3].count("| –") == 4  # ACC, NMI, AMI, ARI of the unlabelled row
+    # ACC, NMI, AMI, ARI, FMI, homogeneity and completeness of the unlabelled row
+    assert text.splitlines()[3].count("| –") == 7
 
 
 def test_python_api_clusters_features_without_labels():

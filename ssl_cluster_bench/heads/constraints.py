@@ -117,4 +117,8 @@ def check_param(name: str, value, constraints, where: str = "") -> None:
     """Raise ValueError "<where><name> must be <constraints in words>, got <value!r>" unless one accepts ``value``."""
     if constraints == NO_VALIDATION or any(_accepts(c, value) for c in constraints):
         return
-    raise ValueError(f"{where}{name} must be {describe(constraints)}, got {value!r}")
+    from ..errors import did_you_mean
+
+    choices = [v for c in constraints if isinstance(c, Options) for v in c.values if isinstance(v, str)]
+    hint = did_you_mean(value, choices) if isinstance(value, str) and choices else ""
+    raise ValueError(f"{where}{name} must be {describe(constraints)}, got {value!r}{hint}")
