@@ -179,6 +179,28 @@ def _protocol(args, **changes):
     return base.replace(**{**fields, **changes})
 
 
+def _add_launch(p):
+    g = p.add_argument_group("cluster", "one job per (backbone, dataset) through submitit (pip install "
+                                        "'ssl_cluster_bench[cluster]'); see docs: Running on a cluster")
+    g.add_argument("--launcher", choices=["local", "slurm"], default=None,
+                   help="run each (backbone, dataset) as a job: local subprocesses or a SLURM job array")
+    g.add_argument("--launch-config", default=None, metavar="YAML",
+                   help="YAML of job settings (partition, account, gpus_per_node, cpus_per_task, mem_gb, timeout_min, "
+                        "slurm_additional_parameters); the flags below win over it")
+    g.add_argument("--partition", default=None, help="SLURM partition")
+    g.add_argument("--account", default=None, help="SLURM account")
+    g.add_argument("--gpus-per-node", type=_non_negative, default=None, help="GPUs per job (default 0)")
+    g.add_argument("--cpus-per-task", type=_positive, default=None, help="CPU cores per job")
+    g.add_argument("--mem-gb", type=_float_where(lambda v: 0 < v < math.inf, "a positive number of GB"),
+                   default=None, help="memory per job, GB")
+    g.add_argument("--timeout-min", type=_positive, default=None,
+                   help="time limit per job in minutes (default 240); a job reaching it is requeued and resumes")
+    g.add_argument("--wait", action="store_true",
+                   help="with --launcher: wait for all jobs, then write suite.json and the report")
+    g.add_argument("--status", action="store_true",
+                   help="list the jobs of the last launch (state, log); writes the report once all have ended")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sscb", description="Benchmark image backbones by clustering their frozen features.")
@@ -300,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "~/.cache/ssl_cluster_bench/features)")
     p.add_argument("--no-report", action="store_true", help="only append rows; write no report")
     _add_extract(p)
+    _add_launch(p)
+
+    p = sub.add_parser("jobs", help="the jobs of the last `sscb suite --launcher` into a results folder: state and "
+                                    "log of each (the suite's report is written once all have ended)")
+    p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
 
     p = sub.add_parser("report", help="(re)write report.md and report.html next to a leaderboard")
     p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
@@ -462,6 +489,10 @@ def _cmd_objectnet(args):
 def _cmd_suite(args):
     from .suite import load_suite, parse_data_roots, run_suite
 
+    if args.launcher or args.status or args.wait:
+        from .launch import cli_suite
+
+        return cli_suite(args)
     suite = load_suite(args.suite)
     if args.seeds is not None:
         if args.seeds < 1:
@@ -486,6 +517,12 @@ def _cmd_suite(args):
                            "and the report were written")
 
 
+def _cmd_jobs(args):
+    from .launch import cli_jobs
+
+    return cli_jobs(args)
+
+
 def _cmd_report(args):
     from .leaderboard import default_results_path
     from .report import write_report
@@ -494,6 +531,10 @@ def _cmd_report(args):
     csv = Path(args.csv) if args.csv else default_results_path()
     if not csv.is_file():
         raise FileNotFoundError(f"no leaderboard at {csv}: run `sscb suite` or `sscb run` first, or pass the CSV path")
+    if (csv.parent / "jobs.json").is_file():  # a launched suite: its state comes from its jobs once all ended
+        from .launch import launch_status
+
+        launch_status(csv, report=False)
     paths = write_report(csv, SuiteState.load(csv), args.cache_dir)
     print(f"{paths.html}\n{paths.markdown}")
     if args.check:
@@ -638,7 +679,8 @@ def _restore_signals(handlers: dict) -> None:
 COMMANDS = {"run": _cmd_run, "scan": _cmd_scan, "extract": _cmd_extract, "import-features": _cmd_import,
             "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "objectnet": _cmd_objectnet,
             "suite": _cmd_suite, "report": _cmd_report, "suites": _cmd_suites, "models": _cmd_models,
-            "methods": _cmd_methods, "datasets": _cmd_datasets, "cache": _cmd_cache}
+            "methods": _cmd_methods, "datasets": _cmd_datasets, "cache": _cmd_cache,
+            "jobs": _cmd_jobs}
 
 
 def main(argv=None) -> int:

@@ -534,7 +534,7 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
               momentum_encoder: bool | None = None, checkpoint_key: str | None = None, sweep: bool = False,
               only: Sequence[str] | None = None, batch_size: int = 128, num_workers=None, device: str = "auto",
               progress: bool = True, report: bool = True, interface: str = "api",
-              verify_content: bool = False) -> SuiteState:
+              verify_content: bool = False, state_file: bool = True) -> SuiteState:
     """Run every entry of ``suite`` for every backbone (or the checkpoint); returns the suite state.
 
     ``backbones``: model-card ids (default: the suite's); ``checkpoint`` + ``arch``: a new SSL checkpoint
@@ -542,7 +542,8 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
     its sweep datasets. ``only``: entry ids to run (the others are listed as not run). Rows go to ``results``
     (default results/leaderboard.csv) as each (backbone, entry) finishes; ``report.md``/``report.html`` and
     ``suite.json`` are rewritten next to it after each entry. ``interface`` ("api"/"cli") chooses how the
-    "not run" reasons spell the options to pass.
+    "not run" reasons spell the options to pass. ``state_file=False``: write no suite.json (a job of a launched
+    suite runs one entry; :mod:`ssl_cluster_bench.launch` assembles the state from all the jobs).
     """
     from .api import _check_writable, _resolve_cache
     from .leaderboard import default_results_path
@@ -596,7 +597,8 @@ def run_suite(suite: Suite | str, backbones: Sequence[str] | None = None, data_r
     last_report = [time.monotonic()]
 
     def checkpoint_state(final: bool = False):
-        state.save(results)
+        if state_file:
+            state.save(results)
         # the rows are on disk already; the report (seconds of plotting) is refreshed every few minutes and at
         # the end, and `sscb report` rebuilds it from the leaderboard and suite.json at any time
         if report and (final or time.monotonic() - last_report[0] > REPORT_EVERY_S):

@@ -1,0 +1,552 @@
+"""Fan a suite out over a scheduler through submitit: one job per (backbone, dataset entry).
+
+Entry points:
+    LaunchSettings(launcher="slurm", partition=..., gpus_per_node=..., ...)   where and how big the jobs are
+    LaunchSettings.from_yaml(path, **flags)                                   the same from a small YAML file
+    launch_suite(suite, backbones, data_roots, settings=..., wait=False) -> Launch
+    launch_status(results_csv) -> Launch | None                             the jobs of the last launch
+    assemble(results_csv) -> SuiteState | None                               suite.json + report once all ended
+
+``launcher="local"`` runs the jobs as subprocesses of this machine (submitit's LocalExecutor), ``"slurm"``
+submits them with ``sbatch`` as one job array (submitit's SlurmExecutor). Each job runs
+:func:`ssl_cluster_bench.suite.run_suite` on its one (backbone, entry): rows go to the shared leaderboard through
+its lock, features to the shared cache (safe for concurrent jobs). The jobs write no suite.json and no report:
+those are assembled here from the jobs' results, in the order the in-process suite uses, once every job has
+ended (``wait=True``, or a later :func:`launch_status` / ``sscb suite … --status`` / ``sscb report``).
+
+Launching again runs only what is missing: a (backbone, entry) whose rows are all in the leaderboard, or whose
+job is still pending or running, is not submitted again. A job that SLURM preempts or times out gets the
+pre-emption signal (USR2); submitit then requeues it (:class:`SuiteJob` is checkpointable), and the requeued
+job, like a re-submitted one, finds the finished cache chunks and leaderboard rows and does only the rest.
+
+The launch record (``jobs.json``) and submitit's folder per job (``jobs/<job id>/``: pickles, stdout, stderr)
+live next to the leaderboard, in the folder the results go to; nothing is written elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import yaml
+
+__all__ = ["LAUNCHERS", "Launch", "LaunchError", "LaunchSettings", "SuiteJob", "assemble", "launch_status",
+           "launch_suite"]
+
+log = logging.getLogger(__name__)
+
+LAUNCHERS = ("local", "slurm")
+JOBS_FILE = "jobs.json"
+JOBS_FOLDER = "jobs"  # submitit's folder per job: <results folder>/jobs/<job id>/
+_RUNNING = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN"}
+
+
+class LaunchError(ValueError):
+    """Launch settings or a launch that cannot work (the message names the setting or file and the fix)."""
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """Where the jobs run and what each one asks for (one job = one backbone on one dataset entry).
+
+    ``timeout_min`` is the wall-clock limit of one job (SLURM's ``--time``; the local launcher signals the job
+    as SLURM would); a job that reaches it is requeued and resumes. ``slurm_additional_parameters`` are passed
+    to sbatch as they are (``{"qos": "high", "constraint": "a100"}`` → ``#SBATCH --qos=high``, …).
+    """
+
+    launcher: str = "local"
+    partition: str | None = None
+    account: str | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    timeout_min: int = 240
+    slurm_additional_parameters: Mapping[str, object] = field(default_factory=dict)
+    source: str = "launch settings"  # where the values came from, named in error messages
+
+    def __post_init__(self):
+        def fail(name, problem):
+            raise LaunchError(f"{self.source}: {name}: {problem}")
+
+        if self.launcher not in LAUNCHERS:
+            fail("launcher", f"{self.launcher!r} is not a launcher; use one of {', '.join(LAUNCHERS)}")
+        for name in ("partition", "account"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                fail(name, f"expected a non-empty string, got {value!r}")
+        for name, minimum in (("gpus_per_node", 0), ("cpus_per_task", 1), ("timeout_min", 1)):
+            value = getattr(self, name)
+            if value is None and name == "cpus_per_task":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                fail(name, f"expected an integer >= {minimum}, got {value!r}")
+        if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, (int, float))
+                                        or not 0 < self.mem_gb < math.inf):
+            fail("mem_gb", f"expected a positive number of GB, got {self.mem_gb!r}")
+        extra = self.slurm_additional_parameters
+        if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+            fail("slurm_additional_parameters", f"expected a mapping of sbatch option names to values, got {extra!r}")
+        object.__setattr__(self, "slurm_additional_parameters", dict(extra))
+
+    @classmethod
+    def from_yaml(cls, path, **overrides) -> "LaunchSettings":
+        """Settings from a YAML mapping (keys: the fields above except ``source``); ``overrides`` that are not
+        None (the command-line flags) win over the file."""
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"launch settings file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise LaunchError(f"launch settings file {p}: not valid YAML ({e})") from None
+        known = {f.name for f in fields(cls)} - {"source"}
+        if not isinstance(data, Mapping):
+            raise LaunchError(f"launch settings file {p}: expected a mapping with keys {sorted(known)}")
+        unknown = set(data) - known
+        if unknown:
+            from .errors import did_you_mean
+
+            first = sorted(unknown)[0]
+            raise LaunchError(f"launch settings file {p}: unknown key {first!r}{did_you_mean(first, known)}; "
+                              f"known: {', '.join(sorted(known))}")
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}}, source=f"launch settings {p}")
+
+    def executor(self, folder: Path, job_name: str):
+        """The submitit executor these settings describe, writing its folder per job under ``folder``."""
+        import shutil
+
+        import submitit
+
+        pattern = str(folder / "%j")
+        if self.launcher == "local":
+            ex = submitit.LocalExecutor(folder=pattern)
+            ex.update_parameters(timeout_min=self.timeout_min, gpus_per_node=self.gpus_per_node)
+            return ex
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            raise LaunchError(f"--launcher slurm submits with SLURM's sbatch and srun, and {' and '.join(missing)} "
+                              "is not on PATH: run on a login node of the cluster, or use --launcher local")
+        ex = submitit.SlurmExecutor(folder=pattern)
+        params = {"job_name": job_name, "time": self.timeout_min, "partition": self.partition,
+                  "account": self.account, "cpus_per_task": self.cpus_per_task, "mem": self.mem_gb,
+                  "gpus_per_node": self.gpus_per_node or None,
+                  "additional_parameters": self.slurm_additional_parameters or None}
+        ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        return ex
+
+
+try:  # the jobs are checkpointable where submitit is installed (the `cluster` extra); the class exists without it
+    from submitit.helpers import Checkpointable as _Checkpointable
+except ImportError:  # pragma: no cover - without submitit nothing can be launched anyway
+    _Checkpointable = object
+
+
+class SuiteJob(_Checkpointable):
+    """The function a job runs: the suite restricted to one entry and one backbone (or the checkpoint).
+
+    Checkpointable: on SLURM's pre-emption / time-limit signal submitit requeues the same call; it redoes
+    nothing that is already in the cache or the leaderboard."""
+
+    def __call__(self, suite, entry_id: str, backbone: str | None, data_roots: dict, options: dict) -> list[dict]:
+        from .suite import run_suite
+
+        state = run_suite(suite, [backbone] if backbone else None, data_roots, only=[entry_id], report=False,
+                          state_file=False, progress=False, interface="cli", **options)
+        return [asdict(s) for s in state.entries if s.entry == entry_id or s.entry.startswith(f"{entry_id} (sweep")]
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+@dataclass
+class JobRecord:
+    """One submitted job, as jobs.json keeps it."""
+
+    entry: str
+    backbone: str  # the label the suite state uses (card id, or "ckpt.pth (arch)")
+    job_id: str
+    folder: str  # submitit's folder pattern (…/jobs/%j)
+    submitted: float
+    state: str = ""  # filled in by launch_status: RUNNING, PENDING, DONE, FAILED, INTERRUPTED, UNKNOWN
+    detail: str = ""
+
+    def paths(self):
+        from submitit.core.utils import JobPaths
+
+        return JobPaths(self.folder, job_id=self.job_id, task_id=0)
+
+
+@dataclass
+class Launch:
+    """The last launch of a suite into one results folder: what the jobs are, and what a final state needs."""
+
+    suite: str
+    launcher: str
+    results: str
+    cache: str | None
+    report: bool
+    base: dict  # SuiteState (as a dict) with the protocols, sweeps and the "not run" entries
+    order: list[list]  # [entry id, backbone label, dataset, split, protocol hash] in the in-process suite's order
+    jobs: dict[str, JobRecord] = field(default_factory=dict)  # "entry\tbackbone" -> the job that ran it last
+    skipped: dict[str, dict] = field(default_factory=dict)  # key -> status of runs found complete, never submitted
+
+    def save(self) -> Path:
+        path = Path(self.results).parent / JOBS_FILE
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1, default=str))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, results_csv) -> "Launch | None":
+        path = Path(results_csv).parent / JOBS_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            data["jobs"] = {k: JobRecord(**v) for k, v in data.get("jobs", {}).items()}
+            return cls(**data)
+        except (ValueError, TypeError) as e:
+            raise LaunchError(f"{path}: not a launch record of this version of sscb ({e}); move it away and launch "
+                              "again (runs already in the leaderboard are not repeated)") from None
+
+    def finished(self) -> bool:
+        return all(j.state not in _RUNNING for j in self.jobs.values())
+
+    def table(self):
+        import pandas as pd
+
+        rows = []
+        for key, job in self.jobs.items():
+            paths = job.paths()
+            rows.append({"dataset": job.entry, "backbone": job.backbone, "job": job.job_id, "state": job.state,
+                         "log": str(paths.stderr), "why": job.detail})
+        return pd.DataFrame(rows, columns=["dataset", "backbone", "job", "state", "log", "why"])
+
+
+def _key(entry: str, label: str) -> str:
+    return f"{entry}\t{label}"
+
+
+def _refresh(job: JobRecord, launcher: str, live=None) -> JobRecord:
+    """Fill in ``job.state`` from its result file, else from the scheduler (SLURM: sacct; local: its process)."""
+    paths = job.paths()
+    if paths.result_pickle.exists():
+        try:
+            with open(paths.result_pickle, "rb") as f:
+                outcome, value = pickle.load(f)
+        except Exception as e:  # a half-written pickle: the job is still writing it
+            job.state, job.detail = "RUNNING", f"result not readable yet ({e})"
+            return job
+        if outcome == "success":
+            job.state, job.detail = "DONE", ""
+        else:
+            lines = [ln for ln in str(value).strip().splitlines() if ln.strip()]
+            job.state, job.detail = "FAILED", (lines[-1] if lines else "failed") + f" (log: {paths.stderr})"
+        return job
+    if live is not None:
+        state = str(live.state).upper()
+    elif launcher == "local":
+        state = "RUNNING" if _local_alive(job.job_id) else "INTERRUPTED"
+    else:
+        import submitit
+
+        state = str(submitit.SlurmJob(folder=job.folder, job_id=job.job_id).state).upper()
+    state = state.split()[0] if state else "UNKNOWN"
+    if state == "FINISHED" or state == "COMPLETED":  # ended, yet no result file: killed before it could write one
+        state = "INTERRUPTED"
+    job.state = state if state in _RUNNING else "INTERRUPTED"
+    job.detail = "" if job.state in _RUNNING else (
+        f"ended without a result ({state.lower()}): launch the suite again to resume it (log: {paths.stderr})")
+    return job
+
+
+def _local_alive(pid: str) -> bool:
+    """Whether the local job's controller (submitit.local._local, pid = job id) still runs."""
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+        status = Path(f"/proc/{int(pid)}/status").read_text()
+    except (OSError, ValueError):
+        return False
+    return b"submitit.local._local" in cmdline and "\nState:\tZ" not in status
+
+
+# ----------------------------------------------------------------------------------------------- launching
+
+
+def _plan(suite, specs, label, data_roots, only, sweep, interface):
+    """The suite state before anything runs and the (entry, protocol, roots, spec) runs, in run_suite's order."""
+    from .suite import EntryStatus, SuiteState, _resolve_roots
+
+    state = SuiteState(suite=suite.name, description=suite.description,
+                       sweep=dict(suite.sweep) if sweep and suite.sweep else None)
+    runs, order = [], []
+    for entry in suite.entries:
+        protocol = suite.entry_protocol(entry)
+        state.protocols.setdefault(protocol.hash, protocol.to_dict())
+        state.entry_hashes[entry.id] = protocol.hash
+        if only and entry.id not in only:
+            roots, reason = None, "not selected (only: " + ", ".join(only) + ")"
+        else:
+            roots, reason = _resolve_roots(entry, data_roots, interface)
+        for spec in specs:
+            order.append([entry.id, label[spec], entry.dataset, entry.split or "", protocol.hash])
+            if reason:
+                state.entries.append(EntryStatus(entry.id, entry.dataset, entry.split or "", label[spec], "not run",
+                                                 reason, protocol_hash=protocol.hash))
+            else:
+                runs.append((entry, protocol, roots, spec))
+    if sweep:
+        for axis, ps in suite.sweep_protocols().items():
+            state.sweeps[axis] = {p.hash: p.to_dict() for p in ps}
+    return state, runs, order
+
+
+def _complete(entry, protocol, roots, spec, suite, results: Path, extract_options: dict, sweep: bool):
+    """The status of a run whose rows are all in the leaderboard already, else None (also when unsure)."""
+    from .suite import EntryStatus, _existing, _identity, _probe_direct, missing_runs, rows_of
+
+    if entry.kind != "direct" or not results.is_file():
+        return None  # ObjectNet runs check their own rows in the job, in seconds
+    try:
+        identity = _identity(spec, extract_options)
+        dataset, split = _probe_direct(entry, roots)
+        existing = _existing(results, identity, dataset, split)
+        protocols = [protocol]
+        if sweep and entry.id in (suite.sweep or {}).get("datasets", []):
+            protocols += [p for ps in suite.sweep_protocols().values() for p in ps]
+        if any(missing_runs(existing, p) for p in protocols):
+            return None
+        n = int(rows_of(existing, protocol).sum())
+    except Exception as e:  # the job will meet the same problem and report it as its status
+        log.debug("completeness check of %s failed: %s", entry.id, e)
+        return None
+    return asdict(EntryStatus(entry.id, entry.dataset, entry.split or "", "", "already in leaderboard", "", n,
+                              protocol.hash))
+
+
+def launch_suite(suite, backbones: Sequence[str] | None = None, data_roots: Mapping[str, str] | None = None, *,
+                 settings: LaunchSettings, results=None, cache=None, checkpoint=None, arch=None,
+                 weights_only: bool = True, momentum_encoder: bool | None = None, checkpoint_key: str | None = None,
+                 sweep: bool = False, only: Sequence[str] | None = None, batch_size: int = 128, num_workers=None,
+                 device: str = "auto", report: bool = True, verify_content: bool = False, wait: bool = False,
+                 interface: str = "api") -> Launch:
+    """Submit one job per (backbone, entry) of ``suite`` that is not yet in the leaderboard nor running.
+
+    Arguments as :func:`ssl_cluster_bench.suite.run_suite`, plus ``settings`` (launcher and resources) and
+    ``wait``: block until every job has ended, then write suite.json and the report (as the in-process suite
+    does). Returns the launch record; its jobs' states are as of the return.
+    """
+    from .api import _check_writable
+    from .cache import FeatureCache
+    from .leaderboard import default_results_path
+    from .suite import Suite, load_suite
+
+    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    results = (Path(results) if results else default_results_path()).expanduser().resolve()
+    _check_writable(results)
+    cache_dir = str(FeatureCache(cache).root.expanduser().resolve()) if not isinstance(cache, FeatureCache) \
+        else str(cache.root.resolve())
+    if checkpoint and backbones:
+        raise ValueError("pass backbones or a checkpoint, not both (run the suite twice to compare them)")
+    if checkpoint and "://" not in str(checkpoint):
+        if not Path(str(checkpoint)).expanduser().is_file():
+            raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
+        checkpoint = str(Path(str(checkpoint)).expanduser().resolve())  # the job may start in another folder
+    if only:
+        unknown = set(only) - {e.id for e in suite.entries}
+        if unknown:
+            raise ValueError(f"unknown dataset id(s) {sorted(unknown)} in suite {suite.name}; its ids: "
+                             f"{', '.join(e.id for e in suite.entries)}")
+    specs: list = [None] if checkpoint else list(backbones or suite.backbones)
+    if not specs:
+        raise ValueError(f"suite {suite.name} names no backbones: pass some (or a checkpoint)")
+    label = {s: s for s in specs}
+    if checkpoint:
+        label[None] = f"{Path(str(checkpoint)).name} ({arch})"
+    # data roots as absolute paths: a job may start in another working directory
+    data_roots = {k: str(Path(v).expanduser().resolve()) for k, v in dict(data_roots or {}).items()}
+    extract_options = {"checkpoint": checkpoint, "arch": arch, "weights_only": weights_only,
+                       "momentum_encoder": momentum_encoder, "checkpoint_key": checkpoint_key}
+    options = {**extract_options, "results": str(results), "cache": cache_dir, "sweep": sweep,
+               "batch_size": batch_size, "num_workers": num_workers, "device": device,
+               "verify_content": verify_content}
+
+    base, runs, order = _plan(suite, specs, label, data_roots, only, sweep, interface)
+    previous = Launch.load(results)
+    if previous is not None and previous.suite != suite.name:
+        previous = None  # another suite's jobs: its record is replaced, its rows stay in the leaderboard
+    launch = Launch(suite=suite.name, launcher=settings.launcher, results=str(results), cache=cache_dir,
+                    report=report, base=asdict(base), order=order,
+                    jobs=dict(previous.jobs) if previous else {}, skipped={})
+    for job in launch.jobs.values():
+        _refresh(job, previous.launcher)
+
+    todo = []
+    for entry, protocol, roots, spec in runs:
+        key = _key(entry.id, label[spec])
+        earlier = launch.jobs.get(key)
+        if earlier is not None and earlier.state in _RUNNING:
+            log.info("%s × %s: job %s is still %s; not submitted again", entry.id, label[spec], earlier.job_id,
+                     earlier.state.lower())
+            continue
+        done = _complete(entry, protocol, roots, spec, suite, results, {**extract_options, "device": "cpu"}, sweep)
+        if done is not None:
+            if earlier is None or earlier.state != "DONE":
+                launch.jobs.pop(key, None)
+                launch.skipped[key] = {**done, "backbone": label[spec]}
+            continue
+        todo.append((entry, spec))
+
+    folder = results.parent / JOBS_FOLDER
+    submitted = []
+    if todo:
+        executor = settings.executor(folder, f"sscb-{suite.name}")
+        with executor.batch():  # SLURM: one job array for all of them
+            for entry, spec in todo:
+                submitted.append(executor.submit(SuiteJob(), suite, entry.id, spec, data_roots, options))
+        now = time.time()
+        for (entry, spec), job in zip(todo, submitted):
+            launch.jobs[_key(entry.id, label[spec])] = JobRecord(entry.id, label[spec], str(job.job_id),
+                                                                 str(folder / "%j"), now, "PENDING")
+    launch.save()
+    if wait and submitted:
+        for job in submitted:
+            job.wait()
+    live = {str(j.job_id): j for j in submitted}
+    for job in launch.jobs.values():
+        _refresh(job, settings.launcher, live.get(job.job_id))
+    launch.save()
+    if wait:
+        assemble(results, launch)
+    return launch
+
+
+def launch_status(results_csv, report: bool = True) -> Launch | None:
+    """The last launch into this results folder with every job's current state (None if there was none).
+    When all its jobs have ended, suite.json and the report are (re)assembled too."""
+    results_csv = Path(results_csv).expanduser().resolve()
+    launch = Launch.load(results_csv)
+    if launch is None:
+        return None
+    for job in launch.jobs.values():
+        _refresh(job, launch.launcher)
+    launch.save()
+    if launch.finished():
+        assemble(results_csv, launch, report=report)
+    return launch
+
+
+def assemble(results_csv, launch: Launch | None = None, report: bool = True):
+    """suite.json (and the report, if the launch asked for one) from the jobs' results, in the order the
+    in-process suite records them; None while some job has not ended."""
+    from .suite import EntryStatus, SuiteState
+
+    launch = launch or Launch.load(results_csv)
+    if launch is None or not launch.finished():
+        return None
+    base = dict(launch.base)
+    state = SuiteState(**{**base, "entries": []})
+    not_run = {(e["entry"], e["backbone"]): e for e in base.get("entries", [])}
+    for entry_id, label, dataset, split, protocol_hash in launch.order:
+        key = _key(entry_id, label)
+        if (entry_id, label) in not_run:
+            state.entries.append(EntryStatus(**not_run[(entry_id, label)]))
+        elif key in launch.jobs and launch.jobs[key].state == "DONE":
+            with open(launch.jobs[key].paths().result_pickle, "rb") as f:
+                _, statuses = pickle.load(f)
+            for s in statuses:
+                state.record(EntryStatus(**s))
+        elif key in launch.jobs:
+            job = launch.jobs[key]
+            state.record(EntryStatus(entry_id, dataset, split, label, "failed", f"job {job.job_id}: {job.detail}",
+                                     0, protocol_hash))
+        elif key in launch.skipped:
+            state.record(EntryStatus(**launch.skipped[key]))
+    state.save(launch.results)
+    if launch.report and report:
+        from .report import write_report
+
+        write_report(launch.results, state, launch.cache)
+    return state
+
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def cli_suite(args) -> int:
+    """``sscb suite … --launcher local|slurm [--wait]`` and ``sscb suite … --status``."""
+    from .leaderboard import default_results_path
+    from .suite import load_suite, parse_data_roots
+
+    results = Path(args.results) if args.results else default_results_path()
+    if args.status:
+        if args.launcher or args.wait:
+            raise ValueError("--status lists the jobs of the last launch: pass it alone, without --launcher/--wait")
+        launch = launch_status(results, report=not args.no_report)
+        if launch is None:
+            raise FileNotFoundError(f"no launched suite in {results.parent} (no {JOBS_FILE}): launch one with "
+                                    f"`sscb suite {args.suite} --launcher local|slurm`, or pass its --results")
+        return _print_launch(launch, results)
+    if not args.launcher:
+        raise ValueError("--wait waits for the jobs of a launch: add --launcher local or --launcher slurm")
+    flags = {"launcher": args.launcher, "partition": args.partition, "account": args.account,
+             "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task, "mem_gb": args.mem_gb,
+             "timeout_min": args.timeout_min}
+    settings = LaunchSettings.from_yaml(args.launch_config, **flags) if args.launch_config else \
+        LaunchSettings(**{k: v for k, v in flags.items() if v is not None}, source="flags")
+    suite = load_suite(args.suite)
+    if args.seeds is not None:
+        suite = suite.with_protocol(seeds=args.seeds)
+    roots = parse_data_roots(args.data_root, args.data_roots)
+    launch = launch_suite(suite, args.backbones, roots, settings=settings, results=results, cache=args.cache_dir,
+                          sweep=args.sweep, only=args.only, batch_size=args.batch_size, num_workers=args.workers,
+                          device=args.device, report=not args.no_report, verify_content=args.verify_content,
+                          wait=args.wait, interface="cli", checkpoint=args.checkpoint, arch=args.arch,
+                          weights_only=not args.trust_checkpoint, momentum_encoder=args.momentum_encoder,
+                          checkpoint_key=args.checkpoint_key)
+    return _print_launch(launch, results)
+
+
+def _print_launch(launch: Launch, results: Path) -> int:
+    from .suite import SuiteState
+
+    table = launch.table()
+    if len(table):
+        print(table.to_markdown(index=False))
+    for key, status in launch.skipped.items():
+        print(f"{status['entry']} × {status['backbone']}: all rows already in the leaderboard, not submitted")
+    if not launch.finished():
+        print(f"\n{sum(j.state in _RUNNING for j in launch.jobs.values())} job(s) not ended yet; check with "
+              f"`sscb jobs {results}` (the report is written once all have ended)")
+        return 0
+    state = SuiteState.load(results)
+    if state is not None:
+        print("\n" + state.status_table().to_markdown(index=False))
+    if launch.report:
+        print(f"\nreport: {results.parent / 'report.html'} (markdown: {results.parent / 'report.md'})")
+    failed = [j for j in launch.jobs.values() if j.state != "DONE"]
+    bad = state.status_table().query("status == 'failed'") if state is not None else []
+    if failed or len(bad):
+        raise RuntimeError(f"{max(len(failed), len(bad))} job(s) failed or were interrupted (listed above with the "
+                           "reason and log); launch the suite again to resume them")
+    return 0
+
+
+def cli_jobs(args) -> int:
+    """``sscb jobs [CSV]``."""
+    from .leaderboard import default_results_path
+
+    results = Path(args.csv) if args.csv else default_results_path()
+    launch = launch_status(results)
+    if launch is None:
+        raise FileNotFoundError(f"no launched suite in {results.parent} (no {JOBS_FILE}): launch one with "
+                                "`sscb suite SUITE --launcher local|slurm`, or pass the leaderboard CSV it wrote to")
+    return _print_launch(launch, results)
