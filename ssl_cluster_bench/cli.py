@@ -120,7 +120,8 @@ def _checkpoint_options(args) -> dict:
 def _add_extract(p):
     p.add_argument("--batch-size", type=_positive, default=128)
     p.add_argument("--workers", type=_non_negative, default=None, help="DataLoader workers (default: by dataset size)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... for extraction, k-means, neighbour mining and heads (default: cuda when "
+                        "available; faiss needs the faiss-gpu build, else k-means runs on the CPU, said once)")
     p.add_argument("--verify-content", action="store_true",
                    help="key cached features on the bytes of every data file, not on their sizes and modification "
                         "times (for copies or filesystems whose times cannot be trusted; reads every file)")
@@ -697,6 +698,10 @@ def main(argv=None) -> int:
     quiet_before = os.environ.get("SSCB_QUIET")
     if args.quiet:
         os.environ["SSCB_QUIET"] = "1"
+    # --device also places k-means, neighbour mining and the heads (cluster.compute_device); restored on the way out
+    device_before = os.environ.get("SSCB_DEVICE")
+    if getattr(args, "device", "auto") not in (None, "auto"):
+        os.environ["SSCB_DEVICE"] = args.device
     try:
         rc = COMMANDS[args.command](args)
     except KeyboardInterrupt as e:
@@ -724,6 +729,10 @@ def main(argv=None) -> int:
         return 1
     finally:
         _restore_signals(handlers)
+        if device_before is None:
+            os.environ.pop("SSCB_DEVICE", None)
+        else:
+            os.environ["SSCB_DEVICE"] = device_before
         if args.quiet:
             if quiet_before is None:
                 os.environ.pop("SSCB_QUIET", None)

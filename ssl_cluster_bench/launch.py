@@ -24,6 +24,7 @@ live next to the leaderboard, in the folder the results go to; nothing is writte
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -121,7 +122,7 @@ class LaunchSettings:
         """The submitit executor these settings describe, writing its folder per job under ``folder``."""
         import shutil
 
-        import submitit
+        submitit = _submitit()
 
         pattern = str(folder / "%j")
         if self.launcher == "local":
@@ -134,11 +135,18 @@ class LaunchSettings:
                               "is not on PATH: run on a login node of the cluster, or use --launcher local")
         ex = submitit.SlurmExecutor(folder=pattern)
         params = {"job_name": job_name, "time": self.timeout_min, "partition": self.partition,
-                  "account": self.account, "cpus_per_task": self.cpus_per_task, "mem": self.mem_gb,
+                  "account": self.account, "cpus_per_task": self.cpus_per_task, "mem": _sbatch_mem(self.mem_gb),
                   "gpus_per_node": self.gpus_per_node or None,
                   "additional_parameters": self.slurm_additional_parameters or None}
         ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
         return ex
+
+
+def _sbatch_mem(mem_gb: float | None) -> str | None:
+    """sbatch's --mem with its unit: a bare number is read as MB (submitit passes a job array's value bare)."""
+    if mem_gb is None:
+        return None
+    return f"{int(mem_gb)}GB" if float(mem_gb).is_integer() else f"{math.ceil(mem_gb * 1024)}MB"
 
 
 try:  # the jobs are checkpointable where submitit is installed (the `cluster` extra); the class exists without it
@@ -154,11 +162,26 @@ class SuiteJob(_Checkpointable):
     nothing that is already in the cache or the leaderboard."""
 
     def __call__(self, suite, entry_id: str, backbone: str | None, data_roots: dict, options: dict) -> list[dict]:
+        from .cluster import DEVICE_ENV
         from .suite import run_suite
 
+        if options.get("device") not in (None, "auto"):  # --device places the clustering stage too
+            os.environ[DEVICE_ENV] = options["device"]
+
+        # the job's log says what it is: `sscb jobs` points at this file
+        print(f"sscb: suite {suite.name}, {entry_id} × {backbone or options.get('arch')}: started", flush=True)
         state = run_suite(suite, [backbone] if backbone else None, data_roots, only=[entry_id], report=False,
                           state_file=False, progress=False, interface="cli", **options)
         return [asdict(s) for s in state.entries if s.entry == entry_id or s.entry.startswith(f"{entry_id} (sweep")]
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise RuntimeError("--launcher needs submitit, which is not installed: pip install "
+                           "'ssl_cluster_bench[cluster]' (or pip install submitit)") from None
+    return submitit
 
 
 # ------------------------------------------------------------------------------------------------ records
@@ -257,7 +280,11 @@ def _refresh(job: JobRecord, launcher: str, live=None) -> JobRecord:
     else:
         import submitit
 
-        state = str(submitit.SlurmJob(folder=job.folder, job_id=job.job_id).state).upper()
+        try:  # sacct; a cluster without accounting answers nothing
+            state = str(submitit.SlurmJob(folder=job.folder, job_id=job.job_id).state).upper()
+        except Exception as e:
+            log.debug("sacct gave no state for job %s: %s", job.job_id, e)
+            state = "UNKNOWN"
     state = state.split()[0] if state else "UNKNOWN"
     if state == "FINISHED" or state == "COMPLETED":  # ended, yet no result file: killed before it could write one
         state = "INTERRUPTED"
@@ -408,8 +435,8 @@ def launch_suite(suite, backbones: Sequence[str] | None = None, data_roots: Mapp
     submitted = []
     if todo:
         executor = settings.executor(folder, f"sscb-{suite.name}")
-        with executor.batch():  # SLURM: one job array for all of them
-            for entry, spec in todo:
+        with _detached_output(folder if settings.launcher == "local" else None), executor.batch():
+            for entry, spec in todo:  # SLURM: one job array for all of them
                 submitted.append(executor.submit(SuiteJob(), suite, entry.id, spec, data_roots, options))
         now = time.time()
         for (entry, spec), job in zip(todo, submitted):
@@ -426,6 +453,32 @@ def launch_suite(suite, backbones: Sequence[str] | None = None, data_roots: Mapp
     if wait:
         assemble(results, launch)
     return launch
+
+
+@contextlib.contextmanager
+def _detached_output(folder: Path | None):
+    """Local jobs: their controllers (started while this is open) write to ``folder/local-controllers.log``
+    instead of holding this process's stdout and stderr, so that `sscb suite --launcher local | tee` or a
+    caller reading our output ends when we do, not when the last job does."""
+    if folder is None:
+        yield
+        return
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(folder / "local-controllers.log", "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
 
 
 def launch_status(results_csv, report: bool = True) -> Launch | None:
