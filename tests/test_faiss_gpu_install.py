@@ -35,7 +35,7 @@ CHECK = textwrap.dedent(f"""
     X[:300] += 4
     for seed in (0, 1):  # two fits: the fall-back is said once
         km = cluster.KMeans(2, random_state=seed).fit(X)
-    print("sizes", sorted(np.bincount(km.labels_)))
+    print("sizes", sorted(np.bincount(km.labels_).tolist()))
 """)
 
 
