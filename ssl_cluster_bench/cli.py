@@ -501,6 +501,14 @@ def _cmd_suite(args):
         suite = suite.with_protocol(seeds=args.seeds)
     roots = parse_data_roots(args.data_root, args.data_roots)
     results = Path(args.results) if args.results else None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: all ranks extract, rank 0 alone goes on
+        from .launch import extract_on_all_ranks
+
+        if not extract_on_all_ranks(suite, args.backbones, roots, only=args.only, cache=args.cache_dir,
+                                    batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                                    verify_content=args.verify_content, progress=not args.quiet,
+                                    **_checkpoint_options(args)):
+            return 0
     state = run_suite(suite, args.backbones, roots, results=results, cache=args.cache_dir, sweep=args.sweep,
                       only=args.only, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                       progress=not args.quiet, report=not args.no_report, interface="cli",

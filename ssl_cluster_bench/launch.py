@@ -531,6 +531,49 @@ def assemble(results_csv, launch: Launch | None = None, report: bool = True):
 
 
 
+# ------------------------------------------------------------------------------------------------ torchrun
+
+
+def extract_on_all_ranks(suite, backbones=None, data_roots=None, *, only=None, cache=None, checkpoint=None,
+                         arch=None, weights_only: bool = True, momentum_encoder=None, checkpoint_key=None,
+                         batch_size: int = 128, num_workers=None, device: str = "auto", verify_content: bool = False,
+                         progress: bool = True) -> bool:
+    """A suite under torchrun (WORLD_SIZE > 1): every rank extracts the features of every selected direct entry
+    and backbone together (each rank takes its share of the chunks, see extraction.py); then rank 0 alone
+    goes on to run the suite (the features are cached: it clusters and writes the rows once) and the other
+    ranks stop. Returns True on the rank that must go on (rank 0).
+
+    The entries are visited in the same order on every rank, so the ranks meet at the same barriers. What
+    rank 0 still extracts afterwards (ObjectNet, a head's augmented views) it extracts alone."""
+    import torch.distributed as dist
+
+    from . import api
+    from .extraction import _distributed
+
+    rank, world, _ = _distributed()
+    specs = [None] if checkpoint else list(backbones or suite.backbones)
+    label = {s: s for s in specs}
+    _, runs, _ = _plan(suite, specs, label, dict(data_roots or {}), only, False, "cli")
+    for entry, _protocol, roots, spec in runs:
+        if entry.kind != "direct":
+            continue
+        try:
+            api.extract(spec, entry.dataset, roots.get("data"), entry.split, cache=cache, checkpoint=checkpoint,
+                        arch=arch, subset=roots.get("subset"), batch_size=batch_size, num_workers=num_workers,
+                        device=device, progress=progress and rank == 0, weights_only=weights_only,
+                        momentum_encoder=momentum_encoder, checkpoint_key=checkpoint_key,
+                        verify_content=verify_content)
+        except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:  # the same on every rank (data, card)
+            log.warning("rank %d: %s × %s not extracted: %s (rank 0 reports it in the suite)", rank, entry.id,
+                        spec, e)
+    dist.barrier()
+    dist.destroy_process_group()
+    os.environ["WORLD_SIZE"] = "1"  # from here on this process extracts alone
+    if rank != 0:
+        print(f"rank {rank}/{world}: extraction done; rank 0 clusters and writes the rows and the report")
+    return rank == 0
+
+
 # --------------------------------------------------------------------------------------------------- CLI
 
 

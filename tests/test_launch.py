@@ -219,3 +219,17 @@ def test_launch_mistakes_are_one_line(tmp_path, capsys, monkeypatch, args, expec
     err = capsys.readouterr().err
     assert rc == 1 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r" / "jobs").exists()
+
+
+def test_suite_under_torchrun_extracts_on_every_rank_and_writes_each_row_once(tmp_path, in_process):
+    csv = tmp_path / "res" / "leaderboard.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "ssl_cluster_bench", "-q", "suite", str(_suite(tmp_path)), "--results", str(csv),
+                           "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 1/2: extraction done" in done.stdout
+    pd.testing.assert_frame_equal(_rows(csv), _rows(in_process))  # rank 0 alone wrote them: no duplicates
+    assert _statuses(csv) == _statuses(in_process)
+    assert (csv.parent / "report.md").read_text() == (in_process.parent / "report.md").read_text()
