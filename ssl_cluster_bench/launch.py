@@ -273,18 +273,14 @@ def _refresh(job: JobRecord, launcher: str, live=None) -> JobRecord:
             lines = [ln for ln in str(value).strip().splitlines() if ln.strip()]
             job.state, job.detail = "FAILED", (lines[-1] if lines else "failed") + f" (log: {paths.stderr})"
         return job
-    if live is not None:
-        state = str(live.state).upper()
-    elif launcher == "local":
-        state = "RUNNING" if _local_alive(job.job_id) else "INTERRUPTED"
+    if launcher == "local":  # this process's own child while it waits, else a controller found by its pid
+        state = str(live.state).upper() if live is not None else \
+            "RUNNING" if _local_alive(job.job_id) else "INTERRUPTED"
     else:
-        import submitit
-
-        try:  # sacct; a cluster without accounting answers nothing
-            state = str(submitit.SlurmJob(folder=job.folder, job_id=job.job_id).state).upper()
-        except Exception as e:
-            log.debug("sacct gave no state for job %s: %s", job.job_id, e)
-            state = "UNKNOWN"
+        state = _squeue_state(job.job_id)
+        if state == "FINISHED":  # left the queue without a result: sacct knows why, where accounting is kept
+            final = _sacct_state(job)
+            state = final if final not in ("UNKNOWN", "COMPLETED") else state
     state = state.split()[0] if state else "UNKNOWN"
     if state == "FINISHED" or state == "COMPLETED":  # ended, yet no result file: killed before it could write one
         state = "INTERRUPTED"
@@ -292,6 +288,37 @@ def _refresh(job: JobRecord, launcher: str, live=None) -> JobRecord:
     job.detail = "" if job.state in _RUNNING else (
         f"ended without a result ({state.lower()}): launch the suite again to resume it (log: {paths.stderr})")
     return job
+
+
+def _squeue_state(job_id: str) -> str:
+    """A job's state from squeue, for clusters without accounting (sacct answers nothing there): PENDING or
+    RUNNING while it is queued, FINISHED once it has left the queue, UNKNOWN when squeue cannot be asked."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        return "UNKNOWN"
+    states = out.stdout.split()
+    return states[0] if states else "FINISHED"
+
+
+def _sacct_state(job: JobRecord) -> str:
+    """SLURM's final state of a job (TIMEOUT, OUT_OF_MEMORY, CANCELLED, …), or UNKNOWN without accounting."""
+    import submitit
+
+    quiet = logging.getLogger("submitit")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # submitit warns at every call on a cluster without accounting
+    try:
+        return str(submitit.SlurmJob(folder=job.folder, job_id=job.job_id).state).upper() or "UNKNOWN"
+    except Exception as e:
+        log.debug("sacct gave no state for job %s: %s", job.job_id, e)
+        return "UNKNOWN"
+    finally:
+        quiet.setLevel(level)
 
 
 def _local_alive(pid: str) -> bool:
@@ -443,12 +470,13 @@ def launch_suite(suite, backbones: Sequence[str] | None = None, data_roots: Mapp
             launch.jobs[_key(entry.id, label[spec])] = JobRecord(entry.id, label[spec], str(job.job_id),
                                                                  str(folder / "%j"), now, "PENDING")
     launch.save()
-    if wait and submitted:
-        for job in submitted:
-            job.wait()
     live = {str(j.job_id): j for j in submitted}
-    for job in launch.jobs.values():
-        _refresh(job, settings.launcher, live.get(job.job_id))
+    while True:
+        for job in launch.jobs.values():
+            _refresh(job, settings.launcher, live.get(job.job_id))
+        if not wait or launch.finished():
+            break
+        time.sleep(1 if settings.launcher == "local" else 5)
     launch.save()
     if wait:
         assemble(results, launch)

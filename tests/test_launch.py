@@ -172,7 +172,7 @@ def test_slurm_submission_asks_for_the_requested_resources(tmp_path):
     record.mkdir()
     (bin_dir / "sbatch").write_text(FAKE_SBATCH.format(record=record))
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks that srun exists
-    (bin_dir / "sacct").write_text("#!/bin/sh\nexit 1\n")  # no accounting: job states read UNKNOWN
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho PENDING\n")  # the queue: every job waits
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     config = tmp_path / "slurm.yaml"
@@ -199,7 +199,8 @@ def test_slurm_submission_asks_for_the_requested_resources(tmp_path):
     jobs = json.loads((csv.parent / "jobs.json").read_text())["jobs"]
     assert sorted(j["job_id"] for j in jobs.values()) == sorted(f"4242_{i}" for i in range(10))
     assert {j["entry"] for j in jobs.values()} == {"cifar10", "stl10"}
-    assert "4242_0" in out and "not ended yet" in out
+    assert "4242_0" in out and "10 job(s) not ended yet" in out
+    assert {j["state"] for j in jobs.values()} == {"PENDING"}
     for j in jobs.values():  # each array task's pickled call is where the job will look for it
         assert (folder / j["job_id"] / f"{j['job_id']}_submitted.pkl").is_file()
 
