@@ -20,9 +20,11 @@ done
 D="$(mktemp -d /tmp/sscb-slurm.XXXXXX)"
 pids=()
 cleanup() {
+  rc=$?
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   sleep 1
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  if [ "$rc" = 0 ]; then rm -rf "$D"; else echo "slurm_local.sh: failed; daemon logs and results kept in $D" >&2; fi
 }
 trap cleanup EXIT
 
@@ -36,7 +38,7 @@ sleep 0.5
 pids+=("$(cat "$D/munge/munged.pid")")
 
 host="$(hostname -s)"
-cpus="$(nproc)"
+cpus="$(getconf _NPROCESSORS_ONLN)"  # not nproc: it honours the OMP_NUM_THREADS=1 set above
 mem_mb="$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))"
 cat > "$D/slurm.conf" <<EOF
 ClusterName=sscblocal

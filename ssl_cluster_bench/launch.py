@@ -198,6 +198,7 @@ class JobRecord:
     submitted: float
     state: str = ""  # filled in by launch_status: RUNNING, PENDING, DONE, FAILED, INTERRUPTED, UNKNOWN
     detail: str = ""
+    launcher: str = ""  # "local" or "slurm": the job outlives a later launch with the other launcher
 
     def paths(self):
         from submitit.core.utils import JobPaths
@@ -259,6 +260,7 @@ def _key(entry: str, label: str) -> str:
 
 def _refresh(job: JobRecord, launcher: str, live=None) -> JobRecord:
     """Fill in ``job.state`` from its result file, else from the scheduler (SLURM: sacct; local: its process)."""
+    launcher = job.launcher or launcher
     paths = job.paths()
     if paths.result_pickle.exists():
         try:
@@ -468,7 +470,8 @@ def launch_suite(suite, backbones: Sequence[str] | None = None, data_roots: Mapp
         now = time.time()
         for (entry, spec), job in zip(todo, submitted):
             launch.jobs[_key(entry.id, label[spec])] = JobRecord(entry.id, label[spec], str(job.job_id),
-                                                                 str(folder / "%j"), now, "PENDING")
+                                                                 str(folder / "%j"), now, "PENDING", "",
+                                                                 settings.launcher)
     launch.save()
     live = {str(j.job_id): j for j in submitted}
     while True:
@@ -614,10 +617,15 @@ def cli_suite(args) -> int:
     if args.status:
         if args.launcher or args.wait:
             raise ValueError("--status lists the jobs of the last launch: pass it alone, without --launcher/--wait")
-        launch = launch_status(results, report=not args.no_report)
+        launch = Launch.load(results)
         if launch is None:
             raise FileNotFoundError(f"no launched suite in {results.parent} (no {JOBS_FILE}): launch one with "
                                     f"`sscb suite {args.suite} --launcher local|slurm`, or pass its --results")
+        name = load_suite(args.suite).name
+        if launch.suite != name:
+            raise ValueError(f"the last launch into {results.parent} was suite {launch.suite!r}, not {name!r}: "
+                             f"`sscb suite {launch.suite} --status`, or pass the --results of suite {name}")
+        launch = launch_status(results, report=not args.no_report)
         return _print_launch(launch, results)
     if not args.launcher:
         raise ValueError("--wait waits for the jobs of a launch: add --launcher local or --launcher slurm")
