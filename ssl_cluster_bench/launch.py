@@ -201,6 +201,7 @@ class JobRecord:
     launcher: str = ""  # "local" or "slurm": the job outlives a later launch with the other launcher
 
     def paths(self):
+        _submitit()
         from submitit.core.utils import JobPaths
 
         return JobPaths(self.folder, job_id=self.job_id, task_id=0)
