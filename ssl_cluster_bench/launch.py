@@ -171,7 +171,7 @@ class SuiteJob(_Checkpointable):
         # the job's log says what it is: `sscb jobs` points at this file
         print(f"sscb: suite {suite.name}, {entry_id} × {backbone or options.get('arch')}: started", flush=True)
         state = run_suite(suite, [backbone] if backbone else None, data_roots, only=[entry_id], report=False,
-                          state_file=False, progress=False, interface="cli", **options)
+                          state_file=False, progress=False, **options)
         return [asdict(s) for s in state.entries if s.entry == entry_id or s.entry.startswith(f"{entry_id} (sweep")]
 
 
@@ -433,7 +433,7 @@ def launch_suite(suite, backbones: Sequence[str] | None = None, data_roots: Mapp
                        "momentum_encoder": momentum_encoder, "checkpoint_key": checkpoint_key}
     options = {**extract_options, "results": str(results), "cache": cache_dir, "sweep": sweep,
                "batch_size": batch_size, "num_workers": num_workers, "device": device,
-               "verify_content": verify_content}
+               "verify_content": verify_content, "interface": interface}
 
     base, runs, order = _plan(suite, specs, label, data_roots, only, sweep, interface)
     previous = Launch.load(results)
