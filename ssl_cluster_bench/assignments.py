@@ -37,14 +37,14 @@ def assignments_dir(results_csv) -> Path:
 
 def entry_of(cache_key: str, cache=None):
     """The feature-cache entry named ``cache_key`` (a joint row's first one), or None when it is not there."""
-    from .cache import CacheEntry, FeatureCache, _load_manifest
+    from .cache import CacheEntry, FeatureCache, load_manifest
 
     name = str(cache_key or "").split("+")[0]
     root = (cache if isinstance(cache, FeatureCache) else FeatureCache(cache)).root
     path = Path(root) / name
     if not name or not (path / "manifest.json").is_file():
         return None
-    return CacheEntry(path, _load_manifest(path))
+    return CacheEntry(path, load_manifest(path))
 
 
 def dataset_of(entry):
