@@ -414,7 +414,7 @@ def launch_suite(suite, backbones: Sequence | None = None, data_roots: Mapping[s
     from .suite import Suite, load_suite
 
     launcher = launcher if isinstance(launcher, LaunchSettings) else LaunchSettings(launcher=launcher,
-                                                                                    source="launcher")
+                                                                                    source="launch_suite")
     spec_options, settings_options = split_options(options)
     settings = extract_settings(settings, **settings_options)
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
