@@ -64,7 +64,7 @@ from .errors import InterfaceError, option, spell
 from .safeio import FileLock, atomic_write, atomic_write_text, fsync_dir, write_error
 
 __all__ = ["CacheIntegrityError", "CacheKey", "CacheEntry", "ChunkWriter", "EntryStatus", "FeatureCache",
-           "default_cache_dir", "resolve_cache"]
+           "default_cache_dir", "load_manifest", "resolve_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ def _write_stamp(path: Path, manifest: dict, stats: dict) -> None:
                     path.name, e, size)
 
 
-def _load_manifest(path: Path) -> dict:
+def load_manifest(path: Path) -> dict:
     """The parsed manifest of the entry folder ``path``; CacheIntegrityError if it is missing fields or garbled."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
@@ -567,7 +567,7 @@ class FeatureCache:
         path = self.path(key)
         if not (path / "manifest.json").is_file():
             return None
-        manifest = _load_manifest(path)
+        manifest = load_manifest(path)
         if manifest.get("key") != asdict(key):
             raise RuntimeError(f"cache entry {path} does not belong to key {key} (hash collision?)")
         return CacheEntry(path, manifest).ensure_verified()
@@ -578,7 +578,7 @@ class FeatureCache:
         path = self.root / name
         if not name or Path(name).name != name or not (path / "manifest.json").is_file():
             return None
-        return CacheEntry(path, _load_manifest(path))
+        return CacheEntry(path, load_manifest(path))
 
     def entries(self) -> list[CacheEntry]:
         """Every complete entry under the root whose manifest reads (data are verified on first use)."""
@@ -586,7 +586,7 @@ class FeatureCache:
         if self.root.is_dir():
             for manifest_path in sorted(self.root.glob("*/manifest.json")):
                 try:
-                    out.append(CacheEntry(manifest_path.parent, _load_manifest(manifest_path.parent)))
+                    out.append(CacheEntry(manifest_path.parent, load_manifest(manifest_path.parent)))
                 except CacheIntegrityError as e:
                     log.warning("skipping %s", e)
         return out
@@ -678,7 +678,7 @@ class FeatureCache:
 
     def _entry_status(self, path: Path, full: bool) -> EntryStatus:
         try:
-            entry = CacheEntry(path, _load_manifest(path))
+            entry = CacheEntry(path, load_manifest(path))
             if full:
                 entry.check(full=True)
                 return EntryStatus(path.name, "ok", "sha256 verified now", entry, entry.nbytes)

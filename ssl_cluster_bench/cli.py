@@ -163,7 +163,9 @@ def _add_extract(p, views: bool = False):
     g = p.add_argument_group("extraction options")
     g.add_argument("--batch-size", type=_positive, default=128)
     g.add_argument("--workers", type=_non_negative, default=None, help="DataLoader workers (default: by dataset size)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:1 ... for extraction, k-means, neighbour mining and heads (default: cuda "
+                        "when available; faiss needs the faiss-gpu build, else k-means runs on the CPU, said once)")
     g.add_argument("--chunk-size", type=_positive, default=8192, help="images per resumable cache chunk")
     g.add_argument("--verify-content", action="store_true",
                    help="key cached features on the bytes of every data file, not on their sizes and modification "
@@ -244,6 +246,28 @@ def _protocol(args, **changes):
     if kmeans:
         fields["kmeans"] = dataclasses.replace(base.kmeans, **kmeans)
     return base.replace(**{**fields, **changes})
+
+
+def _add_launch(p):
+    g = p.add_argument_group("cluster", "one job per (backbone, dataset) through submitit (pip install "
+                                        "'ssl_cluster_bench[cluster]'); see docs: Running on a cluster")
+    g.add_argument("--launcher", choices=["local", "slurm"], default=None,
+                   help="run each (backbone, dataset) as a job: local subprocesses or a SLURM job array")
+    g.add_argument("--launch-config", default=None, metavar="YAML",
+                   help="YAML of job settings (partition, account, gpus_per_node, cpus_per_task, mem_gb, timeout_min, "
+                        "slurm_additional_parameters); the flags below win over it")
+    g.add_argument("--partition", default=None, help="SLURM partition")
+    g.add_argument("--account", default=None, help="SLURM account")
+    g.add_argument("--gpus-per-node", type=_non_negative, default=None, help="GPUs per job (default 0)")
+    g.add_argument("--cpus-per-task", type=_positive, default=None, help="CPU cores per job")
+    g.add_argument("--mem-gb", type=_float_where(lambda v: 0 < v < math.inf, "a positive number of GB"),
+                   default=None, help="memory per job, GB")
+    g.add_argument("--timeout-min", type=_positive, default=None,
+                   help="time limit per job in minutes (default 240); a job reaching it is requeued and resumes")
+    g.add_argument("--wait", action="store_true",
+                   help="with --launcher: wait for all jobs, then write suite.json and the report")
+    g.add_argument("--status", action="store_true",
+                   help="list the jobs of the last launch (state, log); writes the report once all have ended")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "~/.cache/ssl_cluster_bench/features)")
     p.add_argument("--no-report", action="store_true", help="only append rows; write no report")
     _add_extract(p)
+    _add_launch(p)
+
+    p = sub.add_parser("jobs", help="the jobs of the last `sscb suite --launcher` into a results folder: state and "
+                                    "log of each (the suite's report is written once all have ended)")
+    p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
 
     p = sub.add_parser("report", help="(re)write report.md and report.html next to a leaderboard")
     p.add_argument("csv", nargs="?", default=None, help="leaderboard CSV (default results/leaderboard.csv)")
@@ -544,6 +573,10 @@ def _cmd_objectnet(args):
 def _cmd_suite(args):
     from .suite import load_suite, parse_data_roots, run_suite
 
+    if args.launcher or args.status or args.wait:
+        from .launch import cli_suite
+
+        return cli_suite(args, _extract_settings(args), _loading_options(args))
     suite = load_suite(args.suite)
     if args.seeds is not None:
         if args.seeds < 1:
@@ -551,6 +584,13 @@ def _cmd_suite(args):
         suite = suite.with_protocol(seeds=args.seeds)
     roots = parse_data_roots(args.data_root, args.data_roots)
     results = Path(args.results) if args.results else None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: all ranks extract, rank 0 alone goes on
+        from .launch import extract_on_all_ranks
+
+        if not extract_on_all_ranks(suite, args.backbones, roots, only=args.only, cache=args.cache_dir,
+                                    settings=_extract_settings(args), progress=not args.quiet,
+                                    **_loading_options(args)):
+            return 0
     # the suite makes one BackboneSpec per backbone (or the checkpoint) with these options, for every entry
     state = run_suite(suite, args.backbones, roots, results=results, cache=args.cache_dir, sweep=args.sweep,
                       only=args.only, settings=_extract_settings(args), progress=not args.quiet,
@@ -568,6 +608,12 @@ def _cmd_suite(args):
                            "and the report were written")
 
 
+def _cmd_jobs(args):
+    from .launch import cli_jobs
+
+    return cli_jobs(args)
+
+
 def _cmd_report(args):
     from .leaderboard import default_results_path
     from .report import write_report
@@ -576,6 +622,10 @@ def _cmd_report(args):
     csv = Path(args.csv) if args.csv else default_results_path()
     if not csv.is_file():
         raise FileNotFoundError(f"no leaderboard at {csv}: run `sscb suite` or `sscb run` first, or pass the CSV path")
+    if (csv.parent / "jobs.json").is_file():  # a launched suite: its state comes from its jobs once all ended
+        from .launch import launch_status
+
+        launch_status(csv, report=False)
     paths = write_report(csv, SuiteState.load(csv), args.cache_dir, feature_map=args.feature_map)
     print(f"{paths.html}\n{paths.markdown}")
     if args.check:
@@ -720,7 +770,8 @@ def _restore_signals(handlers: dict) -> None:
 COMMANDS = {"run": _cmd_run, "scan": _cmd_scan, "extract": _cmd_extract, "import-features": _cmd_import,
             "leaderboard": _cmd_leaderboard, "compare": _cmd_compare, "objectnet": _cmd_objectnet,
             "suite": _cmd_suite, "report": _cmd_report, "suites": _cmd_suites, "models": _cmd_models,
-            "methods": _cmd_methods, "datasets": _cmd_datasets, "cache": _cmd_cache}
+            "methods": _cmd_methods, "datasets": _cmd_datasets, "cache": _cmd_cache,
+            "jobs": _cmd_jobs}
 
 
 def main(argv=None) -> int:
@@ -737,6 +788,10 @@ def main(argv=None) -> int:
     quiet_before = os.environ.get("SSCB_QUIET")
     if args.quiet:
         os.environ["SSCB_QUIET"] = "1"
+    # --device also places k-means, neighbour mining and the heads (cluster.compute_device); restored on the way out
+    device_before = os.environ.get("SSCB_DEVICE")
+    if getattr(args, "device", "auto") not in (None, "auto"):
+        os.environ["SSCB_DEVICE"] = args.device
     try:
         rc = COMMANDS[args.command](args)
     except KeyboardInterrupt as e:
@@ -764,6 +819,10 @@ def main(argv=None) -> int:
         return 1
     finally:
         _restore_signals(handlers)
+        if device_before is None:
+            os.environ.pop("SSCB_DEVICE", None)
+        else:
+            os.environ["SSCB_DEVICE"] = device_before
         if args.quiet:
             if quiet_before is None:
                 os.environ.pop("SSCB_QUIET", None)

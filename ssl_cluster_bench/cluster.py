@@ -12,21 +12,106 @@ mini-batches.
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["KMeans", "KMeansSettings", "faiss_gpu_available", "kmeans_plusplus"]
+__all__ = ["DEVICE_ENV", "KMeans", "KMeansSettings", "compute_device", "faiss_gpu_available", "faiss_use_gpu",
+           "import_faiss", "kmeans_plusplus"]
+
+log = logging.getLogger(__name__)
+
+# "cpu" or "cuda": where k-means, neighbour mining and the heads run when they are left at "auto" (the CLI's
+# --device sets it for its command; a launched job sets it from the suite's --device)
+DEVICE_ENV = "SSCB_DEVICE"
+_FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu")
+_said_cpu = []  # the CPU fall-back is logged once per process, not once per fit
+
+
+@functools.lru_cache(maxsize=None)
+def import_faiss():
+    """The faiss module, after checking that one faiss distribution provides it.
+
+    faiss-cpu and faiss-gpu both install the files of the `faiss` package: with both installed, whichever was
+    installed last has overwritten the other's files, and uninstalling either one deletes them for both."""
+    import importlib.metadata as md
+
+    installed = []
+    for dist in _FAISS_DISTRIBUTIONS:
+        try:
+            installed.append(f"{dist} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            pass
+    if len(installed) > 1:
+        raise RuntimeError(f"both {' and '.join(installed)} are installed; they share the `faiss` module and "
+                           "overwrite each other's files: keep one — pip uninstall -y faiss-cpu faiss-gpu, then "
+                           "pip install faiss-gpu (GPU machine) or faiss-cpu")
+    try:
+        import faiss
+    except ImportError as e:
+        raise RuntimeError(f"faiss cannot be imported ({e}): pip install 'ssl_cluster_bench[cpu]' (or [gpu] on a "
+                           "machine with an NVIDIA GPU)") from None
+    return faiss
 
 
 def faiss_gpu_available() -> bool:
+    """Whether the installed faiss is the GPU build and sees at least one GPU."""
     try:
-        import faiss
-    except ImportError:
+        faiss = import_faiss()
+    except RuntimeError:
         return False
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def compute_device(device: str | None = None) -> str:
+    """"auto", "cpu" or "cuda" for the clustering stage: ``device`` when given and not "auto", else $SSCB_DEVICE."""
+    if device in (None, "auto"):
+        device = os.environ.get(DEVICE_ENV) or "auto"
+    device = str(device)
+    if device != "auto" and device.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+                         + (f" (from ${DEVICE_ENV})" if os.environ.get(DEVICE_ENV) == device else ""))
+    return device
+
+
+def faiss_use_gpu(gpu="auto", what: str = "k-means") -> bool:
+    """Whether a faiss call runs on the GPU. ``gpu``: True insists, False refuses; "auto" follows
+    :func:`compute_device`: "cpu" → no; "auto" → when faiss sees a GPU; "cuda" → when faiss sees a GPU, else
+    the CPU with one log line (also when torch sees a GPU that the CPU build of faiss cannot use)."""
+    if gpu is True or gpu is False:
+        return gpu
+    device = compute_device()
+    if device == "cpu":
+        return False
+    if faiss_gpu_available():
+        return True
+    if device.startswith("cuda") or _torch_sees_gpu():
+        if not _said_cpu:
+            _said_cpu.append(True)
+            log.warning("%s runs on the CPU: the installed faiss %s (pip install 'ssl_cluster_bench[gpu]' for "
+                        "faiss-gpu on a GPU machine)", what,
+                        "sees no GPU" if _faiss_is_gpu_build() else "is the CPU build (faiss-cpu)")
+    return False
+
+
+def _faiss_is_gpu_build() -> bool:
+    try:
+        return hasattr(import_faiss(), "StandardGpuResources")
+    except RuntimeError:
+        return False
+
+
+def _torch_sees_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def _as_float32(X, name: str = "X") -> np.ndarray:
@@ -49,7 +134,7 @@ def _faiss_blas_blocks(query_rows: int = 16384):
     With faiss's default of 4096 query rows, assignment was 40% slower on a 2-core CPU (1000 centroids,
     d = 256: 1.2 s vs 0.85 s per 131k queries). The global setting is restored on exit.
     """
-    import faiss
+    faiss = import_faiss()
 
     previous = faiss.cvar.distance_compute_blas_query_bs
     faiss.cvar.distance_compute_blas_query_bs = max(previous, query_rows)
@@ -89,7 +174,7 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, random_state=0, growth: floa
     k-means++; at k = 1000 there are ~40 rounds and the distance work is that of one Lloyd iteration.
     Written here because neither faiss nor scikit-learn offers a batched k-means++.
     """
-    import faiss
+    faiss = import_faiss()
 
     rng = np.random.default_rng(random_state)
     n = X.shape[0]
@@ -129,7 +214,7 @@ def _faiss_single_thread(enabled: bool):
     machine whose cores are busy, the barriers wait whole scheduler slices: 10 restarts at k = 20 on
     5,000 × 64 rows took 46 s with 2 threads and 3.2 s with 1 on the shared 2-core machine.
     """
-    import faiss
+    faiss = import_faiss()
 
     previous = faiss.omp_get_max_threads()
     if enabled:
@@ -269,10 +354,10 @@ class KMeans:
         return self
 
     def _fit_faiss(self, X: np.ndarray, seed: int, n_iter: int, init: str) -> np.ndarray:
-        import faiss
+        faiss = import_faiss()
 
         k = int(self.n_clusters)
-        use_gpu = faiss_gpu_available() if self.gpu == "auto" else bool(self.gpu)
+        use_gpu = faiss_use_gpu(self.gpu)
         # X is already the training sample: faiss must not subsample it again
         km = faiss.Kmeans(X.shape[1], k, niter=n_iter, seed=seed % (2**31 - 1) + 1, gpu=use_gpu,
                           max_points_per_centroid=-(-X.shape[0] // k) + 1, min_points_per_centroid=1,
@@ -322,10 +407,10 @@ class KMeans:
 def _nearest(X: np.ndarray, centers: np.ndarray, gpu="auto", batch_size: int = 262144,
              progress_desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centre (int64) and squared distance (float32) of every row, searched in blocks."""
-    import faiss
+    faiss = import_faiss()
 
     index = faiss.IndexFlatL2(centers.shape[1])
-    if (gpu == "auto" and faiss_gpu_available()) or gpu is True:
+    if faiss_use_gpu(gpu):
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(centers)
     n = X.shape[0]

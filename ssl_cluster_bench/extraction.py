@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from .cache import CacheEntry, CacheKey, FeatureCache
 from .specs import ExtractSettings, extract_settings
 
-__all__ = ["augmentation_transform", "cache_key_for", "data_source", "dataset_fingerprint", "extract_features"]
+__all__ = ["augmentation_transform", "cache_key_for", "data_source", "dataset_fingerprint", "distributed_ranks",
+           "extract_features"]
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class _Sources(torch.utils.data.Dataset):
         return self.sources[v][i]
 
 
-def _distributed():
+def distributed_ranks():
     """(rank, world_size, local_rank); initialises torch.distributed under torchrun, never otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -251,7 +252,7 @@ def extract_features(backbone, dataset, cache: FeatureCache | None = None, setti
     source = data_source(dataset, verify_content)
     _explain_other_data(cache, key, source)
 
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank = distributed_ranks()
     dev = _resolve_device(device, local_rank)
     model = backbone.model.to(dev).eval()
     use_cl = (dev.type == "cuda") if channels_last == "auto" else bool(channels_last)

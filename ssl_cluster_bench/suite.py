@@ -59,8 +59,10 @@ from .leaderboard import rows_of  # which rows a protocol made (also importable 
 from .safeio import atomic_write_text
 from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_settings, split_options
 
-__all__ = ["EntryStatus", "Suite", "SuiteEntry", "SuiteState", "list_suites", "load_suite", "parse_data_roots",
-           "run_suite"]
+# resolve_roots, probe_direct, existing_rows, backbone_identity, missing_runs: the steps of one run, public for
+# ssl_cluster_bench.launch, which plans the same runs as jobs
+__all__ = ["EntryStatus", "Suite", "SuiteEntry", "SuiteState", "backbone_identity", "existing_rows", "list_suites",
+           "load_suite", "missing_runs", "parse_data_roots", "probe_direct", "resolve_roots", "run_suite"]
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +373,7 @@ class _Context:
     progress: bool
 
 
-def _resolve_roots(entry: SuiteEntry, data_roots: Mapping[str, str], interface: str) -> tuple[dict, str]:
+def resolve_roots(entry: SuiteEntry, data_roots: Mapping[str, str], interface: str) -> tuple[dict, str]:
     """(role -> existing path, "") or ({}, reason not run)."""
     from .data import dataset_info
 
@@ -411,7 +413,7 @@ def _resolve_roots(entry: SuiteEntry, data_roots: Mapping[str, str], interface: 
     return out, ""
 
 
-def _probe_direct(entry: SuiteEntry, roots: dict) -> tuple[str, str]:
+def probe_direct(entry: SuiteEntry, roots: dict) -> tuple[str, str]:
     """(dataset name as the rows record it, split) — builds the dataset index, so layout errors show here."""
     from .data import get_dataset
 
@@ -420,7 +422,7 @@ def _probe_direct(entry: SuiteEntry, roots: dict) -> tuple[str, str]:
     return ds.name, ds.split
 
 
-def _existing(results: Path, identity: tuple[str, str | None], dataset: str, split: str,
+def existing_rows(results: Path, identity: tuple[str, str | None], dataset: str, split: str,
               protocols: tuple[str, ...] = ("direct",)) -> pd.DataFrame:
     """The leaderboard rows of this backbone (and weights) on this dataset split that count as done: by the one
     resume rule of run, suite and objectnet (:func:`~ssl_cluster_bench.predictions.done_runs`), a row whose
@@ -465,8 +467,8 @@ def _run_direct(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | Non
     """Extract what the cache lacks and cluster what the leaderboard lacks: (status, rows, note)."""
     from . import api
 
-    dataset, split = _probe_direct(entry, ctx.roots)
-    existing = _existing(ctx.results, identity, dataset, split)
+    dataset, split = probe_direct(entry, ctx.roots)
+    existing = existing_rows(ctx.results, identity, dataset, split)
     todo = missing_runs(existing, ctx.protocol)
     done = int(rows_of(existing, ctx.protocol).sum()) if not existing.empty else 0
     if not todo:
@@ -484,7 +486,7 @@ def _run_objectnet(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | 
     from .objectnet import run_objectnet
 
     protocol = ctx.protocol.replace(methods=("kmeans",))  # the ObjectNet protocols are k-means protocols
-    existing = _existing(ctx.results, identity, "objectnet", "test", ("objectnet-direct", "objectnet-transfer"))
+    existing = existing_rows(ctx.results, identity, "objectnet", "test", ("objectnet-direct", "objectnet-transfer"))
     done = {p: int(rows_of(existing[existing["protocol"] == p], protocol).sum()) if len(existing) else 0
             for p in ("objectnet-direct", "objectnet-transfer")}
     expected = len(protocol.n_clusters or protocol.overcluster) * len(protocol.seeds)
@@ -501,7 +503,7 @@ def _run_objectnet(entry: SuiteEntry, ctx: _Context, identity: tuple[str, str | 
 RUNNERS: dict[str, Callable] = {"direct": _run_direct, "objectnet": _run_objectnet}
 
 
-def _identity(spec: BackboneSpec) -> tuple[str, str | None]:
+def backbone_identity(spec: BackboneSpec) -> tuple[str, str | None]:
     """(name, weights id) the rows of ``spec`` carry; building the model also checks it loads at all."""
     from .backbones import create_backbone
 
@@ -512,7 +514,7 @@ def _identity(spec: BackboneSpec) -> tuple[str, str | None]:
 def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None = None,
               data_roots: Mapping[str, str] | None = None, *, results=None, cache=None, sweep: bool = False,
               only: Sequence[str] | None = None, progress: bool = True, report: bool = True, interface: str = "api",
-              settings: ExtractSettings | None = None, **options) -> SuiteState:
+              settings: ExtractSettings | None = None, state_file: bool = True, **options) -> SuiteState:
     """Run every entry of ``suite`` for every backbone (or the checkpoint); returns the suite state.
 
     ``backbones``: model-card ids or :class:`~ssl_cluster_bench.specs.BackboneSpec` records (default: the
@@ -524,7 +526,8 @@ def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None
     its sweep datasets. ``only``: entry ids to run (the others are listed as not run). Rows go to ``results``
     (default results/leaderboard.csv) as each (backbone, entry) finishes; ``report.md``/``report.html`` and
     ``suite.json`` are rewritten next to it after each entry. ``interface`` ("api"/"cli") chooses how the
-    "not run" reasons spell the options to pass.
+    "not run" reasons spell the options to pass. ``state_file=False``: write no suite.json (a job of a launched
+    suite runs one entry; :mod:`ssl_cluster_bench.launch` assembles the state from all the jobs).
     """
     from .cache import resolve_cache
     from .leaderboard import check_writable, default_results_path
@@ -563,7 +566,7 @@ def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None
         if only and entry.id not in only:
             roots, reason = None, "not selected (only: " + ", ".join(only) + ")"
         else:
-            roots, reason = _resolve_roots(entry, data_roots, interface)
+            roots, reason = resolve_roots(entry, data_roots, interface)
         plans.append((entry, protocol, roots if not reason else None, reason))
     sweep_protocols = suite.sweep_protocols() if sweep else {}
     for axis, ps in sweep_protocols.items():
@@ -575,7 +578,8 @@ def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None
     last_report = [time.monotonic()]
 
     def checkpoint_state(final: bool = False):
-        state.save(results)
+        if state_file:
+            state.save(results)
         # the rows are on disk already; the report (seconds of plotting) is refreshed every few minutes and at
         # the end, and `sscb report` rebuilds it from the leaderboard and suite.json at any time
         if report and (final or time.monotonic() - last_report[0] > REPORT_EVERY_S):
@@ -625,7 +629,7 @@ def _run_one(entry, protocol, roots, spec, ctx_args: dict, identities: dict, lab
     try:
         if label not in identities:
             try:
-                identities[label] = _identity(spec)
+                identities[label] = backbone_identity(spec)
             except Exception as e:
                 if is_checkpoint:
                     raise

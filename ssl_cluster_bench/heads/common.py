@@ -224,7 +224,12 @@ def is_real(x) -> bool:
 
 
 def resolve_device(device) -> torch.device:
-    """``"auto"`` -> CUDA when torch sees it, else CPU; anything else must name an available torch device."""
+    """``"auto"`` -> $SSCB_DEVICE if set (the CLI's --device), else CUDA when torch sees it, else CPU; anything
+    else must name an available torch device."""
+    if isinstance(device, str) and device == "auto":
+        from ..cluster import compute_device
+
+        device = compute_device("auto")
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

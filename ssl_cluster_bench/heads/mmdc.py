@@ -246,7 +246,9 @@ class MMDC(HeadEstimator):
 
     def _refine(self, embeddings: np.ndarray, seed: int) -> np.ndarray:
         """Spherical k-means centres (n_heads, k, k) of every head's embeddings, started at the one-hot means."""
-        import faiss
+        from ..cluster import import_faiss
+
+        faiss = import_faiss()  # the one check that a single faiss distribution provides the module
 
         k = int(self.n_clusters)
         centers = np.empty((embeddings.shape[0], k, k), dtype=np.float32)

@@ -20,9 +20,9 @@ _GPU_MAX_K = 2048
 
 
 def _faiss_gpu_available() -> bool:
-    import faiss
+    from ..cluster import faiss_gpu_available
 
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    return faiss_gpu_available()
 
 
 def _normalized_block(features, start: int, stop: int) -> np.ndarray:
@@ -61,14 +61,16 @@ def mine_neighbors(features, n_neighbors: int = 20, batch_size: int = 16384, gpu
     batch_size : int
         Rows normalised / queried per block; bounds the temporary memory (block·d floats + block·(K+1) ids).
     gpu : "auto" | bool
-        "auto" uses a faiss GPU index when faiss sees a GPU; True insists on one; False stays on CPU.
+        "auto" uses a faiss GPU index when faiss sees a GPU, unless $SSCB_DEVICE (the CLI's --device) is cpu;
+        True insists on one; False stays on CPU.
     verbose : bool
         tqdm bar over query rows.
 
     Returns an (n, K) int64 array, most similar first; row i never contains i.
     """
-    import faiss
+    from ..cluster import faiss_use_gpu, import_faiss
 
+    faiss = import_faiss()
     if getattr(features, "ndim", None) != 2:
         raise ValueError(f"features must be a 2-D array (n_samples, dim), got shape {getattr(features, 'shape', None)}")
     n, d = features.shape
@@ -87,7 +89,7 @@ def mine_neighbors(features, n_neighbors: int = 20, batch_size: int = 16384, gpu
     if gpu is True and k_search > _GPU_MAX_K:
         raise ValueError(f"n_neighbors={n_neighbors} exceeds what a faiss GPU index returns ({_GPU_MAX_K - 1}); "
                          "use gpu=False")
-    use_gpu = has_gpu and gpu is not False and k_search <= _GPU_MAX_K
+    use_gpu = k_search <= _GPU_MAX_K and (gpu is True or gpu == "auto" and faiss_use_gpu("auto", "neighbour mining"))
 
     index = faiss.IndexFlatIP(d)
     if use_gpu:
