@@ -28,6 +28,7 @@ from .cache import CacheEntry, CacheKey, FeatureCache, resolve_cache
 from .leaderboard import aggregate, append_rows, check_writable, default_results_path, read_leaderboard, to_markdown
 from .methods import MethodInputs, get_method, list_methods
 from .metrics import evaluate_with_noise, label_free, silhouette
+from .progress import stage_bar
 from .predictions import done_runs, make_run_id, predictions_dir, save_predictions, save_sample_scores
 from .protocol import Protocol, resolve_protocol
 from .safeio import atomic_write_text, write_error
@@ -249,9 +250,10 @@ def _k_values(protocol: Protocol, n_classes: int | None) -> list[tuple[float, in
     return [(f, max(2, int(round(n_classes * f)))) for f in protocol.overcluster]
 
 
-def _method_ks(cls, protocol: Protocol, ks, inputs, n_classes, identity, curve_dir, progress, curves):
+def _method_ks(cls, protocol: Protocol, ks, inputs, n_classes, identity, curve_dir, bar, curves):
     """(overcluster factor, k, how k was set) of the rows of method ``cls``: k None for a method that finds its
-    own number of clusters, the k picked by the criterion for ``n_clusters="auto"``, else the protocol's."""
+    own number of clusters, the k picked by the criterion for ``n_clusters="auto"``, else the protocol's.
+    ``bar``: the method's bar, advanced by each fit of the k selection."""
     if cls.k_free(protocol.options_for(cls.name)):
         return [(float("nan"), None, "method" if protocol.n_clusters == "auto" else "")]
     if protocol.n_clusters != "auto":
@@ -260,7 +262,7 @@ def _method_ks(cls, protocol: Protocol, ks, inputs, n_classes, identity, curve_d
 
     path = (Path(curve_dir) / f"{make_run_id(identity, cls.name, 'k-auto', protocol.row_hash(cls.name))}.csv"
             if curve_dir is not None else None)
-    k, curve = choose_k(cls, inputs, protocol, n_classes, curve_path=path, verbose=progress)
+    k, curve = choose_k(cls, inputs, protocol, n_classes, curve_path=path, bar=bar)
     curves[(identity, cls.name)] = curve
     return [(round(k / n_classes, 4) if n_classes else float("nan"), k, protocol.k_criterion)]
 
@@ -300,51 +302,77 @@ def _cluster(features, labels, protocol: Protocol, *, n_classes=None, progress=T
     rows, predictions = [], {}
     for cls in classes:
         row_hash = protocol.row_hash(cls.name)
-        method_ks = _method_ks(cls, protocol, ks, inputs, n_classes, identity, curve_dir, progress, curves)
+        # One bar per method, over its fits (the k values of a k selection, then each k × seed still to do). The
+        # estimators get verbose=False: their restarts, epochs and steps would each print a bar of their own.
+        auto = protocol.n_clusters == "auto" and not cls.k_free(protocol.options_for(cls.name))
+        bar = stage_bar(cls.name, total=0, unit="fit", progress=progress) if auto else None
+        try:
+            method_ks = _method_ks(cls, protocol, ks, inputs, n_classes, identity, curve_dir, bar, curves)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
         planned = [(f, k, how, seed, make_run_id(identity, cls.name, "free" if k is None else k, seed, row_hash))
                    for f, k, how in method_ks for seed in protocol.seeds]
         n_todo = sum(run_id not in done for *_, run_id in planned)
-        prep_before = inputs.prep_seconds
-        for f, k, how, seed, run_id in planned:
-            if run_id in done:
-                rows.append(done[run_id])
-                continue
-            t0, prep0 = time.perf_counter(), inputs.prep_seconds
-            est = cls.from_protocol(protocol, k, seed, verbose=progress).fit(inputs)
-            seconds = time.perf_counter() - t0 - (inputs.prep_seconds - prep0)
-            pred = np.asarray(est.labels_, dtype=np.int64)
-            probs = getattr(est, "probs_", None)
-            # without labels the label metrics are empty (NaN, a blank in the CSV), never 0: nothing was scored
-            scores = (evaluate_with_noise(labels[labelled], pred[labelled],
-                                          probs[labelled] if probs is not None else None)
-                      if n_classes else {**dict.fromkeys(LABEL_METRICS, float("nan")),
-                                         "noise_fraction": float((pred < 0).mean())})
-            # On the reduced features of this seed (of the first space in a joint run), one fixed row sample for
-            # all rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
-            sil_prep = inputs.prep_seconds
-            reduced = inputs.reduced_for(seed)
-            sil = silhouette(reduced, pred)
-            free = label_free(reduced, pred)
-            prep_before += inputs.prep_seconds - sil_prep
-            n_found = int(np.unique(pred[pred >= 0]).size)
-            # What the method derived from the shared inputs (PCA, neighbours; done in its first fit) is charged
-            # evenly to the rows it runs now.
-            share = (inputs.prep_seconds - prep_before) / n_todo
-            # a method that finds its own k has no k of the configuration (n_found says what it found, which may
-            # differ between seeds that are still one configuration)
-            row = {**(columns or {}), "method": cls.name, "n_clusters": k,
-                   "overcluster": f, **est.config_, "k_criterion": how, "n_found": n_found,
-                   "seed": seed, "n_classes": n_classes, "n_samples": int(labelled.sum()) if n_classes else int(labels.shape[0]),
-                   **scores,
-                   "score": getattr(est, "score_", None), "silhouette": sil, **free, "flag": getattr(est, "flag_", ""),
-                   "seconds": round(seconds + share, 3), "protocol_hash": row_hash, "run_id": run_id}
-            if "timestamp" in row:  # when the row was made, not when its entry was opened
-                row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            predictions[run_id] = pred
-            rows.append(row)
-            if on_row is not None:
-                on_row(row, pred, sample_scores(reduced, pred, probs))
+        if bar is None:  # a method whose rows are all done shows no bar
+            bar = stage_bar(cls.name, total=n_todo, unit="fit", progress=progress and n_todo > 0)
+        else:
+            bar.total += n_todo
+            bar.refresh()
+        with bar:
+            _run_method(cls, protocol, planned, n_todo, inputs, labels, labelled, n_classes, columns, done, rows,
+                        predictions, on_row, bar)
     return rows, predictions
+
+
+def _run_method(cls, protocol: Protocol, planned, n_todo, inputs, labels, labelled, n_classes, columns, done, rows,
+                predictions, on_row, bar) -> None:
+    """The planned (factor, k, how, seed, run_id) fits of method ``cls``: rows appended to ``rows``, assignments
+    to ``predictions``, ``on_row`` called per new row, ``bar`` advanced per fit."""
+    row_hash = protocol.row_hash(cls.name)
+    prep_before = inputs.prep_seconds
+    for f, k, how, seed, run_id in planned:
+        if run_id in done:
+            rows.append(done[run_id])
+            continue
+        bar.set_postfix_str(f"k={k} seed={seed}" if k is not None else f"seed={seed}", refresh=False)
+        t0, prep0 = time.perf_counter(), inputs.prep_seconds
+        est = cls.from_protocol(protocol, k, seed, verbose=False).fit(inputs)
+        seconds = time.perf_counter() - t0 - (inputs.prep_seconds - prep0)
+        pred = np.asarray(est.labels_, dtype=np.int64)
+        probs = getattr(est, "probs_", None)
+        # without labels the label metrics are empty (NaN, a blank in the CSV), never 0: nothing was scored
+        scores = (evaluate_with_noise(labels[labelled], pred[labelled],
+                                      probs[labelled] if probs is not None else None)
+                  if n_classes else {**dict.fromkeys(LABEL_METRICS, float("nan")),
+                                     "noise_fraction": float((pred < 0).mean())})
+        # On the reduced features of this seed (of the first space in a joint run), one fixed row sample for
+        # all rows of the data, so that the rows' silhouettes compare; not counted in the method's time.
+        sil_prep = inputs.prep_seconds
+        reduced = inputs.reduced_for(seed)
+        sil = silhouette(reduced, pred)
+        free = label_free(reduced, pred)
+        prep_before += inputs.prep_seconds - sil_prep
+        n_found = int(np.unique(pred[pred >= 0]).size)
+        # What the method derived from the shared inputs (PCA, neighbours; done in its first fit) is charged
+        # evenly to the rows it runs now.
+        share = (inputs.prep_seconds - prep_before) / n_todo
+        # a method that finds its own k has no k of the configuration (n_found says what it found, which may
+        # differ between seeds that are still one configuration)
+        row = {**(columns or {}), "method": cls.name, "n_clusters": k,
+               "overcluster": f, **est.config_, "k_criterion": how, "n_found": n_found,
+               "seed": seed, "n_classes": n_classes, "n_samples": int(labelled.sum()) if n_classes else int(labels.shape[0]),
+               **scores,
+               "score": getattr(est, "score_", None), "silhouette": sil, **free, "flag": getattr(est, "flag_", ""),
+               "seconds": round(seconds + share, 3), "protocol_hash": row_hash, "run_id": run_id}
+        if "timestamp" in row:  # when the row was made, not when its entry was opened
+            row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        predictions[run_id] = pred
+        rows.append(row)
+        if on_row is not None:
+            on_row(row, pred, sample_scores(reduced, pred, probs))
+        bar.update()
 
 
 def sample_scores(reduced, pred, probs=None) -> dict:

@@ -480,9 +480,11 @@ class CacheEntry:
     def _hash_and_compare(self, progress: bool | None) -> None:
         from tqdm.auto import tqdm
 
+        from .progress import quiet
+
         total = sum((self.path / n).stat().st_size for n in DATA_FILES)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"verify {self.name}", leave=False,
-                   disable=(total < 1 << 30) if progress is None else not progress)
+                   disable=(total < 1 << 30 or quiet()) if progress is None else not progress)
         try:
             got = _checksum(self.path / "features.npy", self.path / "labels.npy", bar)
             if got != self.manifest["checksum"]:

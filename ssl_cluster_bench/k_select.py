@@ -53,8 +53,9 @@ def _best(curve: pd.DataFrame, criterion: str) -> int:
 
 
 def choose_k(cls, inputs, protocol: Protocol, n_classes: int, *, seed: int | None = None, curve_path=None,
-             verbose: bool = False) -> tuple[int, pd.DataFrame]:
-    """(chosen k, per-k criterion values) of method class ``cls`` on ``inputs`` (see the module docstring)."""
+             verbose: bool = False, bar=None) -> tuple[int, pd.DataFrame]:
+    """(chosen k, per-k criterion values) of method class ``cls`` on ``inputs`` (see the module docstring).
+    ``verbose``: each fit shows its own bars; ``bar``: a caller's bar (tqdm) that gains one step per k fitted."""
     seed = protocol.seeds[0] if seed is None else int(seed)
     row_hash = protocol.row_hash(cls.name)
     if curve_path is not None and Path(curve_path).is_file():
@@ -63,8 +64,16 @@ def choose_k(cls, inputs, protocol: Protocol, n_classes: int, *, seed: int | Non
             return int(curve.loc[curve["chosen"].astype(bool), "k"].iloc[0]), curve
     reduced = inputs.reduced_for(seed)
     lines = []
-    for k in k_grid(protocol, n_classes, reduced.shape[0]):
+    grid = k_grid(protocol, n_classes, reduced.shape[0])
+    if bar is not None:
+        bar.total = (bar.total or 0) + len(grid)
+        bar.refresh()
+    for k in grid:
+        if bar is not None:
+            bar.set_postfix_str(f"choosing k: k={k}", refresh=False)
         est = cls.from_protocol(protocol, k, seed, verbose=verbose).fit(inputs)
+        if bar is not None:
+            bar.update()
         labels = np.asarray(est.labels_)
         kept = labels >= 0  # noise is no cluster of the labeling being judged
         lines.append({"method": cls.name, "k": k, "silhouette": silhouette(reduced[kept], labels[kept]),

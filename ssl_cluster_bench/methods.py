@@ -129,7 +129,9 @@ class MethodInputs:
     zscore+pca, umap or none; computed on first use, once per seed only for a seeded reducer) and ``reduced`` that
     of the first seed; ``neighbors(k)`` the cosine k nearest neighbours (self excluded, computed once per k); ``augmented``
     the cached augmented views (views, n, d) or None; ``spaces`` the aligned feature matrices of multi-space
-    methods (default: just ``features``). ``prep_seconds`` counts the time spent deriving them.
+    methods (default: just ``features``). ``prep_seconds`` counts the time spent deriving them. ``progress``: the
+    reduction shows its one bar (see :mod:`ssl_cluster_bench.progress`); neighbour mining runs inside a
+    method's fit, whose bar the runner owns, so it shows none.
     """
 
     def __init__(self, features, protocol: Protocol, *, augmented=None, spaces=None, progress: bool = True):
@@ -166,7 +168,7 @@ class MethodInputs:
             from .heads import mine_neighbors
 
             t0 = time.perf_counter()
-            self._neighbors[k] = mine_neighbors(self.features, k, verbose=self.progress)
+            self._neighbors[k] = mine_neighbors(self.features, k, verbose=False)
             self.prep_seconds += time.perf_counter() - t0
         return self._neighbors[k]
 

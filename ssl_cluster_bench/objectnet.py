@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import api
 from .cache import FeatureCache, resolve_cache
@@ -49,7 +48,8 @@ from .leaderboard import aggregate, append_rows, check_writable, default_results
 from .metrics import evaluate, match_clusters
 from .predictions import done_runs, make_run_id, save_predictions, save_sample_scores
 from .protocol import KMeansSettings, Protocol, resolve_protocol
-from .reduce import PCA
+from .progress import stage_bar
+from .reduce import PCA, reduction_progress
 from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_settings, split_options
 from .version import software_versions
 
@@ -405,13 +405,13 @@ def _seed_list(seeds) -> list[int]:
     return seeds
 
 
-def _fit_pca(features, pca_dim, whiten: bool, l2_normalize: bool, progress: bool) -> tuple[PCA, float]:
+def _fit_pca(features, pca_dim, whiten: bool, l2_normalize: bool) -> tuple[PCA, float]:
     if pca_dim is not None and int(pca_dim) < 1:
         raise ValueError(f"pca_dim must be a positive integer or None, got {pca_dim!r}")
     dim = features.shape[1]
     eff = None if pca_dim is None or int(pca_dim) >= dim else int(pca_dim)
     t0 = time.perf_counter()
-    pca = PCA(eff, whiten=whiten, l2_normalize=l2_normalize, progress=progress).fit(features)
+    pca = PCA(eff, whiten=whiten, l2_normalize=l2_normalize, progress=False).fit(features)
     return pca, time.perf_counter() - t0
 
 
@@ -447,13 +447,15 @@ def direct_protocol(features, labels, overlap_classes, *, n_clusters=None,
     seeds = _seed_list(seeds)
     kmeans = kmeans or KMeansSettings()
     overlap = _overlap_ids(overlap_classes, labels)
-    pca, pca_seconds = _fit_pca(features, pca_dim, whiten, l2_normalize, progress)
-    reduced = pca.transform(features)
+    # one bar for the PCA (fit and transform), one for the k-means runs, none of their own (see progress.py)
+    with reduction_progress("reduce pca", 2 * int(features.shape[0]), progress=progress):
+        pca, pca_seconds = _fit_pca(features, pca_dim, whiten, l2_normalize)
+        reduced = pca.transform(features)
     rows, assignments = [], []
     runs = [(f, k, s) for f, k in ks for s in seeds]
-    for factor, k, seed in tqdm(runs, desc=PROTOCOL_DIRECT, unit="run", disable=not progress, leave=False):
+    for factor, k, seed in stage_bar(PROTOCOL_DIRECT, len(runs), "run", progress=progress, iterable=runs):
         t0 = time.perf_counter()
-        km = kmeans.make(k, seed, progress=progress).fit(reduced)
+        km = kmeans.make(k, seed, progress=False).fit(reduced)
         assignments.append(np.asarray(km.labels_, dtype=np.int64))
         empty = k - np.unique(km.labels_).size
         scores = direct_scores(labels, km.labels_, overlap)
@@ -501,14 +503,16 @@ def transfer_protocol(imnet_features, imnet_labels, on_features, on_labels, on_t
         raise ValueError("no ObjectNet sample belongs to a class of on_to_in: nothing to evaluate")
     y_on = on_labels[rows_on]
 
-    pca, pca_seconds = _fit_pca(imnet_features, pca_dim, whiten, l2_normalize, progress)
-    z_in = pca.transform(imnet_features)
-    z_on = pca.transform(np.asarray(on_features[rows_on], dtype=np.float32))
+    # one bar for the PCA (fit, then both transforms), one for the k-means runs, none of their own (progress.py)
+    with reduction_progress("reduce pca", 2 * int(imnet_features.shape[0]) + int(rows_on.size), progress=progress):
+        pca, pca_seconds = _fit_pca(imnet_features, pca_dim, whiten, l2_normalize)
+        z_in = pca.transform(imnet_features)
+        z_on = pca.transform(np.asarray(on_features[rows_on], dtype=np.float32))
     rows, assignments = [], []
     runs = [(f, k, s) for f, k in ks for s in seeds]
-    for factor, k, seed in tqdm(runs, desc=PROTOCOL_TRANSFER, unit="run", disable=not progress, leave=False):
+    for factor, k, seed in stage_bar(PROTOCOL_TRANSFER, len(runs), "run", progress=progress, iterable=runs):
         t0 = time.perf_counter()
-        km = kmeans.make(k, seed, progress=progress).fit(z_in)
+        km = kmeans.make(k, seed, progress=False).fit(z_in)
         empty = k - np.unique(km.labels_).size
         on_clusters = km.predict(z_on)
         assignment = np.full(on_labels.shape[0], -1, dtype=np.int64)  # -1: a class outside the mapping

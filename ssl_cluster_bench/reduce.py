@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import mmap
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -25,8 +27,10 @@ import numpy as np
 from scipy.linalg import blas, eigh
 from tqdm.auto import tqdm
 
-__all__ = ["PCA", "REDUCERS", "Reducer", "l2_normalize_rows", "reduce_features", "release_pages",
-           "resolve_reducer_options"]
+from .progress import stage_bar
+
+__all__ = ["PCA", "REDUCERS", "Reducer", "l2_normalize_rows", "reduce_features", "reduction_progress",
+           "release_pages", "resolve_reducer_options"]
 
 
 def l2_normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -63,6 +67,23 @@ def release_pages(features, start: int, stop: int) -> None:
         mapping.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
+# The one bar of a reduction while it runs (reduction_progress): the PCA passes advance it by rows instead of
+# showing bars of their own, so a run shows one bar for its reduction (fit and transform together).
+_REDUCTION_BAR: ContextVar = ContextVar("reduction_bar", default=None)
+
+
+@contextmanager
+def reduction_progress(desc: str, total: int | None, unit: str = "row", progress: bool = True):
+    """The one bar (:func:`ssl_cluster_bench.progress.stage_bar`) of a reduction: the block passes of every
+    :class:`PCA` run inside the ``with`` advance it by their rows and show no bar of their own."""
+    with stage_bar(desc, total, unit, progress=progress) as bar:
+        token = _REDUCTION_BAR.set(bar)
+        try:
+            yield bar
+        finally:
+            _REDUCTION_BAR.reset(token)
+
+
 def _blocks(features, batch_size: int, desc: str, progress: bool, reuse: bool = True):
     """Yield ``(start, block)``: consecutive float32 row blocks of ``features``.
 
@@ -72,6 +93,7 @@ def _blocks(features, batch_size: int, desc: str, progress: bool, reuse: bool = 
     """
     n, d = features.shape
     buffer = np.empty((min(batch_size, n), d), dtype=np.float32) if reuse else None
+    stage = _REDUCTION_BAR.get()
     with tqdm(total=n, desc=desc, unit="row", disable=not progress or n <= batch_size, leave=False) as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
@@ -84,6 +106,8 @@ def _blocks(features, batch_size: int, desc: str, progress: bool, reuse: bool = 
             del rows
             release_pages(features, start, stop)
             bar.update(stop - start)
+            if stage is not None:
+                stage.update(stop - start)
             yield start, block
 
 
@@ -347,9 +371,17 @@ def resolve_reducer_options(name, options) -> dict:
 
 def reduce_features(features, protocol, random_state: int = 0, progress: bool = True) -> np.ndarray:
     """The space the methods of ``protocol`` cluster: its reducer on ``features``, then the optional L2
-    normalisation of every row (float32, n × dim'). ``random_state`` matters only for seeded reducers (umap)."""
+    normalisation of every row (float32, n × dim'). ``random_state`` matters only for seeded reducers (umap).
+    ``progress``: one bar for the whole reduction (a PCA's fit and transform passes over the rows; none for
+    ``reduce: none``, which computes nothing)."""
     reducer = REDUCERS[protocol.reduce]
-    z = reducer.fit_transform(features, protocol, protocol.reduce_options, int(random_state), progress)
+    desc = f"reduce {protocol.reduce}" + (f" (seed {int(random_state)})" if reducer.seeded else "")
+    # a PCA reads the rows twice (fit, then transform); other reducers are one opaque fit
+    total, unit = (2 * int(features.shape[0]), "row") if reducer.uses_pca else (1, "fit")
+    with reduction_progress(desc, total, unit, progress=progress and protocol.reduce != "none") as bar:
+        z = reducer.fit_transform(features, protocol, protocol.reduce_options, int(random_state), False)
+        if not reducer.uses_pca:
+            bar.update(1)
     if protocol.l2_normalize and not reducer.uses_pca:  # PCA normalises its output itself, block by block
         z = l2_normalize_rows(z).astype(np.float32)
     return z
