@@ -13,6 +13,8 @@ or None, ``degenerate_`` (bool), ``score_`` (its own label-free criterion, lower
 ``config_`` (extra leaderboard columns: backend, pca_dim, ...). ``multi_space = True`` marks a method that
 uses every aligned space in ``inputs.spaces`` (joint runs over several backbones take only those). ``from_protocol`` builds it from a
 :class:`~ssl_cluster_bench.protocol.Protocol`. A new method is one module plus one ``register_method`` line.
+``verbose=True`` shows the method's own bars (epochs, restarts) when it is used directly; a run builds it with
+``verbose=False`` and advances one bar per method itself (:mod:`ssl_cluster_bench.progress`).
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def get_method(name: str) -> type:
         raise ValueError(f"unknown method {name!r}.{hint} Known methods: {', '.join(_REGISTRY)}") from None
 
 
-# Set by the runner from the protocol (k, seed, progress), never by a method's options
+# Set by the runner (k and seed from the protocol; verbose=False, as the runner owns the method's one progress
+# bar), never by a method's options
 _RUNNER_ARGS = ("self", "n_clusters", "random_state", "verbose")
 _TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "None": "null"}
 
