@@ -16,9 +16,9 @@ The UMAP space of a seed is computed once with :func:`ssl_cluster_bench.reduce.r
 ``cluster_features(reduce="none")`` for both UMAP rows: identical to ``reduce="umap"`` (same reducer, same seed)
 at half the UMAP fits, and the same space scores the silhouette of every row. Each row's labeling gets a silhouette
 in the PCA space and in the UMAP space of its seed (noise points left out, as ``k_select`` does); the last lines of
-the table give, over all rows of a data set, the Spearman correlation of each silhouette with AMI (Lowe et al.:
-the silhouette in UMAP space tracks AMI without labels). Labels are used only for AMI and for k; nothing here was
-tuned on them.
+the table give, over all rows of a data set and over its rows at k = #classes (HDBSCAN left out), the Spearman
+correlation of each silhouette with AMI (Lowe et al.: the silhouette in UMAP space tracks AMI without labels).
+Labels are used only for AMI and for k; nothing here was tuned on them.
 
 Rows are appended to ``--csv`` after every (dataset, backbone, seed), so an interrupted run resumes where it
 stopped; the table is computed from the CSV's rows.
@@ -50,7 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("--datasets", default="digits,fashion-mnist")
     parser.add_argument("--fashion-root", default="/usr/share/datasets/fashion-mnist",
                         help="Fashion-MNIST folder (its test split is clustered)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..n-1 per (dataset, backbone) (default 5)")
+    parser.add_argument("--seeds", type=int, default=5,
+                        help="seeds 0..n-1 per (dataset, backbone) (default 5; 0: the table of --csv only)")
     parser.add_argument("--fashion-seeds", type=int, default=None,
                         help="fewer seeds on Fashion-MNIST (default: --seeds)")
     parser.add_argument("--csv", type=Path, default=None, help="rows kept here; a rerun skips the rows it holds")
@@ -59,6 +60,11 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny: digits pixels, first 300 samples, 2 seeds")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    unknown = [d for d in args.datasets.split(",") if d not in BACKBONES]
+    if unknown:
+        parser.error(f"--datasets: {unknown[0]!r} is not one of {', '.join(BACKBONES)}")
+    if args.seeds < 0:
+        parser.error("--seeds must be >= 0 (0: only print the table of the rows --csv holds)")
     if args.smoke:
         args.datasets, args.seeds, args.fashion_seeds = "digits", 2, None
     return args
@@ -107,7 +113,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     with AMI over all its rows."""
     def pm(s):
         s = s.dropna()
-        return f"{s.mean():.3f} ± {s.std(ddof=0):.3f}" if len(s) else ""
+        return f"{s.mean():.3f} ± {s.std() if len(s) > 1 else 0:.3f}" if len(s) else ""  # sample std, as aggregate
 
     out = []
     for (dataset, backbone, config), g in rows.groupby(["dataset", "backbone", "config"], sort=False):
@@ -117,11 +123,15 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
                     "silhouette PCA": f"{g['silhouette_pca'].mean():.3f}",
                     "silhouette UMAP": f"{g['silhouette_umap'].mean():.3f}"})
     for dataset, g in rows.groupby("dataset", sort=False):
-        rho = {s: spearmanr(g[s], g["ami"], nan_policy="omit")[0] for s in ("silhouette_pca", "silhouette_umap")}
-        out.append({"dataset": dataset, "backbone": f"all {len(g)} rows", "configuration": "Spearman ρ with AMI",
-                    "seeds": "", "AMI": "", "AMI noise excluded": "", "noise": "", "clusters": "",
-                    "silhouette PCA": f"{rho['silhouette_pca']:.2f}",
-                    "silhouette UMAP": f"{rho['silhouette_umap']:.2f}"})
+        # over every row, then over the rows at k = #classes only (HDBSCAN's own k left out: its many small
+        # clusters score a high silhouette whatever their AMI)
+        for which, sub in (("all", g), ("k = #classes", g[~g["config"].str.endswith("HDBSCAN")])):
+            rho = {s: spearmanr(sub[s], sub["ami"], nan_policy="omit")[0]
+                   for s in ("silhouette_pca", "silhouette_umap")}
+            out.append({"dataset": dataset, "backbone": f"{which}: {len(sub)} rows",
+                        "configuration": "Spearman ρ with AMI", "seeds": "", "AMI": "", "AMI noise excluded": "",
+                        "noise": "", "clusters": "", "silhouette PCA": f"{rho['silhouette_pca']:.2f}",
+                        "silhouette UMAP": f"{rho['silhouette_umap']:.2f}"})
     return pd.DataFrame(out)
 
 
