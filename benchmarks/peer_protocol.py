@@ -16,8 +16,9 @@ The UMAP space of a seed is computed once with :func:`ssl_cluster_bench.reduce.r
 ``cluster_features(reduce="none")`` for both UMAP rows: identical to ``reduce="umap"`` (same reducer, same seed)
 at half the UMAP fits, and the same space scores the silhouette of every row. Each row's labeling gets a silhouette
 in the PCA space and in the UMAP space of its seed (noise points left out, as ``k_select`` does); the last lines of
-the table give, over all rows of a data set and over its rows at k = #classes (HDBSCAN left out), the Spearman
-correlation of each silhouette with AMI (Lowe et al.: the silhouette in UMAP space tracks AMI without labels).
+the table give, over all rows of a data set, over its rows at k = #classes (HDBSCAN left out) and within each
+configuration (backbones × seeds: does it rank the backbones as AMI does?), the Spearman correlation of each
+silhouette with AMI (Lowe et al.: the silhouette in UMAP space tracks AMI without labels).
 Labels are used only for AMI and for k; nothing here was tuned on them.
 
 Rows are appended to ``--csv`` after every (dataset, backbone, seed), so an interrupted run resumes where it
@@ -57,7 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--csv", type=Path, default=None, help="rows kept here; a rerun skips the rows it holds")
     parser.add_argument("--space", default="umap", help="the reducer of the peer rows (default umap; the smoke "
                                                         "test uses zscore+pca to skip UMAP's 35 s compilation)")
-    parser.add_argument("--smoke", action="store_true", help="tiny: digits pixels, first 300 samples, 2 seeds")
+    parser.add_argument("--smoke", "--quick", action="store_true",
+                        help="tiny: digits pixels, first 300 samples, 2 seeds")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     unknown = [d for d in args.datasets.split(",") if d not in BACKBONES]
@@ -125,7 +127,10 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     for dataset, g in rows.groupby("dataset", sort=False):
         # over every row, then over the rows at k = #classes only (HDBSCAN's own k left out: its many small
         # clusters score a high silhouette whatever their AMI)
-        for which, sub in (("all", g), ("k = #classes", g[~g["config"].str.endswith("HDBSCAN")])):
+        # and within each configuration (backbones × seeds): does the silhouette rank the backbones as AMI does?
+        subsets = [("all", g), ("k = #classes", g[~g["config"].str.endswith("HDBSCAN")])]
+        subsets += [(f"within {config}", sub) for config, sub in g.groupby("config", sort=False)]
+        for which, sub in subsets:
             rho = {s: spearmanr(sub[s], sub["ami"], nan_policy="omit")[0]
                    for s in ("silhouette_pca", "silhouette_umap")}
             out.append({"dataset": dataset, "backbone": f"{which}: {len(sub)} rows",
