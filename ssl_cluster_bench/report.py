@@ -207,14 +207,14 @@ def k_curve_figure(curves: list[tuple[str, pd.DataFrame]], dataset: str) -> Figu
                 continue
             c = c.sort_values("k")
             k, y = c["k"].to_numpy(dtype=float), c[criterion].to_numpy(dtype=float)
-            ax.plot(k, y, marker="o", ms=3, lw=1.2, color=cmap(i % cmap.N), label=label)
             chosen = c["chosen"].astype(bool).to_numpy()
-            ax.plot(k[chosen], y[chosen], "o", ms=10, mfc="none", mew=1.8, color=cmap(i % cmap.N))
+            picked = f" (k={int(k[chosen][0])})" if chosen.any() else ""
+            ax.plot(k, y, marker="o", ms=3, lw=1.2, color=cmap(i % cmap.N), label=label + picked)
+            # rings of different sizes: two configurations that pick the same k at the same value stay visible
+            ax.plot(k[chosen], y[chosen], "o", ms=9 + 3 * (i % 4), mfc="none", mew=1.6, color=cmap(i % cmap.N))
             classes.update(int(n) for n in c["n_classes"].dropna().unique())
         for n in sorted(classes):
-            ax.axvline(n, color="0.35", ls="--", lw=1)
-            ax.annotate(f"{n} classes", (n, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                        textcoords="offset points", fontsize=8, color="0.35")
+            ax.axvline(n, color="0.35", ls="--", lw=1, label=f"{n} classes (true)")
         better = "higher" if K_CRITERIA.get(criterion) == "max" else "lower"
         ax.set_xlabel("number of clusters k")
         ax.set_ylabel(f"{criterion} ({better} is better)")
