@@ -64,3 +64,14 @@ def test_k_curve_figure_draws_each_curve_and_nothing_without_curves():
     assert k_curve_figure([("a", curve([0.1, 0.2, 0.1], 3).iloc[:0])], "d") is None
     fig = k_curve_figure([("a", curve([0.1, 0.3, 0.2], 3)), ("b", curve([0.4, 0.2, np.nan], 2))], "d")
     assert fig.name == "k-auto-d" and fig.dataset == "d" and fig.png.startswith(b"\x89PNG")
+
+
+def test_unlabelled_k_auto_run_finds_its_own_curve(tmp_path):
+    # the same data clustered without its labels keeps its curve apart (``|unlabelled`` in the key): found too
+    results = tmp_path / "unlabelled" / "lb.csv"
+    sscb.run(["pixels"], "digits", protocol=sscb.Protocol(seeds=(0,), pca_dim=16, n_clusters="auto", k_grid=GRID),
+             results=results, cache=tmp_path / "cache", unlabelled=True, progress=False)
+    md = write_report(results, feature_map="none").markdown.read_text()
+    assert "](report_files/k-auto-digits.png)" in md and "no k-selection curve" not in md
+    (curve_path,) = k_selection_dir(results).glob("*.csv")
+    assert pd.read_csv(curve_path)["n_classes"].isna().all()  # no true number of classes to mark
