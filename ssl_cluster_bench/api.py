@@ -258,10 +258,9 @@ def _method_ks(cls, protocol: Protocol, ks, inputs, n_classes, identity, curve_d
         return [(float("nan"), None, "method" if protocol.n_clusters == "auto" else "")]
     if protocol.n_clusters != "auto":
         return [(f, k, "") for f, k in ks]
-    from .k_select import choose_k
+    from .k_select import choose_k, curve_file
 
-    path = (Path(curve_dir) / f"{make_run_id(identity, cls.name, 'k-auto', protocol.row_hash(cls.name))}.csv"
-            if curve_dir is not None else None)
+    path = curve_file(curve_dir, identity, cls.name, protocol.row_hash(cls.name)) if curve_dir is not None else None
     k, curve = choose_k(cls, inputs, protocol, n_classes, curve_path=path, bar=bar)
     curves[(identity, cls.name)] = curve
     return [(round(k / n_classes, 4) if n_classes else float("nan"), k, protocol.k_criterion)]

@@ -3,6 +3,7 @@
 Entry points:
     k_grid(protocol, n_classes, n_samples) -> [k, ...]      the protocol's k_grid, else 2 .. 2 × #classes
     choose_k(cls, inputs, protocol, n_classes, seed=..., curve_path=None) -> (k, curve)
+    curve_file(curve_dir, identity, method, row_hash) -> Path    where a run keeps one (entry, method) curve
 
 For each k of the grid the method is fitted once (with the protocol's first seed) and its labeling scored on the
 reduced features: silhouette (on the same fixed row sample as every row's), Calinski-Harabasz, Davies-Bouldin, and
@@ -20,12 +21,20 @@ import numpy as np
 import pandas as pd
 
 from .metrics import label_free, silhouette
+from .predictions import make_run_id
 from .protocol import K_CRITERIA, Protocol
 
-__all__ = ["CURVE_COLUMNS", "choose_k", "k_grid"]
+__all__ = ["CURVE_COLUMNS", "choose_k", "curve_file", "k_grid"]
 
 CURVE_COLUMNS = ["method", "k", "silhouette", "calinski_harabasz", "davies_bouldin", "score", "n_found", "criterion",
                  "chosen", "n_classes", "seed", "protocol_hash"]
+
+
+def curve_file(curve_dir, identity: str, method: str, row_hash: str) -> Path:
+    """The CSV of the curve of ``method`` on the data named ``identity`` (a row's ``cache_key``; data clustered
+    without its labels adds ``|unlabelled``) under the protocol of ``row_hash`` (the row's ``protocol_hash``): the
+    run writes it there and the report reads it back from the row."""
+    return Path(curve_dir) / f"{make_run_id(identity, method, 'k-auto', row_hash)}.csv"
 
 
 def k_grid(protocol: Protocol, n_classes: int | None, n_samples: int) -> list[int]:

@@ -10,6 +10,8 @@ entries ran or did not run and why, the sweep grids). Out: ``report.md`` (figure
 attached alone). Contents: the protocol(s) as YAML, the datasets that did not run and why, one table per
 dataset (mean ± std over seeds, published numbers beside measured where the model cards carry them), bar
 charts of ACC and NMI per backbone × method, ACC and ARI against PCA dimension and against k (the sweep), the
+label-free criterion against k of every ``--k auto`` configuration (the curves the run stored under
+``predictions/k_selection/``: the chosen k and the true number of classes marked), the
 confusion matrix of the best configuration per dataset (classes × clusters in matched order) and two pictures
 of what its clusters hold: a grid of prototype images per cluster (read back from the dataset by sample id;
 the images nearest the cluster's centre in the clustered space, or the most confident ones for methods that
@@ -37,7 +39,8 @@ from .leaderboard import aggregate, read_leaderboard
 from .safeio import atomic_write_bytes
 
 __all__ = ["Figure", "ReportPaths", "build_figures", "check_images", "confusion_figure", "feature_map_figure",
-           "matched_confusion", "prototype_figure", "prototypes", "published_columns", "select_rows", "write_report"]
+           "k_curve_figure", "matched_confusion", "prototype_figure", "prototypes", "published_columns", "select_rows",
+           "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +107,16 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(text)).strip("-") or "x"
 
 
+def _k_text(row) -> str:
+    """"k=9", or for a method that finds its own number of clusters (hdbscan: no k in the row) what it found."""
+    if pd.notna(row.get("n_clusters")):
+        return f"k={int(row['n_clusters'])}"
+    found = row.get("n_found", row.get("n_found_mean"))
+    return f"{int(found)} clusters found" if pd.notna(found) and "seed" in row.index else "own k"
+
+
 def _config_label(row) -> str:
-    return f"{row['method']} k={int(row['n_clusters'])}"
+    return f"{row['method']} {_k_text(row)}"
 
 
 # --------------------------------------------------------------------------------------------------- plots
@@ -174,6 +185,46 @@ def sweep_figure(rows: pd.DataFrame, dataset: str, axis: str) -> Figure | None:
     what = "PCA dimension (k = #classes)" if axis == "pca_dim" else "number of clusters (suite PCA dim)"
     return Figure(f"sweep-{axis}-{_slug(dataset)}", f"{dataset}: k-means ACC and ARI against {what}, "
                   "mean ± std over seeds", _png(fig), dataset)
+
+
+def k_curve_figure(curves: list[tuple[str, pd.DataFrame]], dataset: str) -> Figure | None:
+    """The label-free criterion against k of every ``--k auto`` configuration of ``dataset``: one line per
+    (label, curve) (:data:`ssl_cluster_bench.k_select.CURVE_COLUMNS`), the chosen k ringed, the true number of
+    classes dashed where it is known; one panel per criterion (a run picks k by one)."""
+    from .protocol import K_CRITERIA
+
+    curves = [(label, c) for label, c in curves if len(c)]
+    if not curves:
+        return None
+    plt = _plt()
+    criteria = list(dict.fromkeys(str(c["criterion"].iloc[0]) for _, c in curves))
+    fig, axes = plt.subplots(1, len(criteria), figsize=(6.4 * len(criteria), 3.6), squeeze=False)
+    cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    for ax, criterion in zip(axes[0], criteria):
+        classes = set()
+        for i, (label, c) in enumerate(curves):
+            if str(c["criterion"].iloc[0]) != criterion:
+                continue
+            c = c.sort_values("k")
+            k, y = c["k"].to_numpy(dtype=float), c[criterion].to_numpy(dtype=float)
+            chosen = c["chosen"].astype(bool).to_numpy()
+            picked = f" (k={int(k[chosen][0])})" if chosen.any() else ""
+            ax.plot(k, y, marker="o", ms=3, lw=1.2, color=cmap(i % cmap.N), label=label + picked)
+            # rings of different sizes: two configurations that pick the same k at the same value stay visible
+            ax.plot(k[chosen], y[chosen], "o", ms=9 + 3 * (i % 4), mfc="none", mew=1.6, color=cmap(i % cmap.N))
+            classes.update(int(n) for n in c["n_classes"].dropna().unique())
+        for n in sorted(classes):
+            ax.axvline(n, color="0.35", ls="--", lw=1, label=f"{n} classes (true)")
+        better = "higher" if K_CRITERIA.get(criterion) == "max" else "lower"
+        ax.set_xlabel("number of clusters k")
+        ax.set_ylabel(f"{criterion} ({better} is better)")
+        ax.set_title(f"{dataset}: {criterion} against k (ringed: the k chosen)", fontsize=10)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return Figure(f"k-auto-{_slug(dataset)}", f"{dataset}: the label-free criterion of every k tried by --k auto "
+                  "(first seed), the chosen k ringed and the true number of classes dashed", _png(fig), dataset)
 
 
 def matched_confusion(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -394,7 +445,7 @@ def _pictures_for(df: pd.DataFrame, agg: pd.DataFrame, results_csv: Path, datase
     ds = table.attrs["dataset"]
     labels = np.asarray(entry.labels)
     classes = [str(c) for c in getattr(ds, "classes", [])] or None
-    what = (f"{row['backbone']}, {row['method']} k={int(row['n_clusters'])}, seed {int(row['seed'])}"
+    what = (f"{row['backbone']}, {row['method']} {_k_text(row)}, seed {int(row['seed'])}"
             + (f", ACC {row['acc'] * 100:.1f}%" if pd.notna(row.get("acc")) else ""))
     figures = []
     if ds is None:
@@ -418,6 +469,41 @@ def _pictures_for(df: pd.DataFrame, agg: pd.DataFrame, results_csv: Path, datase
         png = feature_map_figure(coords, table["cluster"].to_numpy()[sample], labels[sample], title, classes)
         figures.append(Figure(f"map-{_slug(dataset)}", title, png, dataset))
     return figures
+
+
+def _k_curves_for(rows: pd.DataFrame, results_csv: Path, dataset: str, notes: list[str]) -> Figure | None:
+    """The k-selection figure of ``dataset`` from the curves its ``--k auto`` rows stored (one per entry, method
+    and protocol; the rows of every seed share it)."""
+    from .api import k_selection_dir
+    from .k_select import CURVE_COLUMNS, curve_file
+    from .protocol import K_CRITERIA
+
+    if "k_criterion" not in rows.columns or "cache_key" not in rows.columns:
+        return None
+    auto = rows[rows["k_criterion"].isin(list(K_CRITERIA))]  # "" (k given) and "method" (own k) have no curve
+    configs = auto.drop_duplicates(["cache_key", "method", "protocol_hash"])
+    if configs.empty:
+        return None
+    several = configs.groupby(["backbone", "method"])["protocol_hash"].transform("nunique") > 1
+    curves = []
+    for (_, row), ambiguous in zip(configs.iterrows(), several):
+        # a run without labels keys its curves apart from the same data clustered with them (api._cluster_entry)
+        unlabelled = "|unlabelled" if pd.isna(row.get("n_classes")) else ""
+        path = curve_file(k_selection_dir(results_csv), f"{row['cache_key']}{unlabelled}", row["method"],
+                          row["protocol_hash"])
+        label = f"{row['backbone']} · {row['method']}" + (f" ({row['protocol_hash']})" if ambiguous else "")
+        try:
+            curve = pd.read_csv(path)
+        except (FileNotFoundError, pd.errors.EmptyDataError):
+            notes.append(f"{dataset}: no k-selection curve of {label} ({path} is missing; rerun it with --k auto "
+                         "to store it again)")
+            continue
+        if list(curve.columns) != CURVE_COLUMNS:
+            notes.append(f"{dataset}: k-selection curve {path} left out (its columns are not "
+                         f"{', '.join(CURVE_COLUMNS)}; rerun with --k auto after deleting it)")
+            continue
+        curves.append((label, curve))
+    return k_curve_figure(curves, dataset)
 
 
 # ------------------------------------------------------------------------------------------------ content
@@ -525,7 +611,7 @@ def _confusion_for(df: pd.DataFrame, agg: pd.DataFrame, results_csv: Path, datas
         notes.append(f"{dataset}: no confusion matrix (the labels of cache entry {row.get('cache_key')} are not "
                      "in the feature cache; pass the cache the suite used)")
         return None
-    title = (f"{dataset}: {row['backbone']}, {row['method']} k={int(row['n_clusters'])}, seed {int(row['seed'])} "
+    title = (f"{dataset}: {row['backbone']}, {row['method']} {_k_text(row)}, seed {int(row['seed'])} "
              f"(ACC {row['acc'] * 100:.1f}%, median seed of the best configuration)")
     png = confusion_figure(labels, pred, title)
     return Figure(f"confusion-{_slug(dataset)}", title, png, dataset)
@@ -566,6 +652,10 @@ def build_figures(main: pd.DataFrame, sweeps: dict, results_csv, cache=None,
                 figures.append(fig)
         for axis, sweep in sweeps.items():
             fig = sweep_figure(sweep, dataset, axis)
+            if fig:
+                figures.append(fig)
+        if not rows.empty:
+            fig = _k_curves_for(rows, results_csv, dataset, notes)
             if fig:
                 figures.append(fig)
         if not rows.empty:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 
@@ -204,3 +205,33 @@ def test_peer_method_limits_smoke():
     out = _run("peer_method_limits.py", "--quick")
     rows = [line for line in out.splitlines() if line.startswith("| agglomerative")]
     assert len(rows) == 2 and all("timeout" not in r and "40000" in r for r in rows)
+
+
+def test_peer_protocol_smoke_prints_the_table_and_resumes_from_its_csv(tmp_path, monkeypatch):
+    # zscore+pca stands in for UMAP here (UMAP's numba compilation alone takes ~35 s per process)
+    monkeypatch.setenv("SSCB_CACHE_DIR", str(tmp_path / "cache"))
+    csv = tmp_path / "peer.csv"
+    args = ["--smoke", "--no-progress", "--space", "zscore+pca", "--csv", str(csv)]
+    done = subprocess.run([sys.executable, str(BENCH / "peer_protocol.py"), *args], capture_output=True, text=True,
+                          timeout=120, env={**_env(), "SSCB_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines()
+             if line.startswith("| digits")]
+    configs = ["kmeans (PCA)", "zscore+pca + agglomerative", "zscore+pca + HDBSCAN"]
+    assert [r[2] for r in table] == configs + ["Spearman ρ with AMI"] * 5
+    assert all(r[3] == "2" and 0 < float(r[4].split(" ± ")[0]) <= 1 for r in table[:3])
+    assert [r[1] for r in table[3:]] == ["all: 6 rows", "k = #classes: 4 rows"] + [f"within {c}: 2 rows"
+                                                                                   for c in configs]
+    assert all(-1 <= float(v) <= 1 for r in table[3:5] for v in r[-2:])  # within: 2 rows may tie (nan)
+    # a rerun (in this process: the script's own run was checked above) keeps the rows the CSV holds (seed 0,
+    # marked) and makes only the missing ones (seed 1)
+    rows = pd.read_csv(csv)
+    rows.loc[rows["seed"] == 0, "ami"] = 0.5
+    rows[rows["seed"] == 0].to_csv(csv, index=False)
+    table = _load("peer_protocol").main(args)
+    kept = pd.read_csv(csv)
+    assert len(kept) == 6 and (kept.loc[kept["seed"] == 0, "ami"] == 0.5).all()
+    seed1 = kept[kept["seed"] == 1].set_index("config")["ami"]
+    assert sorted(seed1.index) == sorted(table["configuration"][:3]) and (seed1 != 0.5).all()
+    # the table is computed from the CSV's rows: the marked seed 0 is in the kmeans mean
+    assert table["AMI"].iloc[0].startswith(f"{(0.5 + seed1['kmeans (PCA)']) / 2:.3f} ± ")
