@@ -4,7 +4,7 @@
     python benchmarks/label_free.py results/leaderboard.csv --json out.json
 
 Reads the leaderboard CSVs, keeps the rows with a silhouette or a method score, and prints
-:func:`ssl_cluster_bench.selection.criteria_correlations` as markdown: per dataset × k, the Spearman ρ of the
+:func:`ssl_cluster_bench.criteria.criteria_correlations` as markdown: per dataset × k, the Spearman ρ of the
 silhouette (all methods and backbones) and of each method's own score with ACC, signed so that positive means
 the criterion agrees with ACC, and the configuration each criterion would pick beside the best one; then the
 same correlations pooled over the datasets at k = #classes. Nothing is run: the numbers are those of the rows.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ssl_cluster_bench.leaderboard import read_leaderboard
-from ssl_cluster_bench.selection import LEGEND, criteria_correlations, to_markdown
+from ssl_cluster_bench.criteria import LEGEND, criteria_correlations, criteria_markdown
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     print(f"{len(df)} rows from {len(args.csv)} leaderboard(s):\n")
     print(counts.to_markdown(index=False))
     print(f"\n{LEGEND.replace('ACC', args.target.upper())}\n")
-    print(to_markdown(table, target=args.target))
+    print(criteria_markdown(table, target=args.target))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(json.loads(table.to_json(orient="records")), indent=1))

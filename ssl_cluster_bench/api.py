@@ -595,7 +595,7 @@ def _check_packaged_weights(specs: Sequence[BackboneSpec]) -> None:
 def _reported_section(agg) -> str:
     """The published-vs-measured section for the markdown (empty when no row has a published counterpart)."""
     from .backbones.cards import CardError
-    from .reported import section
+    from .published import section
 
     try:
         text = section(agg)

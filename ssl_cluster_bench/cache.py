@@ -63,7 +63,7 @@ import numpy as np
 from .errors import InterfaceError, option, spell
 from .safeio import FileLock, atomic_write, atomic_write_text, fsync_dir, write_error
 
-__all__ = ["CacheIntegrityError", "CacheKey", "CacheEntry", "ChunkWriter", "EntryStatus", "FeatureCache",
+__all__ = ["CacheIntegrityError", "CacheKey", "CacheEntry", "ChunkWriter", "CacheEntryStatus", "FeatureCache",
            "default_cache_dir", "load_manifest", "resolve_cache"]
 
 log = logging.getLogger(__name__)
@@ -515,7 +515,7 @@ class CacheEntry:
 
 
 @dataclass
-class EntryStatus:
+class CacheEntryStatus:
     """One line of ``sscb cache``: an entry folder, a partial extraction or a leftover temporary folder."""
 
     name: str
@@ -651,10 +651,10 @@ class FeatureCache:
         return ChunkWriter(self, key, n_items, chunk_size)
 
     # -- listing, checking, removing --------------------------------------------------------------------
-    def status(self, full: bool = False) -> list[EntryStatus]:
+    def status(self, full: bool = False) -> list[CacheEntryStatus]:
         """Every folder sscb made under the root, classified; ``full`` re-hashes every complete entry
         (``--verify``). Anything else there is left out (see :meth:`foreign`)."""
-        out: list[EntryStatus] = []
+        out: list[CacheEntryStatus] = []
         if not self.root.is_dir():
             return out
         for path in sorted(self.root.iterdir(), key=lambda p: p.name.lstrip(".")):
@@ -665,9 +665,9 @@ class FeatureCache:
             elif path.name.startswith("."):
                 out.append(self._leftover_status(path))
             elif not (path / "manifest.json").exists():  # made by sscb, its manifest lost
-                out.append(EntryStatus(path.name, "incomplete", "no manifest.json (not an entry; a new extraction "
-                                       f"replaces it): {option('cache_remove', path.name)}",
-                                       nbytes=_dir_bytes(path)))
+                out.append(CacheEntryStatus(path.name, "incomplete", "no manifest.json (not an entry; a new extraction "
+                                            f"replaces it): {option('cache_remove', path.name)}",
+                                            nbytes=_dir_bytes(path)))
             else:
                 out.append(self._entry_status(path, full))
         return out
@@ -678,21 +678,21 @@ class FeatureCache:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.name != ".locks" and not _owned(p))
 
-    def _entry_status(self, path: Path, full: bool) -> EntryStatus:
+    def _entry_status(self, path: Path, full: bool) -> CacheEntryStatus:
         try:
             entry = CacheEntry(path, load_manifest(path))
             if full:
                 entry.check(full=True)
-                return EntryStatus(path.name, "ok", "sha256 verified now", entry, entry.nbytes)
+                return CacheEntryStatus(path.name, "ok", "sha256 verified now", entry, entry.nbytes)
             stats = entry.check_structure()
             verified = _stamp_matches(path, entry.manifest, stats)
-            return EntryStatus(path.name, "ok" if verified else "unverified",
-                               "" if verified else f"hashed on first use, or now with {option('cache_verify')}",
-                               entry, entry.nbytes)
+            return CacheEntryStatus(path.name, "ok" if verified else "unverified",
+                                    "" if verified else f"hashed on first use, or now with {option('cache_verify')}",
+                                    entry, entry.nbytes)
         except CacheIntegrityError as e:
-            return EntryStatus(path.name, "damaged", Exception.__str__(e), nbytes=_dir_bytes(path))
+            return CacheEntryStatus(path.name, "damaged", Exception.__str__(e), nbytes=_dir_bytes(path))
 
-    def _partial_status(self, path: Path) -> EntryStatus:
+    def _partial_status(self, path: Path) -> CacheEntryStatus:
         entry_id = path.name[: -len(".partial")]
         done, total = 0, None
         for chunks in path.glob("chunks-of-*"):
@@ -712,22 +712,22 @@ class FeatureCache:
         else:
             detail = (f"{progress}; no process is working on it (a killed run): re-run the same extraction to "
                       f"resume, or {option('cache_remove', entry_id)}")
-        return EntryStatus(path.name, "partial", detail, nbytes=_dir_bytes(path))
+        return CacheEntryStatus(path.name, "partial", detail, nbytes=_dir_bytes(path))
 
-    def _leftover_status(self, path: Path) -> EntryStatus:
+    def _leftover_status(self, path: Path) -> CacheEntryStatus:
         # Temporary folders are named .<entry>.tmp-<pid>@<host>.…: a live pid on this host may still be writing it.
         tags = _TAG.findall(path.name)
         pid, host = tags[-1] if tags else ("", "")
         if host == _host() and int(pid) > 0 and _pid_alive(int(pid)):
-            return EntryStatus(path.name, "leftover", f"probably being written by process {pid} on "
-                               f"this host; if not, {option('cache_remove', path.name)} deletes it",
-                               nbytes=_dir_bytes(path))
+            return CacheEntryStatus(path.name, "leftover", f"probably being written by process {pid} on "
+                                    f"this host; if not, {option('cache_remove', path.name)} deletes it",
+                                    nbytes=_dir_bytes(path))
         if host and host != _host() and not _abandoned(path):
-            return EntryStatus(path.name, "leftover", f"being written by process {pid} on host {host}, or left "
-                               f"by it; swept after {SWEEP_AGE // 3600} h untouched, or "
-                               f"{option('cache_remove', path.name)} deletes it now", nbytes=_dir_bytes(path))
-        return EntryStatus(path.name, "leftover", "temporary folder of an interrupted write; "
-                           f"{option('cache_remove', path.name)} deletes it", nbytes=_dir_bytes(path))
+            return CacheEntryStatus(path.name, "leftover", f"being written by process {pid} on host {host}, or left "
+                                    f"by it; swept after {SWEEP_AGE // 3600} h untouched, or "
+                                    f"{option('cache_remove', path.name)} deletes it now", nbytes=_dir_bytes(path))
+        return CacheEntryStatus(path.name, "leftover", "temporary folder of an interrupted write; "
+                                f"{option('cache_remove', path.name)} deletes it", nbytes=_dir_bytes(path))
 
     def _in_progress(self, entry_id: str) -> bool:
         lock = FileLock(self.root / ".locks" / f"{entry_id}.active.lock")

@@ -531,13 +531,12 @@ def _cmd_leaderboard(args):
         for note in sorted(set(missing)):
             print(f"no interval for {int((missing == note).sum())} configuration(s): {note}", file=sys.stderr)
     if args.reported:
-        from .reported import section
+        from .published import section
 
         print("\n" + (section(agg) or "No measured row matches a published result of the model cards "
                                       "(`sscb models` lists which cards have them)."))
     if args.criteria:
-        from .selection import LEGEND, criteria_correlations
-        from .selection import to_markdown as criteria_markdown
+        from .criteria import LEGEND, criteria_correlations, criteria_markdown
 
         print(f"\nLabel-free criteria ({LEGEND})\n")
         print(criteria_markdown(criteria_correlations(df)))
@@ -662,7 +661,7 @@ def _cmd_suites(args):
 
 def _cmd_models(args):
     from .backbones import card_dirs, list_cards
-    from .reported import summarize
+    from .published import summarize
 
     cards = list_cards()
     if not cards:

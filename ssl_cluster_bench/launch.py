@@ -344,7 +344,7 @@ def _local_alive(pid: str) -> bool:
 
 def _plan(suite, specs, data_roots, only, sweep, interface):
     """The suite state before anything runs and the (entry, protocol, roots, spec) runs, in run_suite's order."""
-    from .suite import EntryStatus, SuiteState, resolve_roots
+    from .suite import SuiteEntryStatus, SuiteState, resolve_roots
 
     state = SuiteState(suite=suite.name, description=suite.description,
                        sweep=dict(suite.sweep) if sweep and suite.sweep else None)
@@ -360,8 +360,8 @@ def _plan(suite, specs, data_roots, only, sweep, interface):
         for spec in specs:
             order.append([entry.id, spec.label, entry.dataset, entry.split or "", protocol.hash])
             if reason:
-                state.entries.append(EntryStatus(entry.id, entry.dataset, entry.split or "", spec.label, "not run",
-                                                 reason, protocol_hash=protocol.hash))
+                state.entries.append(SuiteEntryStatus(entry.id, entry.dataset, entry.split or "", spec.label, "not run",
+                                                      reason, protocol_hash=protocol.hash))
             else:
                 runs.append((entry, protocol, roots, spec))
     if sweep:
@@ -374,7 +374,7 @@ def _complete(entry, protocol, roots, spec, suite, results: Path, sweep: bool):
     """The status of a run whose rows are all in the leaderboard already (by the resume rule of run_suite:
     :func:`~ssl_cluster_bench.predictions.done_runs`), else None (also when unsure)."""
     from .leaderboard import rows_of
-    from .suite import EntryStatus, backbone_identity, existing_rows, missing_runs, probe_direct
+    from .suite import SuiteEntryStatus, backbone_identity, existing_rows, missing_runs, probe_direct
 
     if entry.kind != "direct" or not results.is_file():
         return None  # ObjectNet runs check their own rows in the job, in seconds
@@ -391,8 +391,8 @@ def _complete(entry, protocol, roots, spec, suite, results: Path, sweep: bool):
     except Exception as e:  # the job will meet the same problem and report it as its status
         log.debug("completeness check of %s failed: %s", entry.id, e)
         return None
-    return asdict(EntryStatus(entry.id, entry.dataset, entry.split or "", "", "already in leaderboard", "", n,
-                              protocol.hash))
+    return asdict(SuiteEntryStatus(entry.id, entry.dataset, entry.split or "", "", "already in leaderboard", "", n,
+                                   protocol.hash))
 
 
 def launch_suite(suite, backbones: Sequence | None = None, data_roots: Mapping[str, str] | None = None, *,
@@ -540,7 +540,7 @@ def launch_status(results_csv, report: bool = True) -> Launch | None:
 def assemble(results_csv, launch: Launch | None = None, report: bool = True):
     """suite.json (and the report, if the launch asked for one) from the jobs' results, in the order the
     in-process suite records them; None while some job has not ended."""
-    from .suite import EntryStatus, SuiteState
+    from .suite import SuiteEntryStatus, SuiteState
 
     launch = launch or Launch.load(results_csv)
     if launch is None or not launch.finished():
@@ -551,18 +551,18 @@ def assemble(results_csv, launch: Launch | None = None, report: bool = True):
     for entry_id, label, dataset, split, protocol_hash in launch.order:
         key = _key(entry_id, label)
         if (entry_id, label) in not_run:
-            state.entries.append(EntryStatus(**not_run[(entry_id, label)]))
+            state.entries.append(SuiteEntryStatus(**not_run[(entry_id, label)]))
         elif key in launch.jobs and launch.jobs[key].state == "DONE":
             with open(launch.jobs[key].paths().result_pickle, "rb") as f:
                 _, statuses = pickle.load(f)
             for s in statuses:
-                state.record(EntryStatus(**s))
+                state.record(SuiteEntryStatus(**s))
         elif key in launch.jobs:
             job = launch.jobs[key]
-            state.record(EntryStatus(entry_id, dataset, split, label, "failed", f"job {job.job_id}: {job.detail}",
-                                     0, protocol_hash))
+            state.record(SuiteEntryStatus(entry_id, dataset, split, label, "failed", f"job {job.job_id}: {job.detail}",
+                                          0, protocol_hash))
         elif key in launch.skipped:
-            state.record(EntryStatus(**launch.skipped[key]))
+            state.record(SuiteEntryStatus(**launch.skipped[key]))
     state.save(launch.results)
     if launch.report and report:
         from .report import write_report

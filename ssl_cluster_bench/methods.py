@@ -193,7 +193,7 @@ class ClusteringMethod:
     #: True when ``score_`` compares between runs on different feature spaces (backbones): a loss over
     #: probabilities. False when it does not: k-means inertia is in the units of the features, and TURTLE's
     #: cross-validated linear accuracy rises with the dimension of the space for any labeling. Such scores are
-    #: compared only between runs on the same space(s) (:mod:`ssl_cluster_bench.selection`).
+    #: compared only between runs on the same space(s) (:mod:`ssl_cluster_bench.criteria`).
     score_across_spaces = True
 
     #: shown after the list of options when an unknown one is given (where the method's settings live instead)

@@ -520,9 +520,9 @@ def published_columns(agg: pd.DataFrame, cards=None) -> pd.DataFrame:
     for (``"ACC published"``: ``"23.09 ± 0.16 (Δ +0.40, reproduced)"``), aligned with ``agg``'s rows.
 
     The figures and the matching (dataset, split, protocol, method, k) come from the model cards' ``reported:``
-    blocks through :func:`ssl_cluster_bench.reported.compare`; a row without a counterpart gets "".
+    blocks through :func:`ssl_cluster_bench.published.compare`; a row without a counterpart gets "".
     """
-    from .reported import compare
+    from .published import compare
 
     out = pd.DataFrame(index=agg.index)
     for i in agg.index:
@@ -713,9 +713,9 @@ CRITERIA_TEXT = ("How well each label-free criterion ranks the rows as ACC does:
 
 
 def criteria_table(df: pd.DataFrame) -> pd.DataFrame | None:
-    """The label-free criteria table (:mod:`ssl_cluster_bench.selection`) for the report: the lines with a
+    """The label-free criteria table (:mod:`ssl_cluster_bench.criteria`) for the report: the lines with a
     correlation, formatted; None when there is none (too few rows)."""
-    from .selection import criteria_correlations, format_table
+    from .criteria import criteria_correlations, format_table
 
     if df.empty or not {"silhouette", "score"} & set(df.columns):
         return None

@@ -61,8 +61,9 @@ from .specs import BackboneSpec, ExtractSettings, backbone_spec, extract_setting
 
 # resolve_roots, probe_direct, existing_rows, backbone_identity, missing_runs: the steps of one run, public for
 # ssl_cluster_bench.launch, which plans the same runs as jobs
-__all__ = ["EntryStatus", "Suite", "SuiteEntry", "SuiteState", "backbone_identity", "existing_rows", "list_suites",
-           "load_suite", "missing_runs", "parse_data_roots", "probe_direct", "resolve_roots", "run_suite"]
+__all__ = ["Suite", "SuiteEntry", "SuiteEntryStatus", "SuiteState", "backbone_identity", "existing_rows",
+           "list_suites", "load_suite", "missing_runs", "parse_data_roots", "probe_direct", "resolve_roots",
+           "run_suite"]
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,7 @@ def parse_data_roots(items: Sequence[str] = (), files: Sequence = ()) -> dict[st
 
 
 @dataclass
-class EntryStatus:
+class SuiteEntryStatus:
     """What happened to one dataset entry for one backbone."""
 
     entry: str
@@ -308,7 +309,7 @@ class SuiteState:
     entry_hashes: dict[str, str] = field(default_factory=dict)  # entry id -> main protocol hash
     sweep: dict | None = None
     sweeps: dict[str, dict[str, dict]] = field(default_factory=dict)  # axis -> {hash: protocol dict}
-    entries: list[EntryStatus] = field(default_factory=list)
+    entries: list[SuiteEntryStatus] = field(default_factory=list)
 
     def main_protocols(self) -> list:
         from .protocol import Protocol
@@ -328,7 +329,7 @@ class SuiteState:
                  "rows": s.rows, "why": s.reason} for s in self.entries]
         return pd.DataFrame(rows, columns=["dataset", "split", "backbone", "status", "rows", "why"])
 
-    def record(self, status: EntryStatus) -> None:
+    def record(self, status: SuiteEntryStatus) -> None:
         self.entries = [s for s in self.entries if (s.entry, s.backbone, s.protocol_hash)
                         != (status.entry, status.backbone, status.protocol_hash) or s.status != status.status]
         self.entries.append(status)
@@ -339,7 +340,7 @@ class SuiteState:
     @classmethod
     def from_json(cls, text: str) -> "SuiteState":
         data = json.loads(text)
-        data["entries"] = [EntryStatus(**e) for e in data.get("entries", [])]
+        data["entries"] = [SuiteEntryStatus(**e) for e in data.get("entries", [])]
         return cls(**data)
 
     @classmethod
@@ -597,8 +598,8 @@ def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None
     for entry, protocol, roots, reason in plans:
         for spec in specs:
             if roots is None:
-                state.record(EntryStatus(entry.id, entry.dataset, entry.split or "", spec.label, "not run", reason,
-                                         protocol_hash=protocol.hash))
+                state.record(SuiteEntryStatus(entry.id, entry.dataset, entry.split or "", spec.label, "not run", reason,
+                                              protocol_hash=protocol.hash))
                 continue
             status = _run_one(entry, protocol, roots, spec, ctx_args, identities, spec.label, interface)
             state.record(status)
@@ -615,7 +616,7 @@ def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None
 
 
 def _run_one(entry, protocol, roots, spec, ctx_args: dict, identities: dict, label: str,
-             interface: str) -> EntryStatus:
+             interface: str) -> SuiteEntryStatus:
     """One (entry, backbone, protocol): resume check, run, status. Errors become a 'failed' status, except a
     checkpoint that cannot be loaded: that stops the suite with its error (nothing can run without it)."""
     from .errors import message_for
@@ -644,6 +645,6 @@ def _run_one(entry, protocol, roots, spec, ctx_args: dict, identities: dict, lab
         if is_checkpoint and label not in identities:
             raise
         log.warning("%s on %s failed: %s", label, entry.id, e)
-        return EntryStatus(entry.id, entry.dataset, split, label, "failed", " ".join(message_for(e, interface).split()),
-                           0, protocol.hash)
-    return EntryStatus(entry.id, entry.dataset, split, label, status, reason, n, protocol.hash)
+        return SuiteEntryStatus(entry.id, entry.dataset, split, label, "failed",
+                                " ".join(message_for(e, interface).split()), 0, protocol.hash)
+    return SuiteEntryStatus(entry.id, entry.dataset, split, label, status, reason, n, protocol.hash)

@@ -6,7 +6,7 @@ leaderboard rows and says whether each published figure is reproduced.
 
 Entry points:
     compare(agg, cards=None) -> DataFrame    one row per (measured configuration, published entry, metric)
-    to_markdown(comparison) -> str           the comparison as a markdown table ("" when it is empty)
+    comparison_markdown(comparison) -> str   the comparison as a markdown table ("" when it is empty)
     summarize(card) -> str                   one line for `sscb models`: which published clustering numbers a card has
     section(agg, cards=None) -> str          "## Reported vs measured" + table, or "" when nothing matches
 
@@ -27,7 +27,7 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "NO_STD_TOLERANCE", "STD_FACTOR", "compare", "to_markdown", "summarize", "section",
+__all__ = ["COLUMNS", "NO_STD_TOLERANCE", "STD_FACTOR", "compare", "comparison_markdown", "summarize", "section",
            "matches"]
 
 
@@ -123,7 +123,7 @@ def _pm(mean, std) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
-def to_markdown(comparison: pd.DataFrame) -> str:
+def comparison_markdown(comparison: pd.DataFrame) -> str:
     """Markdown table of :func:`compare` (measured and published in %, difference in points)."""
     if comparison.empty:
         return ""
@@ -144,7 +144,7 @@ def to_markdown(comparison: pd.DataFrame) -> str:
 
 def section(agg: pd.DataFrame, cards: Iterable | None = None) -> str:
     """A markdown section comparing ``agg`` with the published numbers, or "" when no row has a counterpart."""
-    table = to_markdown(compare(agg, cards))
+    table = comparison_markdown(compare(agg, cards))
     if not table:
         return ""
     return ("## Reported vs measured\n\nPublished clustering results of the model cards next to the matching "

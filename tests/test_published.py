@@ -11,7 +11,7 @@ from ssl_cluster_bench import cli
 from ssl_cluster_bench.backbones import ModelCard, list_cards, load_card
 from ssl_cluster_bench.backbones.cards import CardError
 from ssl_cluster_bench.leaderboard import aggregate, append_rows
-from ssl_cluster_bench.reported import compare, matches, section, summarize, to_markdown
+from ssl_cluster_bench.published import compare, comparison_markdown, matches, section, summarize
 
 BASE = {"name": "test", "architecture": "ResNet-50", "source": "timm", "model": "resnet50",
         "pretraining": {"method": "test", "data": "none", "supervised": False},
@@ -188,7 +188,7 @@ def test_matches_requires_the_protocol_column_to_agree():
 def test_markdown_shows_measured_reported_difference_and_verdict():
     card = _card(clustering=[TABLE1])
     agg = pd.DataFrame([_agg_row("test-card", acc=(0.2339, 0.002), ari=(0.1098, 0.001))])
-    text = to_markdown(compare(agg, [card]))
+    text = comparison_markdown(compare(agg, [card]))
     lines = text.splitlines()
     assert [c.strip() for c in lines[0].split("|")[1:-1]] == [
         "backbone", "dataset", "split", "method", "k", "metric", "measured", "reported", "Δ", "verdict", "source"]
@@ -197,7 +197,7 @@ def test_markdown_shows_measured_reported_difference_and_verdict():
     ari = next(line for line in lines if "| ARI " in line)
     assert "-1.01" in ari and "not reproduced (±0.26)" in ari
     assert section(agg, [card]).startswith("## Reported vs measured")
-    assert to_markdown(compare(agg.iloc[0:0], [card])) == "" and section(agg.iloc[0:0], [card]) == ""
+    assert comparison_markdown(compare(agg.iloc[0:0], [card])) == "" and section(agg.iloc[0:0], [card]) == ""
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Label-free criteria against accuracy (ssl_cluster_bench.selection), on hand-made leaderboard rows."""
+"""Label-free criteria against accuracy (ssl_cluster_bench.criteria), on hand-made leaderboard rows."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from ssl_cluster_bench.selection import criteria_correlations, to_markdown
+from ssl_cluster_bench.criteria import criteria_correlations, criteria_markdown
 
 
 def _rows(dataset, method, backbone, acc, silhouette, score, k=10, n_classes=10):
@@ -79,7 +79,7 @@ def test_too_few_rows_or_constant_gives_nan_and_markdown_renders():
     df = _rows("d", "scan", "a", [0.5, 0.6], [0.1, 0.2], [1.0, 0.5])
     t = criteria_correlations(df)
     assert np.isnan(t["spearman"]).all()
-    text = to_markdown(t)
+    text = criteria_markdown(t)
     assert "Spearman ρ with ACC" in text and "a · scan" in text
 
 

@@ -2,7 +2,7 @@
 
 Entry points:
     criteria_correlations(df, target="acc") -> DataFrame, one line per dataset × k × criterion × scope
-    format_table(table) -> the same as display strings; to_markdown(table) -> markdown
+    format_table(table) -> the same as display strings; criteria_markdown(table) -> markdown
 
 Every leaderboard row carries two criteria computed without labels: ``silhouette`` (the silhouette coefficient of
 the clustering on the reduced features; higher is better, Lowe et al. 2024) and ``score`` (the method's own
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-__all__ = ["CRITERIA", "LEGEND", "criteria_correlations", "format_table", "to_markdown"]
+__all__ = ["CRITERIA", "LEGEND", "criteria_correlations", "format_table", "criteria_markdown"]
 
 #: criterion column -> sign that makes larger better
 CRITERIA = {"silhouette": 1.0, "score": -1.0}
@@ -130,6 +130,6 @@ def format_table(table: pd.DataFrame, target: str = "acc") -> pd.DataFrame:
         f"best {name}": [cell(100 * v, ".1f") if pd.notna(v) else "" for v in table["best_target"]]})
 
 
-def to_markdown(table: pd.DataFrame, target: str = "acc") -> str:
+def criteria_markdown(table: pd.DataFrame, target: str = "acc") -> str:
     """The table of :func:`criteria_correlations` as markdown (:func:`format_table`)."""
     return format_table(table, target).to_markdown(index=False, disable_numparse=True)
