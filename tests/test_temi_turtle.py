@@ -260,9 +260,16 @@ def test_turtle_defaults_reach_the_official_labelling_in_two_wide_spaces():
     spaces = _regression_problem()
     est = TURTLE(3, n_steps=300, score_folds=3, random_state=0, verbose=False, device="cpu").fit(spaces)
     assert cluster_accuracy(np.array(OFFICIAL_LABELS), est.labels_) == 1.0
-    # "auto": 0.75 over the mean L1 norm of the rows as the encoder sees them (centred, one RMS scale).
+    # "auto" on two spaces trains with c = 0.75 and c = 3 over the mean L1 norm of the rows as the encoder sees
+    # them (centred, one RMS scale) and keeps the better generalisation score: here c = 0.75, which reaches the
+    # official labelling (score 1.0); c = 3 overshoots (ACC 0.76 against it, score 0.74).
     seen = [(z - z.mean(0)) / np.sqrt(z.var(0).mean()) for z in spaces]
     np.testing.assert_allclose(est.inner_lr_, [0.75 / np.abs(z).sum(1).mean() for z in seen], rtol=1e-4)
+    assert est.inner_lr_scores_.shape == (2,) and est.score_ == est.inner_lr_scores_.max() == 1.0
+    assert est.inner_lr_scores_[1] == pytest.approx(0.739, abs=0.01)
+    single = TURTLE(3, n_steps=20, score_folds=3, random_state=0, verbose=False, device="cpu").fit(spaces[0])
+    assert single.inner_lr_scores_.shape == (1,)
+    np.testing.assert_allclose(single.inner_lr_, [0.75 / np.abs(seen[0]).sum(1).mean()], rtol=1e-4)
 
 
 def test_turtle_inner_lr_is_a_positive_number_or_auto():
