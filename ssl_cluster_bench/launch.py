@@ -410,8 +410,8 @@ def launch_suite(suite, backbones: Sequence | None = None, data_roots: Mapping[s
     """
     from .cache import resolve_cache
     from .leaderboard import check_writable, default_results_path
-    from .specs import backbone_spec, extract_settings, split_options
-    from .suite import Suite, load_suite
+    from .specs import extract_settings, split_options
+    from .suite import Suite, load_suite, suite_specs
 
     launcher = launcher if isinstance(launcher, LaunchSettings) else LaunchSettings(launcher=launcher,
                                                                                     source="launch_suite")
@@ -420,22 +420,11 @@ def launch_suite(suite, backbones: Sequence | None = None, data_roots: Mapping[s
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     results = (Path(results) if results else default_results_path()).expanduser().resolve()
     checkpoint = spec_options.get("checkpoint")
-    if checkpoint and backbones:
-        raise ValueError("pass backbones or a checkpoint, not both (run the suite twice to compare them)")
+    specs = suite_specs(suite, backbones, only, spec_options)  # bad requests refused before any file is made
     if checkpoint and "://" not in str(checkpoint):
-        if not Path(str(checkpoint)).expanduser().is_file():
-            raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
         # the job may start in another folder
         spec_options["checkpoint"] = str(Path(str(checkpoint)).expanduser().resolve())
-    if only:
-        unknown = set(only) - {e.id for e in suite.entries}
-        if unknown:
-            raise ValueError(f"unknown dataset id(s) {sorted(unknown)} in suite {suite.name}; its ids: "
-                             f"{', '.join(e.id for e in suite.entries)}")
-    cards = [None] if checkpoint else list(backbones or suite.backbones)
-    if not cards:
-        raise ValueError(f"suite {suite.name} names no backbones: pass some (or a checkpoint)")
-    specs = [backbone_spec(card, **spec_options) for card in cards]  # bad options refused before any file is made
+        specs = suite_specs(suite, backbones, only, spec_options)
     check_writable(results)
     cache_dir = str(resolve_cache(cache).root.expanduser().resolve())
     # data roots as absolute paths: a job may start in another working directory

@@ -512,6 +512,27 @@ def backbone_identity(spec: BackboneSpec) -> tuple[str, str | None]:
     return bb.card.id, bb.weights_id
 
 
+def suite_specs(suite: Suite, backbones, only, spec_options: dict) -> list[BackboneSpec]:
+    """The :class:`~ssl_cluster_bench.specs.BackboneSpec` of every backbone a run (or launch) of ``suite`` covers:
+    ``backbones``, else the suite's, or the checkpoint of ``spec_options``; the checks a run and a launch share
+    (backbones or a checkpoint, an existing checkpoint file, known ``only`` entry ids, valid options), made
+    before any file is written."""
+    checkpoint = spec_options.get("checkpoint")
+    if checkpoint and backbones:
+        raise ValueError("pass backbones or a checkpoint, not both (run the suite twice to compare them)")
+    if checkpoint and "://" not in str(checkpoint) and not Path(str(checkpoint)).expanduser().is_file():
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
+    if only:
+        unknown = set(only) - {e.id for e in suite.entries}
+        if unknown:
+            raise ValueError(f"unknown dataset id(s) {sorted(unknown)} in suite {suite.name}; its ids: "
+                             f"{', '.join(e.id for e in suite.entries)}")
+    cards = [None] if checkpoint else list(backbones or suite.backbones)
+    if not cards:
+        raise ValueError(f"suite {suite.name} names no backbones: pass some (or a checkpoint)")
+    return [backbone_spec(card, **spec_options) for card in cards]
+
+
 def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None = None,
               data_roots: Mapping[str, str] | None = None, *, results=None, cache=None, sweep: bool = False,
               only: Sequence[str] | None = None, progress: bool = True, report: bool = True, interface: str = "api",
@@ -539,21 +560,9 @@ def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     data_roots = dict(data_roots or {})
     results = Path(results) if results else default_results_path()
-    if checkpoint and backbones:
-        raise ValueError("pass backbones or a checkpoint, not both (run the suite twice to compare them)")
-    if checkpoint and "://" not in str(checkpoint) and not Path(str(checkpoint)).expanduser().is_file():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
     if checkpoint and not arch:
         raise ValueError(spell(f"a checkpoint needs its architecture: pass {option('arch')}", interface))
-    if only:
-        unknown = set(only) - {e.id for e in suite.entries}
-        if unknown:
-            raise ValueError(f"unknown dataset id(s) {sorted(unknown)} in suite {suite.name}; its ids: "
-                             f"{', '.join(e.id for e in suite.entries)}")
-    cards = [None] if checkpoint else list(backbones or suite.backbones)
-    if not cards:
-        raise ValueError(f"suite {suite.name} names no backbones: pass some (or a checkpoint)")
-    specs = [backbone_spec(card, **spec_options) for card in cards]  # bad options refused before any file is made
+    specs = suite_specs(suite, backbones, only, spec_options)
     check_writable(results)
     cache = resolve_cache(cache)
 
