@@ -192,9 +192,10 @@ def test_fingerprint_cost_runs_and_reports_every_step(tmp_path, monkeypatch, cap
     assert list(tmp_path.iterdir()) == [out]  # the synthetic tree is deleted
 
 
-def test_k_auto_digits_smoke():
-    # one row per method × seed, the k each criterion picks within the grid 2..20
-    out = _run("k_auto_digits.py", "--quick")
+def test_k_auto_smoke():
+    # digits pixels read through the feature cache; one row per method × seed, each criterion's k within 2..20
+    out = _run("k_auto.py", "--quick")
+    assert out.startswith("digits, pixels (1,797 × 64)")
     row = next(line for line in out.splitlines() if line.startswith("| pca"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "kmeans" and all(2 <= int(k) <= 20 for k in cells[3:6])
