@@ -570,6 +570,20 @@ def _entry_for(spec: BackboneSpec, dataset, data_root, split, cache: FeatureCach
     return run_extract()
 
 
+def _check_sizes_before_extraction(protocol: Protocol, dataset: str, data_root, split, subset) -> None:
+    """Refuse a method that cannot finish at the dataset's size before hours of extraction, not after: the
+    dataset is indexed for its length (no image is read) only when a method of the protocol has a size limit."""
+    from .methods import ClusteringMethod
+
+    limited = [cls for cls in map(get_method, protocol.methods)
+               if cls.check_size.__func__ is not ClusteringMethod.check_size.__func__]
+    if not limited:
+        return
+    n = len(_dataset(dataset, data_root, split, subset=subset))
+    for cls in limited:
+        cls.check_size(n, 0, protocol.options_for(cls.name))
+
+
 def _check_packaged_weights(specs: Sequence[BackboneSpec]) -> None:
     """Fail before any extraction when a card's weights come from a pip package that is not installed, so a
     run never stops half-way with the rows of the first backbones already appended."""
@@ -682,6 +696,7 @@ def run(backbones: Sequence[str | BackboneSpec] | None = None, dataset: str = "d
     check_writable(results)
     cache = resolve_cache(cache)
     _check_packaged_weights(specs)
+    _check_sizes_before_extraction(protocol, dataset, data_root, split, subset)
     done = {} if rerun else _DoneRows(results)
     n_new = 0
 

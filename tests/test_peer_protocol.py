@@ -173,6 +173,22 @@ def test_methods_beyond_their_size_limit_are_refused_before_any_fit(monkeypatch)
         cluster_features(x[:20000], y[:20000], methods=("agglomerative",), seeds=1, reduce="none", progress=False)
 
 
+
+def test_a_run_refuses_a_method_beyond_its_limit_before_extracting(monkeypatch, tmp_path):
+    # At ImageNet size the refusal must come before hours of extraction: the run indexes the dataset's length
+    # first (here digits, 1,797 images, against a limit lowered to 1,000) and leaves the cache untouched.
+    import ssl_cluster_bench.methods as methods
+    from ssl_cluster_bench import api
+
+    monkeypatch.setattr(methods.AgglomerativeMethod, "max_samples", 1000)
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match=r"^agglomerative on 1,797 samples is beyond its measured limit of 1,000"):
+        api.run(["pixels"], "digits", protocol=Protocol(methods=("kmeans", "agglomerative"), seeds=1),
+                results=tmp_path / "lb.csv", cache=cache, progress=False)
+    assert not (cache.exists() and any(p.name.startswith("pixels") for p in cache.iterdir()))
+    assert not (tmp_path / "lb.csv").exists()
+
+
 # --- 3. metrics ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n, k, c", [(50, 3, 4), (2000, 17, 10), (300, 1, 3)])
 def test_new_metrics_equal_scikit_learn(n, k, c):
