@@ -668,8 +668,8 @@ def run(backbones: Sequence[str | BackboneSpec] | None = None, dataset: str = "d
         raise ValueError("unlabelled=True applies to single-backbone rows; run the joint groups without it")
     no_labels = unlabelled or _flat_folder(dataset, data_root, split)
     if protocol.n_clusters == "auto" and not protocol.k_grid and no_labels:
-        raise OptionValueError(f"{option('n_clusters')} auto on data without labels has no class count to size the "
-                               f"grid of k values from: give the k values to try with {option('k_grid')}")
+        raise OptionValueError(f"{option('k_auto')} on data without labels has no class count to size the grid of k "
+                               f"values from: give the k values to try with {option('k_grid')}")
     if not protocol.n_clusters and no_labels:
         # before any extraction: without labels there is no class count to derive k from
         folder = data_root if dataset == "imagefolder" else dataset

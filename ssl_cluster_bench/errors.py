@@ -31,6 +31,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "cache_verify": ("FeatureCache(cache_dir).status(full=True)", "`sscb cache --verify`"),
     "unlabelled": ("unlabelled=True", "--unlabelled"),
     "n_clusters": ("n_clusters=[K] (e.g. sscb.run(..., protocol=sscb.Protocol(n_clusters=[10])))", "--k K"),
+    "k_auto": ('n_clusters="auto"', "--k auto"),
     "k_grid": ("k_grid=[K, ...] (e.g. sscb.Protocol(n_clusters=\"auto\", k_grid=list(range(2, 31))))", "--k-grid 2-30"),
 }
 

@@ -131,3 +131,21 @@ def test_aggregate_and_markdown_cope_with_no_label_column_at_all():
     assert len(agg) == 1 and np.isnan(agg["acc_mean"].iloc[0]) and agg["silhouette_mean"].iloc[0] == 0.3
     line = to_markdown(agg).splitlines()[2]
     assert "| –" in line and "0.300 ± 0.071" in line
+
+
+def test_k_auto_without_labels_needs_a_grid_in_one_line_before_anything_is_made(tmp_path, capsys):
+    # no class count sizes the default grid (2 .. 2 x #classes): the k values must be given, in either interface
+    results, cache = tmp_path / "lb.csv", tmp_path / "cache"
+    assert main(["run", "--dataset", "digits", "--unlabelled", "--k", "auto", "--results", str(results),
+                 "--cache-dir", str(cache)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("sscb run: error: --k auto on data without labels has no class count to size the grid of k "
+                   "values from: give the k values to try with --k-grid 2-30")
+    with pytest.raises(OptionValueError, match=r'^n_clusters="auto" on data without labels .* k_grid=\[K, \.\.\.\]'):
+        api.run(["pixels"], "digits", protocol=Protocol(n_clusters="auto"), unlabelled=True, results=results,
+                cache=cache, progress=False)
+    assert not results.exists() and not cache.exists()
+    # with a grid it runs, and the row records the k the criterion chose
+    df = api.run(["pixels"], "digits", protocol=Protocol(n_clusters="auto", k_grid=[8, 10], seeds=1),
+                 unlabelled=True, results=results, cache=cache, progress=False)
+    assert len(df) == 1 and df["n_clusters"].iloc[0] in (8, 10) and df["acc"].isna().all()
