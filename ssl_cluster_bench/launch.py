@@ -344,19 +344,11 @@ def _local_alive(pid: str) -> bool:
 
 def _plan(suite, specs, data_roots, only, sweep, interface):
     """The suite state before anything runs and the (entry, protocol, roots, spec) runs, in run_suite's order."""
-    from .suite import SuiteEntryStatus, SuiteState, resolve_roots
+    from .suite import SuiteEntryStatus, plan_entries
 
-    state = SuiteState(suite=suite.name, description=suite.description,
-                       sweep=dict(suite.sweep) if sweep and suite.sweep else None)
+    state, plans = plan_entries(suite, data_roots, only, sweep, interface)
     runs, order = [], []
-    for entry in suite.entries:
-        protocol = suite.entry_protocol(entry)
-        state.protocols.setdefault(protocol.hash, protocol.to_dict())
-        state.entry_hashes[entry.id] = protocol.hash
-        if only and entry.id not in only:
-            roots, reason = None, "not selected (only: " + ", ".join(only) + ")"
-        else:
-            roots, reason = resolve_roots(entry, data_roots, interface)
+    for entry, protocol, roots, reason in plans:
         for spec in specs:
             order.append([entry.id, spec.label, entry.dataset, entry.split or "", protocol.hash])
             if reason:
@@ -364,9 +356,6 @@ def _plan(suite, specs, data_roots, only, sweep, interface):
                                                       reason, protocol_hash=protocol.hash))
             else:
                 runs.append((entry, protocol, roots, spec))
-    if sweep:
-        for axis, ps in suite.sweep_protocols().items():
-            state.sweeps[axis] = {p.hash: p.to_dict() for p in ps}
     return state, runs, order
 
 

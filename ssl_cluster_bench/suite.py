@@ -512,6 +512,27 @@ def backbone_identity(spec: BackboneSpec) -> tuple[str, str | None]:
     return bb.card.id, bb.weights_id
 
 
+def plan_entries(suite: Suite, data_roots: Mapping[str, str], only, sweep: bool, interface: str = "api"):
+    """The suite state before anything runs (its protocols and sweeps recorded) and, per entry in order, (entry,
+    protocol, roots or None, reason it cannot run or ""): what a run and a launch of ``suite`` both start from."""
+    state = SuiteState(suite=suite.name, description=suite.description,
+                       sweep=dict(suite.sweep) if sweep and suite.sweep else None)
+    plans = []
+    for entry in suite.entries:
+        protocol = suite.entry_protocol(entry)
+        state.protocols.setdefault(protocol.hash, protocol.to_dict())
+        state.entry_hashes[entry.id] = protocol.hash
+        if only and entry.id not in only:
+            roots, reason = None, "not selected (only: " + ", ".join(only) + ")"
+        else:
+            roots, reason = resolve_roots(entry, data_roots, interface)
+        plans.append((entry, protocol, roots if not reason else None, reason))
+    if sweep:
+        for axis, ps in suite.sweep_protocols().items():
+            state.sweeps[axis] = {p.hash: p.to_dict() for p in ps}
+    return state, plans
+
+
 def suite_specs(suite: Suite, backbones, only, spec_options: dict) -> list[BackboneSpec]:
     """The :class:`~ssl_cluster_bench.specs.BackboneSpec` of every backbone a run (or launch) of ``suite`` covers:
     ``backbones``, else the suite's, or the checkpoint of ``spec_options``; the checks a run and a launch share
@@ -566,21 +587,8 @@ def run_suite(suite: Suite | str, backbones: Sequence[str | BackboneSpec] | None
     check_writable(results)
     cache = resolve_cache(cache)
 
-    state = SuiteState(suite=suite.name, description=suite.description, sweep=dict(suite.sweep) if sweep and
-                       suite.sweep else None)
-    plans = []  # (entry, roots or None, reason)
-    for entry in suite.entries:
-        protocol = suite.entry_protocol(entry)
-        state.protocols.setdefault(protocol.hash, protocol.to_dict())
-        state.entry_hashes[entry.id] = protocol.hash
-        if only and entry.id not in only:
-            roots, reason = None, "not selected (only: " + ", ".join(only) + ")"
-        else:
-            roots, reason = resolve_roots(entry, data_roots, interface)
-        plans.append((entry, protocol, roots if not reason else None, reason))
+    state, plans = plan_entries(suite, data_roots, only, sweep, interface)
     sweep_protocols = suite.sweep_protocols() if sweep else {}
-    for axis, ps in sweep_protocols.items():
-        state.sweeps[axis] = {p.hash: p.to_dict() for p in ps}
 
     identities: dict = {}
     ctx_args = {"results": results, "cache": cache, "settings": settings, "progress": progress}
