@@ -692,9 +692,6 @@ def run(backbones: Sequence[str | BackboneSpec] | None = None, dataset: str = "d
     # the records are checked before any file is made
     specs = [backbone_spec(b, **spec_options) for b in (backbones or DEFAULT_BACKBONES)]
     joint_specs = [[backbone_spec(b, **spec_options) for b in group] for group in joint]
-    from .data import resolve_dataset
-
-    resolve_dataset(dataset, data_root)  # an unknown dataset or a missing root: refused before any file is made
     results = Path(results) if results else default_results_path()
     check_writable(results)
     cache = resolve_cache(cache)

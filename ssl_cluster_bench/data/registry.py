@@ -63,20 +63,12 @@ def get_dataset(name: str, root=None, split: str | None = None, transform=None, 
 
     ``name`` may also be the path of an image folder (with class folders, or flat: unlabelled), read as
     ``imagefolder`` with that root; the dataset is then named after the folder."""
-    name, root = resolve_dataset(name, root)
-    builder, _, split_default = dataset_info(name)
-    return builder(root, split or split_default, transform, **options)
-
-
-def resolve_dataset(name: str, root=None) -> tuple[str, object]:
-    """(registered name, root) of dataset ``name`` (a folder path reads as ``imagefolder`` with that root), after
-    the checks that need no file read: a known name, a root where one is needed. Callers that write files check
-    a dataset with it before they make any."""
     if name not in _REGISTRY and os.path.isdir(os.path.expanduser(str(name))):
         if root is not None:
             raise OptionValueError(f"dataset {name!r} is a folder and {option('data_root')} names another one "
                                    f"({root}): give the folder once (as the dataset, or imagefolder with the root)")
         name, root = "imagefolder", name
-    if dataset_info(name).needs_root and root is None:
+    builder, needs_root, split_default = dataset_info(name)
+    if needs_root and root is None:
         raise OptionValueError(f"dataset {name!r} is read from a local folder: pass {option('data_root')}")
-    return name, root
+    return builder(root, split or split_default, transform, **options)
