@@ -22,6 +22,7 @@ import io
 import os
 import re
 import stat
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Mapping
@@ -191,12 +192,24 @@ def check_appendable(path) -> None:
 
 def check_writable(path: Path) -> None:
     """Raise before any work when rows could not be appended to ``path``: a file that is not a leaderboard of
-    ours (:func:`check_appendable`), or a folder where its lock file cannot be made."""
+    ours (:func:`check_appendable`), or a folder where its lock file cannot be made.
+
+    Nothing is left behind: the folders and the lock file are made by the first append, so a run refused
+    later (an unknown dataset, say) leaves no trace beside a mistyped ``--results``. The probe is an unnamed
+    temporary file in the nearest existing folder (``tempfile.TemporaryFile``, gone when closed)."""
     check_appendable(path)  # before any file is made next to a file that is not ours
+    lock = lock_path(path)
     try:
-        lock = lock_path(path)
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a"):
+        if lock.exists():
+            with open(lock, "a"):
+                pass
+            return
+        folder = lock.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
         raise OSError(f"results path {path} is not writable: {e}") from e

@@ -350,6 +350,7 @@ class SuiteState:
 
     def save(self, results_csv) -> Path:
         path = state_path(results_csv)
+        path.parent.mkdir(parents=True, exist_ok=True)  # a suite whose every entry was not run appended no row
         atomic_write_text(path, self.to_json())
         return path
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ssl_cluster_bench.leaderboard import COLUMNS, aggregate, append_rows, read_leaderboard, to_markdown
+from ssl_cluster_bench.leaderboard import COLUMNS, aggregate, append_rows, check_writable, read_leaderboard, to_markdown
 
 
 def _rows(backbone="a", accs=(0.5, 0.7)):
@@ -48,3 +48,27 @@ def test_aggregate_mean_std_from_rows(tmp_path):
     assert list(agg.backbone) == ["b", "a"]  # best first
     md = to_markdown(agg)
     assert "60.0 ± 14.1" in md and "| b " in md
+
+
+def test_check_writable_makes_no_file_or_folder(tmp_path):
+    check_writable(tmp_path / "new" / "sub" / "lb.csv")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "lb.csv.lock").write_text("")
+    check_writable(tmp_path / "lb.csv")  # an existing lock file is opened, not replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lb.csv.lock"]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="not writable"):
+        check_writable(blocker / "sub" / "lb.csv")
+    assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file", "lb.csv.lock"]
+
+
+def test_refused_run_leaves_nothing_beside_a_new_results_path(tmp_path, capsys):
+    from ssl_cluster_bench.cli import main
+
+    results = tmp_path / "typo" / "lb.csv"
+    assert main(["-q", "run", "--backbones", "pixels", "--dataset", str(tmp_path / "no-such-images"),
+                 "--cache-dir", str(tmp_path / "cache"), "--results", str(results)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no-such-images" in err
+    assert not (tmp_path / "typo").exists()
