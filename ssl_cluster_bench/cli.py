@@ -248,11 +248,11 @@ def _protocol(args, **changes):
     return base.replace(**{**fields, **changes})
 
 
-def _add_launch(p):
-    g = p.add_argument_group("cluster", "one job per (backbone, dataset) through submitit (pip install "
+def _add_launch(p, unit: str = "(backbone, dataset)"):
+    g = p.add_argument_group("cluster", f"one job per {unit} through submitit (pip install "
                                         "'ssl_cluster_bench[cluster]'); see docs: Running on a cluster")
     g.add_argument("--launcher", choices=["local", "slurm"], default=None,
-                   help="run each (backbone, dataset) as a job: local subprocesses or a SLURM job array")
+                   help=f"run each {unit} as a job: local subprocesses or a SLURM job array")
     g.add_argument("--launch-config", default=None, metavar="YAML",
                    help="YAML of job settings (partition, account, gpus_per_node, cpus_per_task, mem_gb, timeout_min, "
                         "slurm_additional_parameters); the flags below win over it")
@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_extract(p)
     _add_protocol(p)
+    _add_launch(p, "backbone")
 
     p = sub.add_parser("scan", help="SCAN clustering heads (+ self-labeling) on cached features, beside k-means")
     p.add_argument("--backbone", default=None, help="model-card id (features are extracted if missing)")
@@ -442,6 +443,10 @@ def _cmd_run(args):
 
     # run's --k (scan's --k is one k, handled by scan)
     changes = {"n_clusters": args.k if args.k == "auto" else tuple(args.k)} if hasattr(args, "k") else {}
+    if args.launcher or args.status or args.wait:
+        from .launch import cli_run
+
+        return cli_run(args, _run_specs(args, args.backbones), _protocol(args, **changes), _extract_settings(args))
     df = api.run(_run_specs(args, args.backbones), args.dataset, args.data_root, args.split,
                  protocol=_protocol(args, **changes),
                  joint=[[_backbone_spec(args, b) for b in group] for group in args.joint], results=args.results,

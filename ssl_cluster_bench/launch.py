@@ -24,7 +24,9 @@ live next to the leaderboard, in the folder the results go to; nothing is writte
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import io
 import json
 import logging
 import math
@@ -38,7 +40,7 @@ from typing import Mapping, Sequence
 import yaml
 
 __all__ = ["LAUNCHERS", "Launch", "LaunchError", "LaunchSettings", "SuiteJob", "assemble", "extract_on_all_ranks",
-           "launch_status", "launch_suite"]
+           "launch_status", "launch_suite", "run_as_suite"]
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +230,7 @@ class Launch:
 
     def save(self) -> Path:
         path = Path(self.results).parent / JOBS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(asdict(self), indent=1, default=str))
         os.replace(tmp, path)
@@ -451,10 +454,30 @@ def launch_suite(suite, backbones: Sequence | None = None, data_roots: Mapping[s
     folder = results.parent / JOBS_FOLDER
     submitted = []
     if todo:
+        made = [d for d in (results.parent, folder) if not d.exists()]
+        before = set(folder.iterdir()) if folder.exists() else set()
         executor = launcher.executor(folder, f"sscb-{suite.name}")
-        with _detached_output(folder if launcher.launcher == "local" else None), executor.batch():
-            for entry, spec in todo:  # SLURM: one job array for all of them
-                submitted.append(executor.submit(SuiteJob(), suite, entry.id, spec.to_dict(), data_roots, options))
+        said_by_sbatch = io.BytesIO()
+        try:
+            with _detached_output(folder if launcher.launcher == "local" else None), \
+                    _captured_stderr(said_by_sbatch if launcher.launcher == "slurm" else None), executor.batch():
+                for entry, spec in todo:  # SLURM: one job array for all of them
+                    submitted.append(executor.submit(SuiteJob(), suite, entry.id, spec.to_dict(), data_roots,
+                                                     options))
+        except Exception as e:
+            if launcher.launcher != "slurm":
+                raise
+            # sbatch refused the array: nothing runs, so the pickles and script it was given are removed
+            for path in (set(folder.iterdir()) if folder.exists() else set()) - before:
+                path.unlink(missing_ok=True)
+            for d in reversed(made):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            said = [line.strip() for line in (said_by_sbatch.getvalue().decode(errors="replace") + "\n" +
+                                              str(e)).splitlines() if line.strip()]
+            said = [line for line in said if "fatal" in line or "error" in line.lower()] or said
+            raise LaunchError(f"sbatch refused the submission, nothing was submitted: "
+                              f"{said[-1] if said else type(e).__name__}") from None
         now = time.time()
         for (entry, spec), job in zip(todo, submitted):
             launch.jobs[_key(entry.id, spec.label)] = JobRecord(entry.id, spec.label, str(job.job_id),
@@ -472,6 +495,72 @@ def launch_suite(suite, backbones: Sequence | None = None, data_roots: Mapping[s
     if wait:
         assemble(results, launch)
     return launch
+
+
+def run_as_suite(dataset: str, data_root=None, split: str | None = None, subset=None, protocol=None):
+    """``sscb run``'s dataset and protocol as a one-entry suite and its data roots: what ``sscb run --launcher``
+    launches (one job per backbone). ``dataset`` is a registered name or the path of an image folder, as for
+    :func:`ssl_cluster_bench.api.run`; the rows are those the same ``sscb run`` writes in one process."""
+    from .data import dataset_info, list_datasets
+    from .errors import OptionValueError, option
+    from .protocol import Protocol
+    from .suite import Suite, SuiteEntry
+
+    protocol = protocol if protocol is not None else Protocol()
+    roots = {}
+    name = str(dataset)
+    if name not in list_datasets() and Path(name).expanduser().is_dir():
+        if data_root is not None:
+            raise OptionValueError(f"dataset {name!r} is a folder and {option('data_root')} names another one "
+                                   f"({data_root}): give the folder once")
+        name, data_root = "imagefolder", name
+    # the checks get_dataset makes, here before any job or file is made
+    if dataset_info(name).needs_root and data_root is None:
+        raise OptionValueError(f"dataset {name!r} is read from a local folder: pass {option('data_root')}")
+    if data_root is not None and not Path(str(data_root)).expanduser().exists():
+        raise FileNotFoundError(f"data root {str(data_root)!r} does not exist")
+    if data_root is not None:
+        roots["data"] = str(data_root)
+    subset_ref = None
+    if subset is not None:
+        subset = Path(subset).expanduser()
+        roots["subset"], subset_ref = str(subset.parent), {"root": "subset", "file": subset.name}
+    entry_id = Path(str(data_root)).name if name == "imagefolder" else name
+    entry = SuiteEntry(id=entry_id, dataset=name, split=split, roots={"data": "data"} if data_root else {},
+                       subset=subset_ref)
+    suite = Suite(name=f"run-{entry_id}", description=f"sscb run on {entry_id}", backbones=(),
+                  protocol=protocol.to_dict(), entries=(entry,), source="sscb run")
+    return suite, roots
+
+
+@contextlib.contextmanager
+def _captured_stderr(sink: io.BytesIO | None):
+    """sbatch's messages (written to our stderr by the child) go into ``sink`` while this is open, so that a
+    refused submission is said in one line; on success they are passed on to stderr as they were."""
+    if sink is None:
+        yield
+        return
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            sink.write(f.read())
+            if not failed and sink.getvalue():
+                sys.stderr.write(sink.getvalue().decode(errors="replace"))
+                sys.stderr.flush()
 
 
 @contextlib.contextmanager
@@ -623,11 +712,7 @@ def cli_suite(args, settings, loading_options: dict) -> int:
         return _print_launch(launch, results)
     if not args.launcher:
         raise ValueError("--wait waits for the jobs of a launch: add --launcher local or --launcher slurm")
-    flags = {"launcher": args.launcher, "partition": args.partition, "account": args.account,
-             "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task, "mem_gb": args.mem_gb,
-             "timeout_min": args.timeout_min}
-    launcher = LaunchSettings.from_yaml(args.launch_config, **flags) if args.launch_config else \
-        LaunchSettings(**{k: v for k, v in flags.items() if v is not None}, source="flags")
+    launcher = _launch_settings(args)
     suite = load_suite(args.suite)
     if args.seeds is not None:
         suite = suite.with_protocol(seeds=args.seeds)
@@ -635,6 +720,39 @@ def cli_suite(args, settings, loading_options: dict) -> int:
     launch = launch_suite(suite, args.backbones, roots, launcher=launcher, results=results, cache=args.cache_dir,
                           sweep=args.sweep, only=args.only, report=not args.no_report, wait=args.wait,
                           interface="cli", settings=settings, **loading_options)
+    return _print_launch(launch, results)
+
+
+def _launch_settings(args) -> LaunchSettings:
+    """The LaunchSettings of the CLI's cluster flags (over --launch-config's YAML, when given)."""
+    flags = {"launcher": args.launcher, "partition": args.partition, "account": args.account,
+             "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task, "mem_gb": args.mem_gb,
+             "timeout_min": args.timeout_min}
+    if args.launch_config:
+        return LaunchSettings.from_yaml(args.launch_config, **flags)
+    return LaunchSettings(**{k: v for k, v in flags.items() if v is not None}, source="flags")
+
+
+def cli_run(args, specs, protocol, settings) -> int:
+    """``sscb run … --launcher local|slurm [--wait]`` (one job per backbone) and ``sscb run --status``;
+    ``specs``, ``protocol`` and ``settings`` are the records the CLI built for the in-process run."""
+    from .leaderboard import default_results_path
+
+    results = Path(args.results) if args.results else default_results_path()
+    if args.status:
+        if args.launcher or args.wait:
+            raise ValueError("--status lists the jobs of the last launch: pass it alone, without --launcher/--wait")
+        return cli_jobs(argparse.Namespace(csv=str(results)))
+    if not args.launcher:
+        raise ValueError("--wait waits for the jobs of a launch: add --launcher local or --launcher slurm")
+    alone = [flag for flag, given in (("--joint", args.joint), ("--unlabelled", args.unlabelled),
+                                      ("--assignments", args.assignments), ("--rerun", args.rerun)) if given]
+    if alone:
+        raise ValueError(f"{', '.join(alone)} cannot be launched as jobs: run without --launcher (a launched run "
+                         "runs each backbone's missing rows, as a plain `sscb run` does by default)")
+    suite, roots = run_as_suite(args.dataset, args.data_root, args.split, args.subset, protocol)
+    launch = launch_suite(suite, specs, roots, launcher=_launch_settings(args), results=results,
+                          cache=args.cache_dir, report=False, wait=args.wait, interface="cli", settings=settings)
     return _print_launch(launch, results)
 
 
@@ -671,5 +789,6 @@ def cli_jobs(args) -> int:
     launch = launch_status(results)
     if launch is None:
         raise FileNotFoundError(f"no launched suite in {results.parent} (no {JOBS_FILE}): launch one with "
-                                "`sscb suite SUITE --launcher local|slurm`, or pass the leaderboard CSV it wrote to")
+                                "`sscb suite SUITE --launcher local|slurm` or `sscb run … --launcher local|slurm`, "
+                                "or pass the leaderboard CSV it wrote to")
     return _print_launch(launch, results)

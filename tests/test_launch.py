@@ -234,3 +234,55 @@ def test_suite_under_torchrun_extracts_on_every_rank_and_writes_each_row_once(tm
     pd.testing.assert_frame_equal(_rows(csv), _rows(in_process))  # rank 0 alone wrote them: no duplicates
     assert _statuses(csv) == _statuses(in_process)
     assert (csv.parent / "report.md").read_text() == (in_process.parent / "report.md").read_text()
+
+
+def test_run_over_several_backbones_as_jobs_writes_the_rows_of_the_in_process_run(tmp_path, capsys):
+    """`sscb run --launcher local --wait`: one job per backbone, the same rows as the plain `sscb run`."""
+    cache = tmp_path / "cache"
+    common = ["--backbones", "pixels,random-resnet18", "--dataset", "digits", "--seeds", "2", "--overcluster", "1",
+              "--pca-dim", "32", "--cache-dir", cache]
+    plain, launched = tmp_path / "plain" / "lb.csv", tmp_path / "jobs" / "lb.csv"
+    assert main(["-q", "run", *map(str, common), "--results", str(plain)]) == 0  # extracts; the jobs reuse the cache
+    out = _sscb("run", *common, "--launcher", "local", "--wait", "--results", launched).stdout
+    assert len(read_leaderboard(launched)) == 4
+    pd.testing.assert_frame_equal(_rows(launched).sort_values(["backbone", "seed"]).reset_index(drop=True),
+                                  _rows(plain).sort_values(["backbone", "seed"]).reset_index(drop=True))
+    jobs = json.loads((launched.parent / "jobs.json").read_text())
+    assert jobs["suite"] == "run-digits" and sorted(j["backbone"] for j in jobs["jobs"].values()) == \
+        ["pixels", "random-resnet18"]
+    assert "digits" in out and "ran" in out
+    # --status lists them; launching again submits nothing
+    capsys.readouterr()
+    assert main(["-q", "run", "--status", "--results", str(launched)]) == 0
+    assert capsys.readouterr().out.count("DONE") == 2
+    assert main(["-q", "run", *map(str, common), "--launcher", "local", "--wait", "--results", str(launched)]) == 0
+    assert json.loads((launched.parent / "jobs.json").read_text())["jobs"] == jobs["jobs"]
+    assert len(read_leaderboard(launched)) == 4
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--joint", "pixels+random-resnet18", "--methods", "turtle"], "--joint cannot be launched as jobs"),
+    (["--rerun"], "--rerun cannot be launched as jobs"),
+])
+def test_run_launch_mistakes_are_one_line(tmp_path, capsys, args, expected):
+    rc = main(["run", "--launcher", "local", "--results", str(tmp_path / "r" / "lb.csv"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_refused_sbatch_is_one_line_and_leaves_nothing(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: fetch_config: DNS SRV lookup failed' >&2\n"
+                                    "echo 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    csv = tmp_path / "res" / "lb.csv"
+    proc = _sscb("run", "--backbones", "pixels", "--launcher", "slurm", "--results", csv, "--cache-dir",
+                 tmp_path / "cache", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["sscb run: error: sbatch refused the submission, nothing was "
+                                                "submitted: sbatch: fatal: Could not establish a configuration source"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
