@@ -195,26 +195,28 @@ def equality_turtle(code: Path, scratch: Path, spaces: list[np.ndarray], labels:
 
 
 def run_turtle(code: Path, scratch: Path, spaces, labels, k: int, seed: int, steps: int | None,
-               official_input: str = "raw") -> list[dict]:
+               impls=("official", "ours")) -> list[dict]:
     """One seed of the official TURTLE and of ours (library defaults) on the same cached features. The official
-    code gets them raw (as it is meant to be used), or with official_input="standardised" as our TURTLE sees
-    them (row "official-std": the official code with our preprocessing, to separate its effect)."""
+    code gets them raw (as it is meant to be used); "official-std" is the official code fed them as our TURTLE
+    sees them (centred, one RMS scale per space), to separate the preprocessing from the other differences."""
     from ssl_cluster_bench.heads.turtle import TURTLE
 
     rows = []
-    if official_input == "standardised":
+    if "official-std" in impls:
         seen = standardised(spaces)
         official = run_official_turtle(code, scratch / "run", seen, labels, k, seed, steps)
-        return [{"impl": "official-std", "wall_s": official["wall"],
-                 **evaluate(labels, official_turtle_labels(official["layers"], seen))}]
-    official = run_official_turtle(code, scratch / "run", spaces, labels, k, seed, steps)
-    rows = [{"impl": "official", "wall_s": official["wall"],
-             **evaluate(labels, official_turtle_labels(official["layers"], spaces))}]
-    start = time.perf_counter()
-    est = TURTLE(k, n_steps="auto" if steps is None else steps, random_state=seed, verbose=False,
-                 device="cpu").fit(spaces if len(spaces) > 1 else spaces[0])
-    rows.append({"impl": "ours", "wall_s": time.perf_counter() - start, "score": est.score_,
-                 **evaluate(labels, est.labels_)})
+        rows.append({"impl": "official-std", "wall_s": official["wall"],
+                     **evaluate(labels, official_turtle_labels(official["layers"], seen))})
+    if "official" in impls:
+        official = run_official_turtle(code, scratch / "run", spaces, labels, k, seed, steps)
+        rows.append({"impl": "official", "wall_s": official["wall"],
+                     **evaluate(labels, official_turtle_labels(official["layers"], spaces))})
+    if "ours" in impls:
+        start = time.perf_counter()
+        est = TURTLE(k, n_steps="auto" if steps is None else steps, random_state=seed, verbose=False,
+                     device="cpu").fit(spaces if len(spaces) > 1 else spaces[0])
+        rows.append({"impl": "ours", "wall_s": time.perf_counter() - start, "score": est.score_,
+                     **evaluate(labels, est.labels_)})
     return rows
 
 
@@ -311,8 +313,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--csv", type=Path, default=None, help="per-run rows, written after every run; resumes")
     parser.add_argument("--scratch", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--no-check", action="store_true", help="skip the loss-equality check")
+    parser.add_argument("--impls", default="official,ours",
+                        help="comma-separated, of official (raw features), ours, official-std (the official code "
+                             "on our standardised features); with --csv only the missing ones run")
     parser.add_argument("--official-input", choices=("raw", "standardised"), default="raw",
-                        help="standardised: only run the official code, on our standardised features")
+                        help="standardised: the same as --impls official-std")
     parser.add_argument("--emit-reference", action="store_true", help="print the numbers of the tests and stop")
     args = parser.parse_args(argv)
     args.heads = [h.strip() for h in args.heads.split(",") if h.strip()]
@@ -327,6 +332,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--turtle-repo is required for the turtle head (a checkout of github.com/mlbio-epfl/turtle)")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    args.impls = ["official-std"] if args.official_input == "standardised" else \
+        [i.strip() for i in args.impls.split(",") if i.strip()]
+    unknown = [i for i in args.impls if i not in ("official", "ours", "official-std")]
+    if unknown or not args.impls:
+        parser.error(f"--impls: unknown {unknown}; choose from official, ours, official-std")
     return args
 
 
@@ -370,11 +380,12 @@ def _run(args: argparse.Namespace, scratch: Path) -> int:
                 if checks_file:
                     checks_file.write_text(json.dumps({"/".join(key): v for key, v in checks.items()}, indent=1))
             for seed in range(args.seeds):
-                impls = {"official-std"} if args.official_input == "standardised" else {"official", "ours"}
-                if any(r["head"] == head and r["set"] == name and r["seed"] == seed and str(r["steps"]) == steps_label
-                       and r["impl"] in impls for r in rows):
+                missing = [i for i in args.impls if not any(
+                    r["head"] == head and r["set"] == name and r["seed"] == seed and str(r["steps"]) == steps_label
+                    and r["impl"] == i for r in rows)]
+                if not missing:
                     continue
-                for row in run_head(code, scratch, spaces, labels, k, seed, args.steps, args.official_input):
+                for row in run_head(code, scratch, spaces, labels, k, seed, args.steps, missing):
                     rows.append({"head": head, "set": name, "steps": steps_label, "seed": seed, **row})
                     print(f"{head} {name} T={steps_label} seed {seed} {row['impl']}: ACC {row['acc']:.3f} "
                           f"NMI {row['nmi']:.3f} ({row['wall_s']:.0f} s)", flush=True)
