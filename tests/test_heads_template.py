@@ -33,7 +33,8 @@ FINGERPRINTS = {
     "scan_views": ("dcb45a496128df84", "b30cd39661046271", -9.620744923530614),
     "temi": ("53dae2d6e7c5acc0", "0be80c97b5408a87", -0.37906119227409363),
     "temi_mlp": ("900873a20e10d15e", "65291b3ac78441c6", -0.6267811059951782),
-    "turtle": ("5cea1b95ff4fb49b", "588ad049f5ab1a9c", 0.5683333333333334),
+    # changed on purpose when TURTLE took the official script's random draws (test_temi_turtle.py)
+    "turtle": ("69c79fe6112af03e", "13b52eb2cfa3bbcb", 0.5900000000000001),
     "twostage": ("35e9c527eb78d455", "4423e1b7ed8dd181", 0.1968326297823453),
     "twostage_views": ("8227d389dc8e3bee", "391cb69483d9a351", 0.5005849332782137),
 }
