@@ -42,7 +42,8 @@ embeddings: ``train_main.py --precomputed --lr=1e-4 --min_lr=1e-4 --warmup_epoch
   Linear(d, 512) → GELU → Linear(512, 256) → L2 norm → weight-normalised Linear(256, k) with trainable gains.
   Why: on digits (3 seeds, official_temi.py) our defaults (this head with lr 1e-2) reach a
   higher ACC than the official code with its MLP heads (100 epochs: pixels 0.857 ± 0.004 against
-  0.846 ± 0.010, random-resnet18 0.836 ± 0.025 against 0.749 ± 0.040) in a seventh of the time or less.
+  0.846 ± 0.010, random-resnet18 0.836 ± 0.025 against 0.749 ± 0.040) in a seventh of the time or less,
+  and so do they on Fashion-MNIST EfficientNet-Lite0 features (0.741 ± 0.012 against 0.733 ± 0.005).
   ``n_layers=2`` builds the official head; its MLP weights are drawn from N(0, 0.02²) truncated at ±2σ (the
   official call truncates at ±2 absolute, i.e. not at all), the last layer's directions as nn.Linear's default.
 - Optimiser: AdamW with weight decay 1e-4 on the weight matrices, none on biases, as the official code; it also
