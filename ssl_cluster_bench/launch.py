@@ -501,22 +501,13 @@ def run_as_suite(dataset: str, data_root=None, split: str | None = None, subset=
     """``sscb run``'s dataset and protocol as a one-entry suite and its data roots: what ``sscb run --launcher``
     launches (one job per backbone). ``dataset`` is a registered name or the path of an image folder, as for
     :func:`ssl_cluster_bench.api.run`; the rows are those the same ``sscb run`` writes in one process."""
-    from .data import dataset_info, list_datasets
-    from .errors import OptionValueError, option
+    from .data import resolve_dataset
     from .protocol import Protocol
     from .suite import Suite, SuiteEntry
 
     protocol = protocol if protocol is not None else Protocol()
     roots = {}
-    name = str(dataset)
-    if name not in list_datasets() and Path(name).expanduser().is_dir():
-        if data_root is not None:
-            raise OptionValueError(f"dataset {name!r} is a folder and {option('data_root')} names another one "
-                                   f"({data_root}): give the folder once")
-        name, data_root = "imagefolder", name
-    # the checks get_dataset makes, here before any job or file is made
-    if dataset_info(name).needs_root and data_root is None:
-        raise OptionValueError(f"dataset {name!r} is read from a local folder: pass {option('data_root')}")
+    name, data_root = resolve_dataset(str(dataset), data_root)  # get_dataset's checks, before any job or file
     if data_root is not None and not Path(str(data_root)).expanduser().exists():
         raise FileNotFoundError(f"data root {str(data_root)!r} does not exist")
     if data_root is not None:

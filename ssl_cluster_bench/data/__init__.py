@@ -12,9 +12,11 @@ extraction can skip and count it instead of crashing.
 """
 from __future__ import annotations
 
-from .registry import DatasetInfo, dataset_info, default_split, get_dataset, list_datasets, register_dataset
+from .registry import (DatasetInfo, dataset_info, default_split, get_dataset, list_datasets, register_dataset,
+                       resolve_dataset)
 
-__all__ = ["DatasetInfo", "dataset_info", "default_split", "get_dataset", "list_datasets", "register_dataset"]
+__all__ = ["DatasetInfo", "dataset_info", "default_split", "get_dataset", "list_datasets", "register_dataset",
+           "resolve_dataset"]
 
 from . import images as _images  # noqa: E402,F401  (registers the folder-based datasets)
 from . import objectnet as _objectnet  # noqa: E402,F401  (registers ObjectNet; it builds on images.py)

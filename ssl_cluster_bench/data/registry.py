@@ -58,17 +58,25 @@ def dataset_info(name: str) -> DatasetInfo:
         ) from None
 
 
-def get_dataset(name: str, root=None, split: str | None = None, transform=None, **options):
-    """Build dataset ``name`` from the local folder ``root`` (no download is ever attempted).
-
-    ``name`` may also be the path of an image folder (with class folders, or flat: unlabelled), read as
-    ``imagefolder`` with that root; the dataset is then named after the folder."""
+def resolve_dataset(name: str, root=None) -> tuple[str, object]:
+    """The registered name and root that ``get_dataset(name, root)`` builds from, checked without building it:
+    a folder path becomes ``("imagefolder", path)``; an unknown name, a second folder, or a dataset that is read
+    from a folder given none raise one-line errors."""
     if name not in _REGISTRY and os.path.isdir(os.path.expanduser(str(name))):
         if root is not None:
             raise OptionValueError(f"dataset {name!r} is a folder and {option('data_root')} names another one "
                                    f"({root}): give the folder once (as the dataset, or imagefolder with the root)")
         name, root = "imagefolder", name
-    builder, needs_root, split_default = dataset_info(name)
-    if needs_root and root is None:
+    if dataset_info(name).needs_root and root is None:
         raise OptionValueError(f"dataset {name!r} is read from a local folder: pass {option('data_root')}")
+    return name, root
+
+
+def get_dataset(name: str, root=None, split: str | None = None, transform=None, **options):
+    """Build dataset ``name`` from the local folder ``root`` (no download is ever attempted).
+
+    ``name`` may also be the path of an image folder (with class folders, or flat: unlabelled), read as
+    ``imagefolder`` with that root; the dataset is then named after the folder."""
+    name, root = resolve_dataset(name, root)
+    builder, _, split_default = dataset_info(name)
     return builder(root, split or split_default, transform, **options)
